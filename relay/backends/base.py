@@ -1,0 +1,81 @@
+"""The two backend interfaces.
+
+Both are called from the event loop and must never block it: writes are fire-and-forget
+(a store queues them and flushes off the hot path), reads are coroutines used only on the
+cold path (HTTP, joins).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from relay.core.model import Session, UserPresenceSummary
+
+# Frames received from another node for a document: (doc_id, frame bytes).
+BrokerCallback = Callable[[str, bytes], None]
+
+
+class PresenceStore(ABC):
+    """Who is in which document, with their presence, durable enough for other services."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect and start background work."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush what can be flushed and release resources."""
+
+    @abstractmethod
+    def session_changed(self, doc_id: str, session: Session) -> None:
+        """A session joined or its presence changed. Must not block; may coalesce."""
+
+    @abstractmethod
+    def session_left(self, doc_id: str, session: Session) -> None:
+        """A session left the document. Must not block."""
+
+    @abstractmethod
+    async def document_users(self, doc_id: str) -> list[UserPresenceSummary]:
+        """Distinct users present in the document (most recent activity per user)."""
+
+    @abstractmethod
+    async def workspace_documents(self, workspace_id: str) -> dict[str, int]:
+        """Active documents of a workspace with their distinct-user counts."""
+
+    async def ready(self) -> bool:
+        """Whether the backend can serve right now (/readyz)."""
+        return True
+
+    def queue_depth(self) -> int:
+        """Writes accepted but not yet stored."""
+        return 0
+
+
+class Broker(ABC):
+    """Cross-node fan-out of encoded BATCH frames, one channel per document."""
+
+    node_id: str
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect and start background work."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop receiving and release resources."""
+
+    @abstractmethod
+    def subscribe(self, doc_id: str) -> None:
+        """Start receiving other nodes' frames for the document (idempotent)."""
+
+    @abstractmethod
+    def unsubscribe(self, doc_id: str) -> None:
+        """Stop receiving frames for the document (idempotent)."""
+
+    @abstractmethod
+    def publish(self, doc_id: str, frame: bytes) -> None:
+        """Send a frame to the other nodes; never blocks, never delivers to this node."""
+
+    @abstractmethod
+    def set_callback(self, callback: BrokerCallback) -> None:
+        """Where frames from other nodes go."""
+
+    async def ready(self) -> bool:
+        return True

@@ -1,0 +1,107 @@
+"""`presence-relay serve` and `presence-relay token`.
+
+Every PresenceConfig field is a `--kebab-case` flag of `serve` (and of `token`, which needs
+`--jwt-secret` or PRESENCE_JWT_SECRET to sign with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from typing import Any
+
+from relay.config import FIELDS, SECRET_FIELDS, ConfigError, PresenceConfig, load_config
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.toml", help="TOML file with settings")
+    for name, f in FIELDS.items():
+        default = f.default
+        shown = "(unset)" if default is None or name in SECRET_FIELDS else repr(default)
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{f.metadata.get('help', '')} [default {shown}; env PRESENCE_{name.upper()}]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="presence-relay", description="Presence and live-cursor relay."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the relay")
+    _add_config_flags(serve)
+    token = sub.add_parser("token", help="print a development token signed with jwt_secret")
+    token.add_argument("--user", required=True, help="user id (the `sub` claim)")
+    token.add_argument("--name", required=True, help="display name")
+    token.add_argument("--workspace", default="default", help="workspace id (the `ws` claim)")
+    token.add_argument("--docs", default="*", help="comma-separated ids or prefixes ending in *")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.add_argument("--avatar", default=None, help="http(s) avatar URL")
+    _add_config_flags(token)
+    sub.add_parser("config", help="print the effective configuration (secrets hidden)")
+    return parser
+
+
+def _flags(ns: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(ns, name, None) for name in FIELDS}
+
+
+def _run_serve(config: PresenceConfig) -> int:
+    from relay.server.app import serve_forever
+
+    try:
+        import uvloop
+    except ImportError:  # not available on this platform: the stock loop still works
+        uvloop = None
+    if uvloop is not None:
+        uvloop.run(serve_forever(config))
+    else:
+        asyncio.run(serve_forever(config))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.command == "config":
+        config = load_config()
+        for f in dataclasses.fields(config):
+            v = getattr(config, f.name)
+            print(f"{f.name} = {'***' if f.name in SECRET_FIELDS and v else v!r}")
+        return 0
+    try:
+        config = load_config(_flags(ns), config_path=ns.config)
+    except ConfigError as exc:
+        print(f"presence-relay: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if config.log_level != "debug":
+        logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP hit
+    if ns.command == "token":
+        from relay.auth import mint_token
+
+        if not config.jwt_secret:
+            print("presence-relay: token needs --jwt-secret or PRESENCE_JWT_SECRET",
+                  file=sys.stderr)
+            return 2
+        docs = [d.strip() for d in ns.docs.split(",") if d.strip()]
+        print(mint_token(config.jwt_secret, ns.user, ns.name, ns.workspace, docs, ns.ttl,
+                         ns.avatar))
+        return 0
+    try:
+        return _run_serve(config)
+    except ConfigError as exc:
+        print(f"presence-relay: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"presence-relay: cannot listen on {config.host}:{config.port}: {exc}",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,58 @@
+"""Python asyncio SDK for the presence relay (wire protocol v1).
+
+    from relay.client import connect
+
+    async with connect("ws://127.0.0.1:8765/ws", user_id="u1", name="Ann") as conn:
+        doc = await conn.join("doc-1")
+        doc.move_cursor(3, 14, 120)
+        async for event in doc.events():
+            ...
+
+Only `relay.core.protocol` is imported from the relay package: the SDK carries no server
+code.
+"""
+
+from .connection import FATAL_CLOSE_CODES, SDK_VERSION, Connection, connect
+from .document import (
+    Activity,
+    ActivityState,
+    ConnectionClosedError,
+    CursorMoved,
+    Document,
+    ErrorEvent,
+    Event,
+    Focus,
+    Joined,
+    Left,
+    Member,
+    RelayClientError,
+    RelayError,
+    Resynced,
+    Typing,
+    Viewport,
+)
+from .throttle import Throttle
+
+__all__ = [
+    "FATAL_CLOSE_CODES",
+    "SDK_VERSION",
+    "Activity",
+    "ActivityState",
+    "Connection",
+    "ConnectionClosedError",
+    "CursorMoved",
+    "Document",
+    "ErrorEvent",
+    "Event",
+    "Focus",
+    "Joined",
+    "Left",
+    "Member",
+    "RelayClientError",
+    "RelayError",
+    "Resynced",
+    "Throttle",
+    "Typing",
+    "Viewport",
+    "connect",
+]

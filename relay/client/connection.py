@@ -1,0 +1,542 @@
+"""One WebSocket connection to a relay: handshake, reader/writer tasks, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.typing import Subprotocol
+
+from relay.core.protocol import (
+    ALREADY_JOINED,
+    BATCH,
+    CLOSE_PROTOCOL,
+    CLOSE_RATE_LIMIT,
+    CLOSE_UNAUTHENTICATED,
+    ERROR,
+    HELLO,
+    JOIN,
+    JOINED,
+    LEAVE,
+    MAX_HANDLE,
+    PING,
+    PONG,
+    SUBPROTOCOL,
+    VERSION,
+    WELCOME,
+    ProtocolError,
+    pack,
+    unpack,
+)
+
+from .document import ConnectionClosedError, Document, ErrorEvent, RelayClientError, RelayError
+
+__all__ = ["FATAL_CLOSE_CODES", "SDK_VERSION", "Connection", "connect"]
+
+log = logging.getLogger("relay.client")
+
+SDK_VERSION = "py/0.1.0"
+FATAL_CLOSE_CODES = frozenset({CLOSE_PROTOCOL, CLOSE_UNAUTHENTICATED, CLOSE_RATE_LIMIT})
+"""Close codes after which the SDK does not reconnect (4400, 4401, 4429)."""
+ABNORMAL_CLOSURE = 1006
+
+
+@dataclass(slots=True)
+class _Session:
+    """One physical WebSocket connection (a reconnect makes a new one)."""
+
+    ws: ClientConnection
+    queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    writer: asyncio.Task[None] | None = None
+
+
+def connect(
+    url: str,
+    token: str | None = None,
+    user_id: str | None = None,
+    name: str | None = None,
+    avatar: str | None = None,
+    *,
+    reconnect: bool = True,
+    **options: Any,
+) -> Connection:
+    """Open a connection to the relay at `url` (e.g. ``ws://127.0.0.1:8765/ws``).
+
+    Use as ``async with connect(...) as conn:`` or ``conn = await connect(...)`` (then
+    ``await conn.close()``). With a `token` the identity comes from the token; without one
+    the relay must allow anonymous use and `user_id`/`name` identify the user. See
+    `Connection` for the other options.
+    """
+    return Connection(
+        url, token=token, user_id=user_id, name=name, avatar=avatar, reconnect=reconnect, **options
+    )
+
+
+class Connection:
+    """A client connection to a presence relay.
+
+    After the handshake: `user` and `settings` (the WELCOME maps) and `connection_id`.
+    `join()` opens documents, `ping()` measures the round trip, `errors` collects ERROR
+    frames that belong to no call. With `reconnect=True` an unexpected close (anything but
+    a close asked for by `close()` and the fatal codes 4400/4401/4429) reconnects with
+    jittered exponential backoff, re-runs HELLO and rejoins every open document with the
+    same handles; each document then emits `Resynced`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        user_id: str | None = None,
+        name: str | None = None,
+        avatar: str | None = None,
+        reconnect: bool = True,
+        sdk: str = SDK_VERSION,
+        open_timeout: float = 10.0,
+        request_timeout: float = 10.0,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 5.0,
+        max_reconnect_attempts: int | None = None,
+        max_errors: int = 1000,
+        **ws_options: Any,
+    ) -> None:
+        """`open_timeout`: seconds for the WebSocket handshake and again for WELCOME;
+        `request_timeout`: default for `join()` and `ping()`; `backoff_base`/`backoff_cap`:
+        reconnect delays (full jitter); `max_reconnect_attempts`: None retries forever;
+        `ws_options` go to `websockets.asyncio.client.connect`."""
+        self.url = url
+        self.reconnect = reconnect
+        self.open_timeout = open_timeout
+        self.request_timeout = request_timeout
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self._token = token
+        if token is not None:
+            self._info: dict[str, Any] = {"sdk": sdk}
+        else:
+            uid = user_id if user_id is not None else f"anon-{uuid.uuid4().hex[:12]}"
+            self._info = {"sdk": sdk, "user_id": uid, "name": name if name is not None else uid}
+            if avatar is not None:
+                self._info["avatar"] = avatar
+        self._ws_options: dict[str, Any] = {
+            "compression": None,
+            "max_size": 16 * 1024 * 1024,
+            **ws_options,
+        }
+
+        self.user: dict[str, Any] = {}
+        """The WELCOME `user` map: id, name, avatar, color, workspace."""
+        self.settings: dict[str, Any] = {}
+        """The WELCOME `settings` map (batch_ms, cursor_throttle_ms, ...)."""
+        self.connection_id: str | None = None
+        self.clock_offset_ms: float = 0.0
+        """Estimated server clock minus local clock, in ms (refined by `ping()`)."""
+        self.errors: deque[ErrorEvent] = deque(maxlen=max_errors)
+        """ERROR frames that answered no call: nil handle, unknown handle, or a document's
+        non-join error (which also appears in that document's `events()`). Oldest dropped."""
+        self.reconnects: int = 0
+        """How many times the connection came back after an unexpected close."""
+        self.documents: dict[int, Document] = {}
+        """Open (or joining) documents by handle."""
+
+        self._by_doc_id: dict[str, Document] = {}
+        self._next_handle = 0
+        self._session: _Session | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._pings: dict[float, tuple[float, asyncio.Future[float]]] = {}
+        self._closing = False
+        self._fatal: ConnectionClosedError | None = None
+        self._done: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "closed" if self.closed else "connecting"
+        return f"<Connection {self.url} {state} docs={len(self.documents)}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> Connection:
+        """Connect and complete HELLO/WELCOME. Raises on failure (no retry the first time):
+        `ConnectionClosedError` if the relay closed the connection, or the `OSError` /
+        `websockets` exception of the failed handshake."""
+        if self._supervisor is not None:
+            raise RelayClientError("already started")
+        self._loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        session = await self._open_session()
+        self._resume(session)
+        self._supervisor = asyncio.create_task(self._run(session), name="relay-client")
+        return self
+
+    async def close(self) -> None:
+        """Close the connection (queued frames are sent first); every document ends."""
+        if self._closing:
+            if self._supervisor is not None:
+                with contextlib.suppress(BaseException):
+                    await self._supervisor
+            return
+        self._closing = True
+        session = self._session
+        if session is not None:
+            session.queue.put_nowait(None)  # the writer sends what is queued, then stops
+            if session.writer is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(session.writer), 2.0)
+            with contextlib.suppress(Exception):
+                await session.ws.close()
+        if self._supervisor is not None:
+            if session is None:
+                self._supervisor.cancel()  # sleeping between reconnect attempts
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._supervisor, 5.0)
+        self._shutdown(None)
+
+    async def __aenter__(self) -> Connection:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self.start().__await__()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed for good; raises `ConnectionClosedError` if
+        that was not the result of `close()`."""
+        if self._done is None:
+            raise RelayClientError("not started")
+        await self._done.wait()
+        if self._fatal is not None:
+            raise self._fatal
+
+    @property
+    def connected(self) -> bool:
+        """True while a WebSocket is open and past WELCOME (False while reconnecting)."""
+        return self._session is not None
+
+    @property
+    def closed(self) -> bool:
+        """True once closed for good (by `close()` or a fatal close)."""
+        return self._done is not None and self._done.is_set()
+
+    # ------------------------------------------------------------------ requests
+
+    async def join(self, doc_id: str, *, timeout: float | None = None) -> Document:
+        """Join `doc_id` with a fresh handle and wait for JOINED.
+
+        Raises `RelayError(code, message)` when the relay answers with ERROR (e.g. 7 for a
+        bad doc id, 4 forbidden, 5 at capacity), `TimeoutError` after `timeout` seconds
+        (default `request_timeout`). Joining while reconnecting waits for the reconnect.
+        """
+        self._check_usable()
+        if doc_id in self._by_doc_id:
+            raise RelayError(ALREADY_JOINED, f"{doc_id!r} is already joined on this connection")
+        handle = self._alloc_handle()
+        doc = Document(self, handle, doc_id)
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        doc._join_waiter = waiter
+        self.documents[handle] = doc
+        self._by_doc_id[doc_id] = doc
+        if self._session is not None:
+            self._send(pack([JOIN, handle, doc_id]))
+        try:
+            async with asyncio.timeout(self.request_timeout if timeout is None else timeout):
+                await waiter
+        except BaseException as exc:
+            # A late JOINED for this handle is answered with LEAVE by the reader.
+            self._forget(doc)
+            doc._close(exc if isinstance(exc, RelayClientError) else None)
+            raise
+        return doc
+
+    async def ping(self, *, timeout: float | None = None) -> float:
+        """Send PING and return the round-trip time in seconds (also updates
+        `clock_offset_ms`)."""
+        self._check_usable()
+        if self._session is None:
+            raise RelayClientError("not connected (reconnecting)")
+        client_ms = time.time() * 1000.0
+        while client_ms in self._pings:
+            client_ms += 0.001
+        fut: asyncio.Future[float] = self._loop.create_future()
+        self._pings[client_ms] = (self._loop.time(), fut)
+        self._send(pack([PING, client_ms]))
+        try:
+            async with asyncio.timeout(self.request_timeout if timeout is None else timeout):
+                return await fut
+        finally:
+            self._pings.pop(client_ms, None)
+
+    # ------------------------------------------------------------------ internals used by Document
+
+    def _send(self, data: bytes) -> None:
+        """Queue one frame on the current session (dropped while disconnected: documents
+        keep their state and send it again after the rejoin)."""
+        session = self._session
+        if session is not None:
+            session.queue.put_nowait(data)
+
+    def _forget(self, doc: Document) -> None:
+        if self.documents.get(doc.handle) is doc:
+            del self.documents[doc.handle]
+        if self._by_doc_id.get(doc.doc_id) is doc:
+            del self._by_doc_id[doc.doc_id]
+
+    def _cursor_interval(self) -> float:
+        ms = self.settings.get("cursor_throttle_ms", 50)
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except (TypeError, ValueError):
+            return 0.05
+
+    def _check_usable(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        if self._closing or self._supervisor is None:
+            raise RelayClientError("connection is closed" if self._closing else "not started")
+
+    def _alloc_handle(self) -> int:
+        # Monotonic (mod 65536) so a stale reply for a left handle cannot hit a new document.
+        for _ in range(MAX_HANDLE + 1):
+            h = self._next_handle
+            self._next_handle = (h + 1) % (MAX_HANDLE + 1)
+            if h not in self.documents:
+                return h
+        raise RelayClientError("no free handle")
+
+    # ------------------------------------------------------------------ sessions
+
+    async def _open_session(self) -> _Session:
+        ws = await ws_connect(
+            self.url,
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            open_timeout=self.open_timeout,
+            **self._ws_options,
+        )
+        try:
+            await ws.send(pack([HELLO, VERSION, self._token, self._info]))
+            async with asyncio.timeout(self.open_timeout):
+                while True:
+                    data = await ws.recv()
+                    frame = self._decode(data)
+                    if frame is None:
+                        continue
+                    if frame[0] == WELCOME:
+                        self._on_welcome(frame)
+                        break
+                    if frame[0] == ERROR and len(frame) >= 4:
+                        self.errors.append(ErrorEvent(frame[2], frame[3], frame[1]))
+        except ConnectionClosed as exc:
+            raise _closed_error(exc) from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await ws.close()
+            raise
+        return _Session(ws)
+
+    def _on_welcome(self, frame: list[Any]) -> None:
+        _, _version, connection_id, user, server_ms, settings = frame[:6]
+        self.connection_id = connection_id
+        self.user = dict(user) if isinstance(user, dict) else {}
+        self.settings = dict(settings) if isinstance(settings, dict) else {}
+        if isinstance(server_ms, int | float):
+            self.clock_offset_ms = server_ms - time.time() * 1000.0
+        interval = self._cursor_interval()
+        for doc in self.documents.values():
+            doc._set_interval(interval)
+
+    def _resume(self, session: _Session) -> None:
+        """Make `session` current and (re)join every registered document."""
+        session.writer = asyncio.create_task(self._write(session), name="relay-client-writer")
+        self._session = session
+        for doc in list(self.documents.values()):
+            self._send(pack([JOIN, doc.handle, doc.doc_id]))
+
+    async def _write(self, session: _Session) -> None:
+        ws, queue = session.ws, session.queue
+        try:
+            while True:
+                data = await queue.get()
+                if data is None:
+                    return
+                await ws.send(data)
+        except ConnectionClosed:
+            return
+
+    async def _run(self, session: _Session) -> None:
+        """Read frames; on an unexpected close, reconnect (or give up) and go on."""
+        try:
+            while True:
+                code, reason = await self._read(session)
+                self._session = None
+                if session.writer is not None:
+                    session.writer.cancel()
+                if self._closing:
+                    return
+                err = ConnectionClosedError(code, reason)
+                if code in FATAL_CLOSE_CODES or not self.reconnect:
+                    self._shutdown(err)
+                    return
+                log.info("connection lost (%s %s); reconnecting", code, reason)
+                self._suspend()
+                try:
+                    session = await self._reconnect_loop(err)
+                except ConnectionClosedError as exc:
+                    self._shutdown(exc)
+                    return
+                if self._closing:
+                    with contextlib.suppress(Exception):
+                        await session.ws.close()
+                    return
+                self.reconnects += 1
+                self._resume(session)
+        except asyncio.CancelledError:
+            if self._session is not None and self._session.writer is not None:
+                self._session.writer.cancel()
+            raise
+        finally:
+            if self._closing:
+                self._shutdown(None)
+
+    async def _read(self, session: _Session) -> tuple[int, str]:
+        ws = session.ws
+        while True:
+            try:
+                data = await ws.recv()
+            except ConnectionClosed as exc:
+                return _close_code(exc), exc.rcvd.reason if exc.rcvd is not None else ""
+            try:
+                self._dispatch(data)
+            except Exception:  # a bug or a malformed frame must not kill the reader
+                log.exception("error while handling a frame from the relay")
+
+    async def _reconnect_loop(self, last: ConnectionClosedError) -> _Session:
+        attempt = 0
+        while True:
+            delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+            await asyncio.sleep(delay)
+            if self._closing:
+                raise asyncio.CancelledError
+            try:
+                return await self._open_session()
+            except ConnectionClosedError as exc:
+                if exc.code in FATAL_CLOSE_CODES:
+                    raise
+                last = exc
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if 400 <= status < 500 and status not in (408, 429):
+                    raise ConnectionClosedError(None, f"handshake refused: HTTP {status}") from exc
+                last = ConnectionClosedError(None, f"handshake failed: HTTP {status}")
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                last = ConnectionClosedError(last.code, f"reconnect failed: {exc!r}")
+            attempt += 1
+            if self.max_reconnect_attempts is not None and attempt >= self.max_reconnect_attempts:
+                raise ConnectionClosedError(last.code, f"gave up reconnecting: {last.reason}")
+
+    def _suspend(self) -> None:
+        for doc in self.documents.values():
+            doc._suspend()
+        self._fail_pings(RelayClientError("connection lost while waiting for PONG"))
+
+    def _shutdown(self, error: ConnectionClosedError | None) -> None:
+        """Closed for good: end every document and pending call."""
+        if error is not None and self._fatal is None and not self._closing:
+            self._fatal = error
+        self._session = None
+        for doc in list(self.documents.values()):
+            doc._close(self._fatal)
+        self.documents.clear()
+        self._by_doc_id.clear()
+        self._fail_pings(self._fatal or RelayClientError("connection closed"))
+        if self._done is not None:
+            self._done.set()
+
+    def _fail_pings(self, exc: BaseException) -> None:
+        for _, fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pings.clear()
+
+    # ------------------------------------------------------------------ incoming frames
+
+    @staticmethod
+    def _decode(data: bytes | str) -> list[Any] | None:
+        if not isinstance(data, bytes):
+            log.warning("ignoring a text frame from the relay")
+            return None
+        try:
+            frame = unpack(data)
+        except ProtocolError:
+            log.warning("ignoring a frame that is not msgpack")
+            return None
+        if type(frame) is not list or not frame:
+            log.warning("ignoring a frame that is not a non-empty array")
+            return None
+        return frame
+
+    def _dispatch(self, data: bytes | str) -> None:
+        frame = self._decode(data)
+        if frame is None:
+            return
+        t = frame[0]
+        if t == BATCH:
+            doc = self._by_doc_id.get(frame[1])
+            if doc is not None:
+                doc._apply_batch(frame[3])
+        elif t == JOINED:
+            handle = frame[1]
+            doc = self.documents.get(handle)
+            if doc is None or doc.doc_id != frame[2]:
+                self._send(pack([LEAVE, handle]))  # a join we gave up on: undo it
+            else:
+                doc._on_joined(frame[3], frame[4])
+        elif t == ERROR:
+            handle, code, message = frame[1], frame[2], frame[3]
+            doc = self.documents.get(handle) if handle is not None else None
+            if doc is not None:
+                consumed = doc._on_error(code, message)
+                if doc.closed:
+                    self._forget(doc)
+                if consumed:
+                    return
+            self.errors.append(ErrorEvent(code, message, handle))
+            log.debug("relay error %s on handle %s: %s", code, handle, message)
+        elif t == PONG:
+            client_ms, server_ms = frame[1], frame[2]
+            entry = self._pings.pop(client_ms, None)
+            if entry is not None:
+                sent_at, fut = entry
+                rtt = self._loop.time() - sent_at
+                self.clock_offset_ms = server_ms - (client_ms + rtt * 500.0)
+                if not fut.done():
+                    fut.set_result(rtt)
+        elif t == WELCOME:
+            self._on_welcome(frame)
+
+
+def _close_code(exc: ConnectionClosed) -> int:
+    return exc.rcvd.code if exc.rcvd is not None else ABNORMAL_CLOSURE
+
+
+def _closed_error(exc: ConnectionClosed) -> ConnectionClosedError:
+    return ConnectionClosedError(_close_code(exc), exc.rcvd.reason if exc.rcvd is not None else "")

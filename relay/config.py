@@ -1,0 +1,200 @@
+"""Configuration: one frozen dataclass, three sources.
+
+Precedence: `--kebab-case` CLI flags, then `PRESENCE_UPPER_SNAKE` environment variables, then
+a TOML file (`--config` / `PRESENCE_CONFIG`), then the defaults below (the seed's
+PresenceConfig defaults plus the server's). Every value is validated at start; an invalid one
+raises ConfigError naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.core.document import DocumentRules
+
+ENV_PREFIX = "PRESENCE_"
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message names it."""
+
+
+def _opt(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceConfig:
+    # The seed's PresenceConfig
+    cursor_throttle_ms: int = _opt(50, "client-side cursor throttle announced to SDKs", 0, 10_000)
+    typing_debounce_ms: int = _opt(500, "typing stops this long after the last keystroke", 1, 60_000)
+    presence_ttl_seconds: int = _opt(30, "a crashed node's sessions leave within this", 1, 3600)
+    activity_timeout_ms: int = _opt(30_000, "Idle after this long without an action", 1, 86_400_000)
+    max_users_per_document: int = _opt(1000, "sessions per document (ERROR 5 past it)", 1, 100_000)
+    # Activity beyond the seed
+    away_after_ms: int = _opt(300_000, "Away after this long without an action", 1, 86_400_000)
+    away_after_blur_ms: int = _opt(60_000, "Away after this long unfocused", 1, 86_400_000)
+    # Server
+    host: str = _opt("127.0.0.1", "listen address")
+    port: int = _opt(8765, "listen port (0 picks a free one)", 0, 65535)
+    batch_ms: int = _opt(50, "batch interval: one BATCH per dirty document per interval", 1, 1000)
+    jwt_secret: str | None = _opt(None, "HS256 secret; unset allows anonymous HELLO on loopback")
+    internal_api_key: str | None = _opt(None, "bearer key for /internal/*; unset = loopback only")
+    redis_url: str | None = _opt(None, "Redis URL for shared presence (unset: memory backend)")
+    auth_timeout_ms: int = _opt(5000, "HELLO must arrive within this (else close 4401)", 1, 600_000)
+    ping_interval_s: float = _opt(20.0, "WebSocket keepalive ping interval (0 = off)", 0, 3600)
+    ping_timeout_s: float = _opt(20.0, "close when a keepalive pong is this late", 0, 3600)
+    # Limits
+    max_frame_bytes: int = _opt(8192, "largest client frame (close 1009 past it)", 64, 16_777_216)
+    max_documents: int = _opt(32, "documents per connection (ERROR 9 past it)", 1, 65536)
+    max_frames_per_s: int = _opt(200, "sustained client frames per second", 1, 1_000_000)
+    max_frames_burst: int = _opt(400, "client frame burst (token bucket size)", 1, 1_000_000)
+    rate_limit_close_after_s: float = _opt(5.0, "close 4429 after this much continuous excess", 0.1, 3600)
+    max_bad_frames: int = _opt(20, "bad frames tolerated per window (close 4400 past it)", 0, 1_000_000)
+    bad_frames_window_s: float = _opt(10.0, "window for max_bad_frames", 0.1, 3600)
+    max_send_backlog: int = _opt(1_048_576, "unsent bytes per member before close 4408", 1024, 2**31)
+    max_connections: int = _opt(100_000, "open WebSocket connections (HTTP 503 past it)", 1, 10_000_000)
+    # Observability
+    metrics_per_document: bool = _opt(False, "label active-user gauges by document (cardinality!)")
+    log_level: str = _opt("info", "debug, info, warning or error")
+    # Redis stream
+    presence_stream: str = _opt("materi:events:presence", "Redis stream of joined/left events")
+    presence_stream_maxlen: int = _opt(100_000, "approximate MAXLEN of the presence stream", 1, 10**9)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+            v = getattr(self, f.name)
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise ConfigError(f"{f.name}={v!r} is out of range [{lo}, {hi}]")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level={self.log_level!r}: use debug, info, warning or error")
+        if self.max_frames_burst < 1:
+            raise ConfigError("max_frames_burst must be at least 1")
+
+    @property
+    def loopback(self) -> bool:
+        """True when the server listens on loopback only (anonymous mode is allowed)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def document_rules(self) -> DocumentRules:
+        return DocumentRules(
+            max_users_per_document=self.max_users_per_document,
+            typing_debounce_ms=self.typing_debounce_ms,
+            activity_timeout_ms=self.activity_timeout_ms,
+            away_after_ms=self.away_after_ms,
+            away_after_blur_ms=self.away_after_blur_ms,
+        )
+
+    def welcome_settings(self) -> dict[str, Any]:
+        """The settings map sent in WELCOME."""
+        return {
+            "batch_ms": self.batch_ms,
+            "cursor_throttle_ms": self.cursor_throttle_ms,
+            "typing_debounce_ms": self.typing_debounce_ms,
+            "max_frame_bytes": self.max_frame_bytes,
+            "max_documents": self.max_documents,
+            "max_frames_per_s": self.max_frames_per_s,
+            "max_frames_burst": self.max_frames_burst,
+            "activity_timeout_ms": self.activity_timeout_ms,
+        }
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(PresenceConfig)}
+SECRET_FIELDS = {"jwt_secret", "internal_api_key", "redis_url"}
+
+
+def _field_type(name: str) -> type:
+    default = FIELDS[name].default
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    return str
+
+
+def coerce(name: str, raw: Any) -> Any:
+    """Turn a raw value (string from env/flags, or TOML value) into the field's type."""
+    if name not in FIELDS:
+        raise ConfigError(f"unknown setting {name!r}")
+    kind = _field_type(name)
+    if raw is None:
+        return None
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            s = str(raw).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, (bool, float)):
+                raise ValueError(raw)
+            return int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        if not isinstance(raw, str):
+            raise ValueError(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a valid {kind.__name__}") from None
+
+
+def from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for name in FIELDS:
+        key = ENV_PREFIX + name.upper()
+        if key in env and env[key] != "":
+            out[name] = coerce(name, env[key])
+    return out
+
+
+def from_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    # Accept either a flat file or one with a [relay] table.
+    data = data.get("relay", data)
+    return {k.replace("-", "_"): coerce(k.replace("-", "_"), v) for k, v in data.items()}
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: str | None = None,
+) -> PresenceConfig:
+    """Merge the three sources (flags > env > file > defaults) and validate."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    path = config_path or env.get(ENV_PREFIX + "CONFIG") or None
+    merged: dict[str, Any] = {}
+    if path:
+        merged.update(from_toml(path))
+    merged.update(from_env(env))
+    merged.update({k: coerce(k, v) for k, v in flags.items()})
+    try:
+        return PresenceConfig(**merged)
+    except TypeError as exc:  # a wrong type slipped past coerce (e.g. None for an int)
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,153 @@
+"""The presence data model (the seed's structs, as slotted dataclasses).
+
+`Session` is one open document in one tab: the unit that has a sid and a cursor. A user
+with the document open twice has two sessions. `UserPresence` is the seed's record as other
+services read it (HTTP, Redis); it is derived from a session, never stored twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+
+class ActivityType(IntEnum):
+    """Wire codes from PROTOCOL.md (MEMBER.activity, BATCH event 6)."""
+
+    EDITING = 0
+    VIEWING = 1
+    SELECTING = 2
+    IDLE = 3
+    AWAY = 4
+
+    @property
+    def label(self) -> str:
+        """The seed's enum name (`Editing`, ...), as HTTP and Redis readers expect it."""
+        return self.name.capitalize()
+
+
+# Positions travel as tuples so they can be packed as msgpack arrays without conversion.
+Cursor = tuple[int, int, int]  # (line, column, offset)
+Selection = tuple[int, int, int, bool]  # (anchor line, anchor column, anchor offset, backward)
+Viewport = tuple[int, int, float]  # (top_line, bottom_line, scroll_percentage)
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """Who a connection is: from the token, or from HELLO in anonymous mode."""
+
+    user_id: str
+    name: str
+    workspace_id: str = "default"
+    avatar_url: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """One member of one document (one tab). Mutable: the document updates it in place."""
+
+    sid: int
+    user: UserInfo
+    color: str
+    connected_at_ms: int
+    last_active_ms: int
+    activity: ActivityType = ActivityType.VIEWING
+    typing: bool = False
+    typing_until_ms: int = 0
+    focused: bool = True
+    blurred_at_ms: int = 0
+    cursor: Cursor | None = None
+    selection: Selection | None = None
+    viewport: Viewport | None = None
+    # Hot-path slot: the latest unflushed cursor (coalescing) and when it arrived.
+    cursor_moved: bool = False
+    cursor_arrived_ms: int = 0
+    # Sessions owned by another relay node are mirrored here but not driven by our timers.
+    remote: bool = False
+
+    def member(self) -> tuple[Any, ...]:
+        """The MEMBER array of PROTOCOL.md."""
+        u = self.user
+        return (
+            self.sid,
+            u.user_id,
+            u.name,
+            u.avatar_url,
+            self.color,
+            int(self.activity),
+            self.typing,
+            self.focused,
+            self.cursor,
+            self.selection,
+            self.viewport,
+            self.connected_at_ms,
+            self.last_active_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UserPresenceSummary:
+    """The seed's `UserPresenceSummary` (HTTP `/internal/presence/{doc}`)."""
+
+    user_id: str
+    name: str
+    avatar_url: str | None
+    activity: str
+    last_active_at: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "name": self.name,
+            "avatar_url": self.avatar_url,
+            "activity": self.activity,
+            "last_active_at": self.last_active_at,
+        }
+
+
+@dataclass(slots=True)
+class DocumentSummary:
+    """A document's presence as other services read it."""
+
+    document_id: str
+    workspace_id: str
+    users: list[UserPresenceSummary] = field(default_factory=list)
+
+
+def member_from_wire(m: list[Any] | tuple[Any, ...], workspace_id: str = "default") -> Session:
+    """Rebuild a Session from a MEMBER array (snapshots received from other nodes)."""
+    user = UserInfo(user_id=m[1], name=m[2], workspace_id=workspace_id, avatar_url=m[3])
+    return Session(
+        sid=m[0],
+        user=user,
+        color=m[4],
+        activity=ActivityType(m[5]),
+        typing=m[6],
+        focused=m[7],
+        cursor=tuple(m[8]) if m[8] is not None else None,  # type: ignore[arg-type]
+        selection=tuple(m[9]) if m[9] is not None else None,  # type: ignore[arg-type]
+        viewport=tuple(m[10]) if m[10] is not None else None,  # type: ignore[arg-type]
+        connected_at_ms=m[11],
+        last_active_ms=m[12],
+        remote=True,
+    )
+
+
+def summarize(sessions: list[Session]) -> list[UserPresenceSummary]:
+    """Distinct users, each with their most recently active session's presence."""
+    by_user: dict[str, Session] = {}
+    for s in sessions:
+        seen = by_user.get(s.user.user_id)
+        if seen is None or s.last_active_ms > seen.last_active_ms:
+            by_user[s.user.user_id] = s
+    return [
+        UserPresenceSummary(
+            user_id=s.user.user_id,
+            name=s.user.name,
+            avatar_url=s.user.avatar_url,
+            activity=s.activity.label,
+            last_active_at=s.last_active_ms,
+        )
+        for s in by_user.values()
+    ]

@@ -1,0 +1,114 @@
+"""Start the relay: backends, hub, WebSocket server, ticker; stop it cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+import relay
+from relay.backends.base import Broker, PresenceStore
+from relay.backends.memory import MemoryBroker, MemoryStore
+from relay.config import ConfigError, PresenceConfig
+from relay.core import protocol as p
+from relay.server.connection import handle_connection
+from relay.server.http import HttpRoutes
+from relay.server.hub import Hub
+
+log = logging.getLogger("relay")
+
+
+def make_backends(config: PresenceConfig) -> tuple[PresenceStore, Broker]:
+    if config.redis_url:
+        raise ConfigError("redis_url: the Redis backend is not available in this version yet")
+    return MemoryStore(), MemoryBroker()
+
+
+def check_security(config: PresenceConfig) -> None:
+    if config.jwt_secret is None:
+        if not config.loopback:
+            raise ConfigError(
+                f"jwt_secret: required when listening on {config.host!r} (not loopback); "
+                "anonymous HELLO is only allowed on 127.0.0.1 / ::1 / localhost"
+            )
+        log.warning(
+            "DEVELOPMENT MODE: no jwt_secret configured, anonymous HELLO is accepted "
+            "(listening on loopback %s only)", config.host
+        )
+
+
+class Relay:
+    """A running relay (used by the CLI and by tests that need one in-process)."""
+
+    def __init__(self, config: PresenceConfig) -> None:
+        check_security(config)
+        self.config = config
+        store, broker = make_backends(config)
+        self.hub = Hub(config, store, broker)
+        self.server: Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]  # type: ignore[no-any-return]
+
+    async def start(self) -> None:
+        cfg, hub = self.config, self.hub
+        await hub.store.start()
+        await hub.broker.start()
+
+        async def handler(ws: ServerConnection) -> None:
+            await handle_connection(ws, hub)
+
+        self.server = await serve(
+            handler,
+            cfg.host,
+            cfg.port,
+            subprotocols=[p.SUBPROTOCOL],  # type: ignore[list-item]
+            compression=None,  # permessage-deflate costs ~40 % CPU and doubles memory
+            max_size=cfg.max_frame_bytes,
+            process_request=HttpRoutes(hub, relay.implementation),
+            ping_interval=cfg.ping_interval_s or None,
+            ping_timeout=cfg.ping_timeout_s or None,
+            close_timeout=2,
+            server_header=f"presence-relay/{relay.__version__}",
+        )
+        self._ticker = asyncio.get_running_loop().create_task(hub.run_ticker())
+        log.info("presence-relay listening on ws://%s:%d/ws (%s core)",
+                 cfg.host, self.port, relay.implementation())
+
+    async def stop(self) -> None:
+        """Stop accepting, tell members the relay is going away (1001), flush, exit."""
+        hub = self.hub
+        if self.server is not None:
+            for client in list(hub.clients):
+                hub.close_client(client, p.CLOSE_GOING_AWAY, "server shutting down")
+            hub.tick(hub.clock())  # publish the `left` events before the broker goes away
+            self.server.close()  # stops accepting; closes the rest (mid-HELLO) with 1001
+            await self.server.wait_closed()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await hub.broker.close()
+        await hub.store.close()
+
+
+async def serve_forever(config: PresenceConfig, on_ready: Callable[[Relay], None] | None = None,
+                        ) -> None:
+    relay_ = Relay(config)
+    await relay_.start()
+    if on_ready is not None:
+        on_ready(relay_)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await relay_.stop()

@@ -1,0 +1,129 @@
+"""HTTP routes on the relay's port, answered from websockets' `process_request` hook."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import time
+from typing import Any
+from urllib.parse import unquote
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from relay.core import protocol as p
+from relay.server.hub import Hub
+from relay.server.metrics import make_registry, render
+
+WS_PATH = "/ws"
+
+
+def _response(status: int, body: bytes, content_type: str) -> Response:
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+              404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}[status]
+    headers = Headers(
+        [("Content-Type", content_type), ("Content-Length", str(len(body))),
+         ("Cache-Control", "no-store")]
+    )
+    return Response(status, reason, headers, body)
+
+
+def text(status: int, body: str) -> Response:
+    return _response(status, body.encode(), "text/plain; charset=utf-8")
+
+
+def as_json(status: int, data: Any) -> Response:
+    return _response(status, json.dumps(data).encode(), "application/json")
+
+
+def _is_loopback(conn: ServerConnection) -> bool:
+    try:
+        host = conn.remote_address[0]
+        return ipaddress.ip_address(host).is_loopback
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def _offered_subprotocols(request: Request) -> list[str]:
+    out = []
+    for value in request.headers.get_all("Sec-WebSocket-Protocol"):
+        out.extend(v.strip() for v in value.split(","))
+    return out
+
+
+class HttpRoutes:
+    def __init__(self, hub: Hub, implementation: Any) -> None:
+        self.hub = hub
+        self.registry = make_registry(hub, implementation)
+
+    async def __call__(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == WS_PATH:
+            if request.method != "GET":
+                return text(405, "method not allowed\n")
+            if p.SUBPROTOCOL not in _offered_subprotocols(request):
+                return text(400, f"unsupported subprotocol; this relay speaks: {p.SUBPROTOCOL}\n")
+            if len(self.hub.clients) >= self.hub.config.max_connections:
+                return text(503, "too many connections\n")
+            return None  # proceed with the WebSocket handshake
+        if path not in ("/healthz", "/readyz", "/metrics") and not path.startswith("/internal/"):
+            return text(404, "not found\n")
+        if request.method != "GET":
+            return text(405, "method not allowed\n")
+        if path == "/healthz":
+            return text(200, "ok\n")
+        if path == "/readyz":
+            return await self.readyz()
+        if path == "/metrics":
+            return _response(200, render(self.registry), "text/plain; version=0.0.4")
+        if path.startswith("/internal/"):
+            denied = self._check_internal(conn, request)
+            if denied is not None:
+                return denied
+            return await self.internal(path)
+        return text(404, "not found\n")  # unreachable: every known path returned above
+
+    async def readyz(self) -> Response:
+        problems = []
+        if not await self.hub.store.ready():
+            problems.append("store")
+        if not await self.hub.broker.ready():
+            problems.append("broker")
+        if problems:
+            return text(503, "degraded: " + ", ".join(problems) + " unreachable\n")
+        return text(200, "ready\n")
+
+    def _check_internal(self, conn: ServerConnection, request: Request) -> Response | None:
+        key = self.hub.config.internal_api_key
+        if key is None:
+            return None if _is_loopback(conn) else text(403, "forbidden: loopback only\n")
+        given = request.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            return None
+        return text(401, "unauthorized\n")
+
+    async def internal(self, path: str) -> Response:
+        parts = [unquote(x) for x in path.split("/")[2:]]
+        if len(parts) == 2 and parts[0] == "presence" and parts[1]:
+            doc_id = parts[1]
+            users = await self.hub.store.document_users(doc_id)
+            return as_json(200, {
+                "document_id": doc_id,
+                "active_users": [u.to_json() for u in users],
+                "total_count": len(users),
+                "timestamp": int(time.time() * 1000),
+            })
+        if len(parts) == 3 and parts[0] == "workspaces" and parts[2] == "documents" and parts[1]:
+            ws = parts[1]
+            docs = await self.hub.store.workspace_documents(ws)
+            return as_json(200, {
+                "workspace_id": ws,
+                "documents": [
+                    {"document_id": d, "active_users": n} for d, n in sorted(docs.items())
+                ],
+                "total_count": len(docs),
+                "timestamp": int(time.time() * 1000),
+            })
+        return text(404, "not found\n")

@@ -1,0 +1,346 @@
+"""The hub: this node's documents, their local members, and the ticker that flushes them.
+
+Frames come in through `on_frame` (synchronous: nothing on the way in awaits), change a
+document, and mark it dirty. Every `batch_ms` one ticker flushes each dirty document into
+one BATCH frame, written unchanged to every local member with `websockets.broadcast` (no
+per-member encoding, no awaits) and published once to the broker for other nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.connection import broadcast
+from websockets.asyncio.server import ServerConnection
+
+from relay.auth import Grant
+from relay.backends.base import Broker, PresenceStore
+from relay.config import PresenceConfig
+from relay.core import protocol as p
+from relay.core.document import NEVER, Batch, Document, DocumentFull
+from relay.core.model import UserInfo
+from relay.core.protocol import ProtocolError
+from relay.core.ratelimit import BadFrameWindow, TokenBucket
+from relay.server.metrics import Stats
+
+log = logging.getLogger("relay.hub")
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Membership:
+    """A client's open document: which document, and its sid there."""
+
+    __slots__ = ("doc", "sid")
+
+    def __init__(self, doc: Document, sid: int) -> None:
+        self.doc = doc
+        self.sid = sid
+
+
+class Client:
+    """One authenticated WebSocket connection."""
+
+    __slots__ = ("bad_frames", "bucket", "closing", "connection_id", "grant", "handles", "ws")
+
+    def __init__(
+        self, ws: ServerConnection, connection_id: str, grant: Grant, cfg: PresenceConfig,
+        now_ms: int,
+    ) -> None:
+        self.ws = ws
+        self.connection_id = connection_id
+        self.grant = grant
+        self.handles: dict[int, Membership] = {}
+        self.bucket = TokenBucket(
+            cfg.max_frames_per_s, cfg.max_frames_burst, cfg.rate_limit_close_after_s * 1000, now_ms
+        )
+        self.bad_frames = BadFrameWindow(cfg.max_bad_frames, cfg.bad_frames_window_s * 1000)
+        self.closing = False
+
+    @property
+    def user(self) -> UserInfo:
+        return self.grant.user
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame to this client without awaiting (skipped if not open)."""
+        broadcast((self.ws,), frame)
+
+
+# Errors that count toward max_bad_frames: the client sent something it should not have.
+# (RATE_LIMITED has its own escalation; FORBIDDEN / capacity answers are the server's call.)
+BAD_FRAME_CODES = frozenset(
+    {p.BAD_FRAME, p.UNKNOWN_TYPE, p.NOT_JOINED, p.INVALID_VALUE, p.ALREADY_JOINED}
+)
+
+
+class Hub:
+    def __init__(
+        self,
+        config: PresenceConfig,
+        store: PresenceStore,
+        broker: Broker,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.config = config
+        self.rules = config.document_rules()
+        self.store = store
+        self.broker = broker
+        self.clock = clock
+        self.stats = Stats()
+        self.documents: dict[str, Document] = {}
+        self.local: dict[str, dict[int, Client]] = {}  # doc_id -> sid -> client on this node
+        self.clients: set[Client] = set()
+        self.dirty: set[Document] = set()
+        self._timers: list[tuple[int, int, Document]] = []
+        self._armed: dict[Document, int] = {}
+        self._seq = itertools.count()
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        broker.set_callback(self.on_remote_frame)
+
+    # ------------------------------------------------------------ connections
+
+    def connect(self, ws: ServerConnection, grant: Grant) -> Client:
+        now = self.clock()
+        client = Client(ws, f"{self.broker.node_id}-{next(self._ids)}", grant, self.config, now)
+        self.clients.add(client)
+        self.stats.connections_total += 1
+        return client
+
+    def disconnect(self, client: Client) -> None:
+        """The connection is gone (or going): leave every document now, not after close."""
+        if client not in self.clients:
+            return
+        self.clients.discard(client)
+        now = self.clock()
+        for h in list(client.handles):
+            self._leave(client, h, now)
+
+    def close_client(self, client: Client, code: int, reason: str) -> None:
+        """Leave every document at once, then close the socket in the background."""
+        if client.closing:
+            return
+        client.closing = True
+        self.stats.close(code)
+        self.disconnect(client)
+        task = asyncio.get_running_loop().create_task(client.ws.close(code, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ inbound
+
+    def on_frame(self, client: Client, data: bytes) -> None:
+        """Handle one binary frame from a client. Never raises for bad input."""
+        self.stats.frames_in += 1
+        now = self.clock()
+        if not client.bucket.take(now):
+            if client.bucket.abusive(now):
+                self.close_client(client, p.CLOSE_RATE_LIMIT, "rate limit exceeded")
+            elif now - client.bucket.last_error_ms >= 1000:
+                client.bucket.last_error_ms = now
+                self._error(client, None, p.RATE_LIMITED, "rate limit exceeded; frame dropped", now)
+            return
+        try:
+            frame = p.decode_client_frame(data)
+            t = frame[0]
+            if t == p.CURSOR:
+                m = self._membership(client, frame)
+                n = len(frame)
+                if n == 2:
+                    m.doc.move_cursor(m.sid, None, None, now)
+                else:
+                    p.check_ranges(frame)
+                    sel = (frame[5], frame[6], frame[7], frame[8]) if n == 9 else None
+                    m.doc.move_cursor(m.sid, (frame[2], frame[3], frame[4]), sel, now)
+                self.stats.updates["cursor"] += 1
+            elif t == p.TYPING:
+                m = self._membership(client, frame)
+                m.doc.set_typing(m.sid, frame[2] if len(frame) == 3 else True, now)
+                self.stats.updates["typing"] += 1
+            elif t == p.VIEWPORT:
+                m = self._membership(client, frame)
+                p.check_ranges(frame)
+                m.doc.set_viewport(m.sid, frame[2], frame[3], frame[4], now)
+                self.stats.updates["viewport"] += 1
+            elif t == p.FOCUS:
+                m = self._membership(client, frame)
+                m.doc.set_focus(m.sid, frame[2], now)
+                self.stats.updates["focus"] += 1
+            elif t == p.PING:
+                client.send(p.encode_pong(frame[1], now))
+                return
+            elif t == p.JOIN:
+                self._join(client, frame, now)
+                return
+            elif t == p.LEAVE:
+                self._membership(client, frame)
+                self._leave(client, frame[1], now)
+                return
+            else:  # HELLO again
+                raise ProtocolError(p.BAD_FRAME, "HELLO was already received")
+            self.dirty.add(m.doc)
+        except ProtocolError as exc:
+            self._error(client, exc.handle, exc.code, exc.message, now)
+
+    def on_text(self, client: Client) -> None:
+        self.stats.frames_in += 1
+        self._error(client, None, p.BAD_FRAME, "text frames are not part of the protocol",
+                    self.clock())
+
+    def _membership(self, client: Client, frame: list[Any]) -> Membership:
+        m = client.handles.get(frame[1])
+        if m is None:
+            raise ProtocolError(p.NOT_JOINED, f"handle {frame[1]} is not joined", frame[1])
+        return m
+
+    def _error(self, client: Client, h: int | None, code: int, message: str, now: int) -> None:
+        self.stats.error(code)
+        client.send(p.encode_error(h, code, message))
+        if code in BAD_FRAME_CODES and client.bad_frames.add(now):
+            self.close_client(client, p.CLOSE_PROTOCOL, "too many bad frames")
+
+    # ------------------------------------------------------------ join / leave (cold path)
+
+    def _join(self, client: Client, frame: list[Any], now: int) -> None:
+        h, doc_id = frame[1], frame[2]
+        p.check_ranges(frame)
+        if h in client.handles:
+            raise ProtocolError(p.ALREADY_JOINED, f"handle {h} is already in use", h)
+        if any(m.doc.doc_id == doc_id for m in client.handles.values()):
+            raise ProtocolError(p.ALREADY_JOINED, "document already joined on this connection", h)
+        if not client.grant.allows(doc_id):
+            raise ProtocolError(p.FORBIDDEN, "the token does not grant this document", h)
+        if len(client.handles) >= self.config.max_documents:
+            raise ProtocolError(
+                p.TOO_MANY_DOCUMENTS, f"at most {self.config.max_documents} documents", h
+            )
+        doc = self.documents.get(doc_id)
+        created = doc is None
+        if doc is None:
+            doc = Document(doc_id, self.rules)
+        try:
+            session = doc.join(client.user, now)
+        except DocumentFull:
+            raise ProtocolError(p.DOCUMENT_AT_CAPACITY, "document is at capacity", h) from None
+        if created:
+            self.documents[doc_id] = doc
+            self.local[doc_id] = {}
+            self.broker.subscribe(doc_id)
+        self.local[doc_id][session.sid] = client
+        client.handles[h] = Membership(doc, session.sid)
+        client.send(p.encode_joined(h, doc_id, session.sid, doc.snapshot()))
+        self.dirty.add(doc)
+        self.store.session_changed(doc_id, session)
+        self.stats.updates["joined"] += 1
+
+    def _leave(self, client: Client, h: int, now: int) -> None:
+        m = client.handles.pop(h)
+        doc = m.doc
+        session = doc.leave(m.sid, now)
+        self.local[doc.doc_id].pop(m.sid, None)
+        self.dirty.add(doc)
+        if session is not None:
+            self.store.session_left(doc.doc_id, session)
+            self.stats.updates["left"] += 1
+
+    # ------------------------------------------------------------ outbound
+
+    def tick(self, now: int) -> None:
+        """One batch interval: run due timers, flush dirty documents, deliver."""
+        dirty, self.dirty = self.dirty, set()
+        for doc in dirty:
+            self._arm(doc)
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, _, doc = heapq.heappop(timers)
+            if self._armed.get(doc) != deadline:
+                continue  # stale entry: the document re-armed or went away
+            del self._armed[doc]
+            before = doc.dirty
+            doc.advance(now)
+            self._arm(doc)
+            if doc.dirty and not before:
+                dirty.add(doc)
+        for doc in dirty:
+            batch = doc.flush(now)
+            if batch is not None:
+                self._deliver(doc, batch, now)
+            if doc.empty:
+                self._drop_document(doc)
+
+    def _arm(self, doc: Document) -> None:
+        d = doc.next_deadline_ms
+        if d == NEVER or doc.empty:
+            return
+        current = self._armed.get(doc)
+        if current is None or d < current:
+            self._armed[doc] = d
+            heapq.heappush(self._timers, (d, next(self._seq), doc))
+
+    def _deliver(self, doc: Document, batch: Batch, now: int) -> None:
+        st = self.stats
+        frame = batch.frame
+        limit = self.config.max_send_backlog
+        targets = []
+        slow = []
+        for sid, client in self.local[doc.doc_id].items():
+            if sid == batch.skip_sid:
+                continue
+            transport = client.ws.transport
+            if transport is not None and transport.get_write_buffer_size() > limit:
+                slow.append(client)
+            else:
+                targets.append(client.ws)
+        broadcast(targets, frame)
+        self.broker.publish(doc.doc_id, frame)
+        st.frames_out += len(targets)
+        st.bytes_out += len(frame) * len(targets)
+        st.batch_sizes.observe(batch.event_count)
+        for arrived in batch.cursor_arrivals:
+            st.cursor_latency.observe((now - arrived) / 1000.0)
+        for client in slow:
+            log.info("closing %s: send backlog over %d bytes", client.connection_id, limit)
+            self.close_client(client, p.CLOSE_TOO_SLOW, "send backlog exceeded")
+
+    def _drop_document(self, doc: Document) -> None:
+        if self.documents.get(doc.doc_id) is doc:
+            del self.documents[doc.doc_id]
+            del self.local[doc.doc_id]
+            self._armed.pop(doc, None)
+            self.broker.unsubscribe(doc.doc_id)
+
+    def on_remote_frame(self, doc_id: str, frame: bytes) -> None:
+        """A BATCH from another node: forward the bytes unchanged to local members."""
+        members = self.local.get(doc_id)
+        if members:
+            targets = [c.ws for c in members.values()]
+            broadcast(targets, frame)
+            self.stats.frames_out += len(targets)
+            self.stats.bytes_out += len(frame) * len(targets)
+
+    async def run_ticker(self) -> None:
+        """Flush every `batch_ms`, on a fixed schedule (a slow tick does not shift the rest)."""
+        loop = asyncio.get_running_loop()
+        interval = self.config.batch_ms / 1000.0
+        next_at = loop.time()
+        while True:
+            next_at += interval
+            delay = next_at - loop.time()
+            if delay < 0:
+                next_at = loop.time()  # fell behind: don't try to catch up with a burst
+                delay = 0
+            await asyncio.sleep(delay)
+            started = time.perf_counter()
+            try:
+                self.tick(self.clock())
+            except Exception:  # a bug in one tick must not stop presence for everyone
+                log.exception("tick failed")
+            self.stats.tick_duration.observe(time.perf_counter() - started)

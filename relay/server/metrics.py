@@ -1,0 +1,176 @@
+"""Prometheus metrics read at scrape time.
+
+prometheus_client's `inc()` takes a lock; at tens of thousands of frames a second that is
+real CPU. So the hot path bumps plain integers on `Stats` and `CounterHistogram`, and the
+`RelayCollector` turns them into metric families only when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from relay.server.hub import Hub
+
+# The seed's buckets for cursor latency, in seconds.
+LATENCY_BUCKETS = (0.005, 0.010, 0.025, 0.050, 0.100)
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.010, 0.025, 0.050, 0.100)
+EVENT_TYPES = ("joined", "left", "cursor", "typing", "viewport", "focus", "activity")
+
+
+class CounterHistogram:
+    """A histogram that is a list of ints: observe() is a bisect and an increment."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            cumulative.append((repr(float(bound)), running))
+        running += self.counts[-1]
+        cumulative.append(("+Inf", running))
+        return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=self.sum)
+
+
+class Stats:
+    """Plain counters bumped on the hot path."""
+
+    __slots__ = (
+        "batch_sizes",
+        "bytes_out",
+        "closes",
+        "connections_total",
+        "cursor_latency",
+        "errors",
+        "frames_in",
+        "frames_out",
+        "tick_duration",
+        "updates",
+    )
+
+    def __init__(self) -> None:
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_out = 0
+        self.connections_total = 0
+        self.updates = dict.fromkeys(EVENT_TYPES, 0)
+        self.errors: dict[int, int] = {}
+        self.closes: dict[int, int] = {}
+        self.cursor_latency = CounterHistogram(LATENCY_BUCKETS)
+        self.batch_sizes = CounterHistogram(BATCH_SIZE_BUCKETS)
+        self.tick_duration = CounterHistogram(TICK_BUCKETS)
+
+    def error(self, code: int) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+    def close(self, code: int) -> None:
+        self.closes[code] = self.closes.get(code, 0) + 1
+
+
+class RelayCollector(Collector):
+    def __init__(self, hub: Hub, implementation: Callable[[], str]) -> None:
+        self.hub = hub
+        self.implementation = implementation
+
+    def collect(self) -> Iterator[Metric]:
+        hub, st = self.hub, self.hub.stats
+        per_doc = hub.config.metrics_per_document
+        users = GaugeMetricFamily(
+            "materi_presence_active_users",
+            "Distinct users present in documents on this node",
+            labels=["document_id", "workspace_id"] if per_doc else [],
+        )
+        total = 0
+        for doc in hub.documents.values():
+            n = len({s.user.user_id for s in doc.sessions.values()})
+            total += n
+            if per_doc:
+                ws = next(iter(doc.workspaces()), "")
+                users.add_metric([doc.doc_id, ws], n)
+        if not per_doc:
+            users.add_metric([], total)
+        yield users
+        updates = CounterMetricFamily(
+            "materi_presence_updates", "Presence update events", labels=["event_type"]
+        )
+        for kind, n in st.updates.items():
+            updates.add_metric([kind], n)
+        yield updates
+        yield st.cursor_latency.family(
+            "materi_cursor_update_latency_seconds",
+            "Time from a cursor frame's arrival to the broadcast that carries it",
+        )
+        yield GaugeMetricFamily(
+            "presence_relay_connections", "Open WebSocket connections", value=len(hub.clients)
+        )
+        yield CounterMetricFamily(
+            "presence_relay_connections", "Accepted WebSocket connections",
+            value=st.connections_total,
+        )
+        yield GaugeMetricFamily(
+            "presence_relay_documents", "Documents with members on this node",
+            value=len(hub.documents),
+        )
+        yield CounterMetricFamily("presence_relay_frames_in", "Client frames received",
+                                  value=st.frames_in)
+        yield CounterMetricFamily("presence_relay_frames_out", "Frames written to members",
+                                  value=st.frames_out)
+        yield CounterMetricFamily("presence_relay_bytes_out", "Payload bytes written to members",
+                                  value=st.bytes_out)
+        yield st.batch_sizes.family("presence_relay_batch_events", "Events per BATCH frame")
+        yield st.tick_duration.family(
+            "presence_relay_flush_duration_seconds", "Time to advance, encode and send one tick"
+        )
+        errors = CounterMetricFamily("presence_relay_errors", "ERROR frames sent", labels=["code"])
+        for code, n in sorted(st.errors.items()):
+            errors.add_metric([str(code)], n)
+        yield errors
+        closes = CounterMetricFamily(
+            "presence_relay_closes", "Connections closed by the relay", labels=["code"]
+        )
+        for code, n in sorted(st.closes.items()):
+            closes.add_metric([str(code)], n)
+        yield closes
+        yield GaugeMetricFamily(
+            "presence_relay_backend_queue_depth", "Writes waiting for the store",
+            value=hub.store.queue_depth(),
+        )
+        info = GaugeMetricFamily(
+            "presence_relay_implementation_info", "Which twin of the hot path runs",
+            labels=["implementation"],
+        )
+        info.add_metric([self.implementation()], 1)
+        yield info
+
+
+def make_registry(hub: Hub, implementation: Callable[[], str]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(hub, implementation))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
