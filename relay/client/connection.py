@@ -51,6 +51,8 @@ SDK_VERSION = "py/0.1.0"
 FATAL_CLOSE_CODES = frozenset({CLOSE_PROTOCOL, CLOSE_UNAUTHENTICATED, CLOSE_RATE_LIMIT})
 """Close codes after which the SDK does not reconnect (4400, 4401, 4429)."""
 ABNORMAL_CLOSURE = 1006
+STABLE_AFTER_S = 5.0
+"""A connection that lived this long resets the reconnect backoff."""
 
 
 @dataclass(slots=True)
@@ -148,6 +150,8 @@ class Connection:
         self.errors: deque[ErrorEvent] = deque(maxlen=max_errors)
         """ERROR frames that answered no call: nil handle, unknown handle, or a document's
         non-join error (which also appears in that document's `events()`). Oldest dropped."""
+        self.last_close: tuple[int, str] | None = None
+        """(close code, reason) of the last WebSocket that closed (1006: no close frame)."""
         self.reconnects: int = 0
         """How many times the connection came back after an unexpected close."""
         self.documents: dict[int, Document] = {}
@@ -157,7 +161,8 @@ class Connection:
         self._next_handle = 0
         self._session: _Session | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._pings: dict[float, tuple[float, asyncio.Future[float]]] = {}
+        self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
+        self._backoff_attempt = 0
         self._closing = False
         self._fatal: ConnectionClosedError | None = None
         self._done: asyncio.Event | None = None
@@ -274,9 +279,9 @@ class Connection:
         self._check_usable()
         if self._session is None:
             raise RelayClientError("not connected (reconnecting)")
-        client_ms = time.time() * 1000.0
+        client_ms = time.time_ns() // 1_000_000
         while client_ms in self._pings:
-            client_ms += 0.001
+            client_ms += 1
         fut: asyncio.Future[float] = self._loop.create_future()
         self._pings[client_ms] = (self._loop.time(), fut)
         self._send(pack([PING, client_ms]))
@@ -373,20 +378,24 @@ class Connection:
 
     async def _write(self, session: _Session) -> None:
         ws, queue = session.ws, session.queue
-        try:
-            while True:
-                data = await queue.get()
-                if data is None:
-                    return
+        while True:
+            data = await queue.get()
+            if data is None:
+                return
+            try:
                 await ws.send(data)
-        except ConnectionClosed:
-            return
+            except ConnectionClosed:
+                return
+            except Exception:  # e.g. a frame over max_size: drop it, keep the writer alive
+                log.exception("could not send a frame")
 
     async def _run(self, session: _Session) -> None:
         """Read frames; on an unexpected close, reconnect (or give up) and go on."""
         try:
             while True:
+                opened_at = self._loop.time()
                 code, reason = await self._read(session)
+                self.last_close = (code, reason)
                 self._session = None
                 if session.writer is not None:
                     session.writer.cancel()
@@ -397,6 +406,8 @@ class Connection:
                     self._shutdown(err)
                     return
                 log.info("connection lost (%s %s); reconnecting", code, reason)
+                if self._loop.time() - opened_at >= STABLE_AFTER_S:
+                    self._backoff_attempt = 0  # it was a healthy connection: start over
                 self._suspend()
                 try:
                     session = await self._reconnect_loop(err)
@@ -430,9 +441,14 @@ class Connection:
                 log.exception("error while handling a frame from the relay")
 
     async def _reconnect_loop(self, last: ConnectionClosedError) -> _Session:
+        """Full-jitter exponential backoff. The attempt count carries over when the previous
+        connection died young, so a relay that accepts and then drops at once is not
+        hammered."""
         attempt = 0
         while True:
-            delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+            n = min(self._backoff_attempt, 32)
+            delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**n))
+            self._backoff_attempt += 1
             await asyncio.sleep(delay)
             if self._closing:
                 raise asyncio.CancelledError

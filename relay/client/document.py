@@ -6,7 +6,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from relay.core.protocol import (
@@ -164,7 +164,8 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class Joined:
-    """Someone joined (or, for a sid already known, their state was replaced)."""
+    """Someone joined (or, for a sid already known, their state was replaced). `member` is
+    a copy taken at that moment; `doc.members[sid]` is the live entry."""
 
     member: Member
 
@@ -428,7 +429,7 @@ class Document:
                     m = Member.from_wire(ev[1])
                     members[m.sid] = m
                     if m.sid != own:
-                        self._emit(Joined(m))
+                        self._emit(Joined(replace(m)))  # a snapshot: `m` changes later
                     continue
                 sid = ev[1]
                 m0 = members.get(sid)

@@ -135,6 +135,17 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def send(self, client: Client, frame: bytes) -> None:
+        """A direct reply (JOINED, ERROR, PONG): same backlog rule as batches."""
+        transport = client.ws.transport
+        limit = self.config.max_send_backlog
+        if transport is not None and transport.get_write_buffer_size() > limit:
+            self.close_client(client, p.CLOSE_TOO_SLOW, "send backlog exceeded")
+            return
+        client.send(frame)
+        self.stats.frames_out += 1
+        self.stats.bytes_out += len(frame)
+
     # ------------------------------------------------------------ inbound
 
     def on_frame(self, client: Client, data: bytes) -> None:
@@ -175,7 +186,7 @@ class Hub:
                 m.doc.set_focus(m.sid, frame[2], now)
                 self.stats.updates["focus"] += 1
             elif t == p.PING:
-                client.send(p.encode_pong(frame[1], now))
+                self.send(client, p.encode_pong(frame[1], now))
                 return
             elif t == p.JOIN:
                 self._join(client, frame, now)
@@ -203,7 +214,7 @@ class Hub:
 
     def _error(self, client: Client, h: int | None, code: int, message: str, now: int) -> None:
         self.stats.error(code)
-        client.send(p.encode_error(h, code, message))
+        self.send(client, p.encode_error(h, code, message))
         if code in BAD_FRAME_CODES and client.bad_frames.add(now):
             self.close_client(client, p.CLOSE_PROTOCOL, "too many bad frames")
 
@@ -236,7 +247,7 @@ class Hub:
             self.broker.subscribe(doc_id)
         self.local[doc_id][session.sid] = client
         client.handles[h] = Membership(doc, session.sid)
-        client.send(p.encode_joined(h, doc_id, session.sid, doc.snapshot()))
+        self.send(client, p.encode_joined(h, doc_id, session.sid, doc.snapshot()))
         self.dirty.add(doc)
         self.store.session_changed(doc_id, session)
         self.stats.updates["joined"] += 1
