@@ -157,8 +157,9 @@ class Document:
 
     def set_viewport(self, sid: int, top: int, bottom: int, scroll_pct: float, now_ms: int) -> None:
         s = self.sessions[sid]
-        s.viewport = (top, bottom, float(scroll_pct))
-        self._queue(sid, (p.EV_VIEWPORT, sid, top, bottom, float(scroll_pct)))
+        pct = float(scroll_pct) + 0.0  # + 0.0 turns -0.0 into 0.0: one encoding per value
+        s.viewport = (top, bottom, pct)
+        self._queue(sid, (p.EV_VIEWPORT, sid, top, bottom, pct))
         self._act(s, now_ms)
 
     def set_focus(self, sid: int, focused: bool, now_ms: int) -> None:

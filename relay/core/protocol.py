@@ -1,7 +1,7 @@
 """Wire protocol v1: constants, the client-frame decoder and the server-frame encoders.
 
 Every message is one binary WebSocket frame holding one MessagePack array whose first
-element is the message type. ../docs/protocol.md explains it with worked examples and
+element is the message type. docs/protocol.md explains it with worked examples and
 tests/vectors/protocol_v1.json pins the bytes.
 
 Decoding is split in two so the checks answer in the order the protocol requires:

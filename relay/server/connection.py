@@ -85,3 +85,5 @@ async def handle_connection(ws: ServerConnection, hub: Hub) -> None:
         pass
     finally:
         hub.disconnect(client)
+    if client.close_task is not None:
+        await asyncio.shield(client.close_task)

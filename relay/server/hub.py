@@ -49,7 +49,8 @@ class Membership:
 class Client:
     """One authenticated WebSocket connection."""
 
-    __slots__ = ("bad_frames", "bucket", "closing", "connection_id", "grant", "handles", "ws")
+    __slots__ = ("bad_frames", "bucket", "close_task", "closing", "connection_id", "grant",
+                 "handles", "ws")
 
     def __init__(
         self, ws: ServerConnection, connection_id: str, grant: Grant, cfg: PresenceConfig,
@@ -64,6 +65,9 @@ class Client:
         )
         self.bad_frames = BadFrameWindow(cfg.max_bad_frames, cfg.bad_frames_window_s * 1000)
         self.closing = False
+        # The close the hub started (4400/4408/4429/1001); the handler awaits it so that
+        # websockets does not close with its default 1000 first.
+        self.close_task: asyncio.Task[None] | None = None
 
     @property
     def user(self) -> UserInfo:
@@ -132,6 +136,7 @@ class Hub:
         self.stats.close(code)
         self.disconnect(client)
         task = asyncio.get_running_loop().create_task(client.ws.close(code, reason))
+        client.close_task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
