@@ -6,8 +6,7 @@ __version__ = "0.1.0"
 
 
 def implementation() -> str:
-    """Which twin of the hot path runs: "compiled" (relay/_fast.pyx) or "pure".
+    """Which twin of the hot path runs: "compiled" (relay/_fast.pyx) or "pure"."""
+    from relay.twin import IMPLEMENTATION
 
-    The compiled twin arrives with the hot-path issue; until then this is always "pure".
-    """
-    return "pure"
+    return IMPLEMENTATION

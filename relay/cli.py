@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config()
         for f in dataclasses.fields(config):
             v = getattr(config, f.name)
-            print(f"{f.name} = {'***' if f.name in SECRET_FIELDS and v else v!r}")
+            shown = "***" if f.name in SECRET_FIELDS and v else repr(v)
+            print(f"{f.name} = {shown}")
         return 0
     try:
         config = load_config(_flags(ns), config_path=ns.config)

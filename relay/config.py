@@ -71,6 +71,8 @@ class PresenceConfig:
         for f in dataclasses.fields(self):
             lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
             v = getattr(self, f.name)
+            if isinstance(v, float) and v != v:  # NaN passes every comparison below
+                raise ConfigError(f"{f.name}={v!r} is not a number")
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 raise ConfigError(f"{f.name}={v!r} is out of range [{lo}, {hi}]")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -154,7 +156,7 @@ def coerce(name: str, raw: Any) -> Any:
         if not isinstance(raw, str):
             raise ValueError(raw)
         return raw
-    except ValueError:
+    except (ValueError, TypeError):  # TOML can hand us lists, tables and dates
         raise ConfigError(f"{name}: {raw!r} is not a valid {kind.__name__}") from None
 
 
@@ -177,6 +179,8 @@ def from_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
     # Accept either a flat file or one with a [relay] table.
     data = data.get("relay", data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path}: [relay] must be a table of settings")
     return {k.replace("-", "_"): coerce(k.replace("-", "_"), v) for k, v in data.items()}
 
 

@@ -681,7 +681,7 @@ class TestActivity:
         assert events(doc.flush(31_000)) == [[p.EV_ACTIVITY, b, IDLE]]
 
     def test_member_reports_activity(self) -> None:
-        doc, a = self._doc()
+        doc, _ = self._doc()
         doc.advance(30_000)
         assert doc.snapshot()[0][5] == IDLE
 
@@ -762,6 +762,30 @@ class TestFlush:
         assert frame[2] == 12_345
         assert isinstance(frame[3], list)
         assert b.event_count == len(frame[3]) == 2
+
+    @pytest.mark.parametrize("doc_id", ["d", "x" * 31, "y" * 32, "z" * 128])
+    @pytest.mark.parametrize("n_events", [1, 15, 16])
+    @pytest.mark.parametrize("now", [0, 127, 2**31, 2**40 + 3])
+    def test_frame_is_the_canonical_batch_encoding(self, doc_id: str, n_events: int,
+                                                   now: int) -> None:
+        """Whatever way the frame is assembled, it is the BATCH array's msgpack encoding
+        (header sizes change at 16 events / 65536 events and with the doc_id length)."""
+        self._check_canonical(doc_id, n_events, now)
+
+    def test_frame_with_more_than_65535_events_is_canonical(self) -> None:
+        self._check_canonical("d", 70_000, 5)
+
+    def _check_canonical(self, doc_id: str, n_events: int, now: int) -> None:
+        doc = fresh(doc_id=doc_id)
+        a = doc.join(user("a"), 0).sid
+        for i in range(n_events - 1):
+            doc.set_viewport(a, i, i + 1, i / 7, 0)
+        b = doc.flush(now)
+        assert b is not None
+        frame = decode(b)
+        assert frame[1] == doc_id and frame[2] == now
+        assert len(frame[3]) == n_events == b.event_count
+        assert b.frame == p.encode_batch(doc_id, now, frame[3])
 
     def test_frame_is_one_msgpack_array_with_nothing_trailing(self) -> None:
         doc = fresh()

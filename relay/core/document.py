@@ -52,7 +52,10 @@ class Document:
 
     __slots__ = (
         "_authors",
-        "_events",
+        "_dirty_set",
+        "_ebuf",
+        "_ecount",
+        "_marked",
         "_moved",
         "_next_sid",
         "doc_id",
@@ -61,21 +64,29 @@ class Document:
         "sessions",
     )
 
-    def __init__(self, doc_id: str, rules: DocumentRules) -> None:
+    def __init__(
+        self, doc_id: str, rules: DocumentRules, dirty_set: set[Any] | None = None
+    ) -> None:
         self.doc_id = doc_id
         self.rules = rules
         self.sessions: dict[int, Session] = {}
         self._next_sid = 1
-        self._events: list[tuple[Any, ...]] = []
+        # Queued events are encoded when they happen, so a flush only concatenates.
+        self._ebuf = bytearray()
+        self._ecount = 0
         self._authors: set[int] = set()
         self._moved: list[Session] = []
         self.next_deadline_ms = NEVER
+        # The owner's set of dirty documents: the document adds itself on its first change
+        # after a flush, so the ticker only ever visits documents that changed.
+        self._dirty_set = dirty_set
+        self._marked = False
 
     # ------------------------------------------------------------ membership
 
     @property
     def dirty(self) -> bool:
-        return bool(self._events or self._moved)
+        return bool(self._ecount or self._moved)
 
     @property
     def empty(self) -> bool:
@@ -139,6 +150,7 @@ class Document:
         if not s.cursor_moved:
             s.cursor_moved = True
             self._moved.append(s)
+            self._mark()
         self._act(s, now_ms)
 
     def set_typing(self, sid: int, typing: bool, now_ms: int) -> None:
@@ -196,7 +208,7 @@ class Document:
 
     def flush(self, now_ms: int) -> Batch | None:
         """Encode everything since the last flush as one BATCH frame, or None if nothing."""
-        events = self._events
+        self._marked = False
         authors = self._authors
         arrivals: list[int] = []
         for s in self._moved:
@@ -205,15 +217,18 @@ class Document:
             s.cursor_moved = False
             arrivals.append(s.cursor_arrived_ms)
             authors.add(s.sid)
-            events.append(cursor_event(s))
+            self._ebuf += p.pack(cursor_event(s))
+            self._ecount += 1
         self._moved = []
-        if not events:
+        count = self._ecount
+        if not count:
             return None
-        self._events = []
+        frame = p.batch_prefix(self.doc_id, now_ms, count) + self._ebuf
+        self._ebuf = bytearray()
+        self._ecount = 0
         self._authors = set()
         skip = next(iter(authors)) if len(authors) == 1 else None
-        frame = p.encode_batch(self.doc_id, now_ms, events)
-        return Batch(frame, skip, len(events), arrivals)
+        return Batch(frame, skip, count, arrivals)
 
     # ------------------------------------------------------------ reads
 
@@ -223,8 +238,16 @@ class Document:
     # ------------------------------------------------------------ internals
 
     def _queue(self, sid: int, event: tuple[Any, ...]) -> None:
-        self._events.append(event)
+        self._ebuf += p.pack(event)
+        self._ecount += 1
         self._authors.add(sid)
+        self._mark()
+
+    def _mark(self) -> None:
+        if not self._marked:
+            self._marked = True
+            if self._dirty_set is not None:
+                self._dirty_set.add(self)
 
     def _schedule(self, deadline_ms: int) -> None:
         if deadline_ms < self.next_deadline_ms:

@@ -215,6 +215,15 @@ def encode_batch(doc_id: str, server_ms: int, events: list[tuple[Any, ...]]) -> 
     return pack([BATCH, doc_id, server_ms, events])
 
 
+def batch_prefix(doc_id: str, server_ms: int, event_count: int) -> bytes:
+    """Everything of a BATCH frame before its events (msgpack concatenates: the events'
+    own encodings follow, and the result equals `encode_batch` byte for byte)."""
+    return (
+        b"\x94\x22" + _packer.pack(doc_id) + _packer.pack(server_ms)
+        + _packer.pack_array_header(event_count)
+    )
+
+
 def encode_error(handle: int | None, code: int, message: str) -> bytes:
     return pack([ERROR, handle, code, message])
 

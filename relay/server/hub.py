@@ -23,11 +23,21 @@ from relay.auth import Grant
 from relay.backends.base import Broker, PresenceStore
 from relay.config import PresenceConfig
 from relay.core import protocol as p
-from relay.core.document import NEVER, Batch, Document, DocumentFull
 from relay.core.model import UserInfo
 from relay.core.protocol import ProtocolError
-from relay.core.ratelimit import BadFrameWindow, TokenBucket
 from relay.server.metrics import Stats
+from relay.twin import (
+    FALLBACK,
+    NEVER,
+    RATE_LIMITED,
+    BadFrameWindow,
+    Batch,
+    Document,
+    DocumentFull,
+    Membership,
+    Peer,
+    TokenBucket,
+)
 
 log = logging.getLogger("relay.hub")
 
@@ -36,21 +46,11 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-class Membership:
-    """A client's open document: which document, and its sid there."""
-
-    __slots__ = ("doc", "sid")
-
-    def __init__(self, doc: Document, sid: int) -> None:
-        self.doc = doc
-        self.sid = sid
-
-
 class Client:
     """One authenticated WebSocket connection."""
 
-    __slots__ = ("bad_frames", "bucket", "close_task", "closing", "connection_id", "grant",
-                 "handles", "ws")
+    __slots__ = ("bad_frames", "close_task", "closing", "connection_id", "grant", "handles",
+                 "peer", "ws")
 
     def __init__(
         self, ws: ServerConnection, connection_id: str, grant: Grant, cfg: PresenceConfig,
@@ -59,10 +59,10 @@ class Client:
         self.ws = ws
         self.connection_id = connection_id
         self.grant = grant
-        self.handles: dict[int, Membership] = {}
-        self.bucket = TokenBucket(
+        self.peer = Peer(TokenBucket(
             cfg.max_frames_per_s, cfg.max_frames_burst, cfg.rate_limit_close_after_s * 1000, now_ms
-        )
+        ))
+        self.handles: dict[int, Membership] = self.peer.handles
         self.bad_frames = BadFrameWindow(cfg.max_bad_frames, cfg.bad_frames_window_s * 1000)
         self.closing = False
         # The close the hub started (4400/4408/4429/1001); the handler awaits it so that
@@ -157,52 +157,39 @@ class Hub:
         """Handle one binary frame from a client. Never raises for bad input."""
         self.stats.frames_in += 1
         now = self.clock()
-        if not client.bucket.take(now):
-            if client.bucket.abusive(now):
+        handled = client.peer.feed(data, now)
+        if handled > 0:
+            self.stats.by_type[handled] += 1
+        elif handled == RATE_LIMITED:
+            bucket = client.peer.bucket
+            if bucket.abusive(now):
                 self.close_client(client, p.CLOSE_RATE_LIMIT, "rate limit exceeded")
-            elif now - client.bucket.last_error_ms >= 1000:
-                client.bucket.last_error_ms = now
+            elif now - bucket.last_error_ms >= 1000:
+                bucket.last_error_ms = now
                 self._error(client, None, p.RATE_LIMITED, "rate limit exceeded; frame dropped", now)
-            return
+        else:
+            assert handled == FALLBACK
+            self._general(client, data, now)
+
+    def _general(self, client: Client, data: bytes, now: int) -> None:
+        """Everything the hot path did not take: cold frames, unusual encodings, errors."""
         try:
             frame = p.decode_client_frame(data)
             t = frame[0]
-            if t == p.CURSOR:
-                m = self._membership(client, frame)
-                n = len(frame)
-                if n == 2:
-                    m.doc.move_cursor(m.sid, None, None, now)
-                else:
-                    p.check_ranges(frame)
-                    sel = (frame[5], frame[6], frame[7], frame[8]) if n == 9 else None
-                    m.doc.move_cursor(m.sid, (frame[2], frame[3], frame[4]), sel, now)
-                self.stats.updates["cursor"] += 1
-            elif t == p.TYPING:
-                m = self._membership(client, frame)
-                m.doc.set_typing(m.sid, frame[2] if len(frame) == 3 else True, now)
-                self.stats.updates["typing"] += 1
-            elif t == p.VIEWPORT:
-                m = self._membership(client, frame)
-                p.check_ranges(frame)
-                m.doc.set_viewport(m.sid, frame[2], frame[3], frame[4], now)
-                self.stats.updates["viewport"] += 1
-            elif t == p.FOCUS:
-                m = self._membership(client, frame)
-                m.doc.set_focus(m.sid, frame[2], now)
-                self.stats.updates["focus"] += 1
-            elif t == p.PING:
-                self.send(client, p.encode_pong(frame[1], now))
-                return
-            elif t == p.JOIN:
+            if t == p.JOIN:
                 self._join(client, frame, now)
-                return
             elif t == p.LEAVE:
                 self._membership(client, frame)
                 self._leave(client, frame[1], now)
-                return
-            else:  # HELLO again
+            elif t == p.PING:
+                self.send(client, p.encode_pong(frame[1], now))
+            elif t == p.HELLO:
                 raise ProtocolError(p.BAD_FRAME, "HELLO was already received")
-            self.dirty.add(m.doc)
+            else:
+                # A hot type the fast path declined: the checks below answer the exact error.
+                self._membership(client, frame)
+                p.check_ranges(frame)
+                raise AssertionError(f"hot frame not taken by Peer.feed: {frame!r}")
         except ProtocolError as exc:
             self._error(client, exc.handle, exc.code, exc.message, now)
 
@@ -241,7 +228,7 @@ class Hub:
         doc = self.documents.get(doc_id)
         created = doc is None
         if doc is None:
-            doc = Document(doc_id, self.rules)
+            doc = Document(doc_id, self.rules, self.dirty)
         try:
             session = doc.join(client.user, now)
         except DocumentFull:
@@ -262,7 +249,6 @@ class Hub:
         doc = m.doc
         session = doc.leave(m.sid, now)
         self.local[doc.doc_id].pop(m.sid, None)
-        self.dirty.add(doc)
         if session is not None:
             self.store.session_left(doc.doc_id, session)
             self.stats.updates["left"] += 1
@@ -271,7 +257,8 @@ class Hub:
 
     def tick(self, now: int) -> None:
         """One batch interval: run due timers, flush dirty documents, deliver."""
-        dirty, self.dirty = self.dirty, set()
+        dirty = set(self.dirty)  # documents hold a reference to self.dirty: clear, don't swap
+        self.dirty.clear()
         for doc in dirty:
             self._arm(doc)
         timers = self._timers

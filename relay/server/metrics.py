@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.005, 0.010, 0.025, 0.050, 0.100)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.010, 0.025, 0.050, 0.100)
-EVENT_TYPES = ("joined", "left", "cursor", "typing", "viewport", "focus", "activity")
+# Client-driven updates, by the message type that carries them (index = wire type).
+HOT_TYPES = {"cursor": 4, "typing": 5, "viewport": 6, "focus": 7}
 
 
 class CounterHistogram:
@@ -60,6 +61,7 @@ class Stats:
 
     __slots__ = (
         "batch_sizes",
+        "by_type",
         "bytes_out",
         "closes",
         "connections_total",
@@ -76,7 +78,8 @@ class Stats:
         self.frames_out = 0
         self.bytes_out = 0
         self.connections_total = 0
-        self.updates = dict.fromkeys(EVENT_TYPES, 0)
+        self.updates = {"joined": 0, "left": 0}
+        self.by_type = [0] * 9  # frames applied by the hot path, indexed by message type
         self.errors: dict[int, int] = {}
         self.closes: dict[int, int] = {}
         self.cursor_latency = CounterHistogram(LATENCY_BUCKETS)
@@ -118,6 +121,8 @@ class RelayCollector(Collector):
         )
         for kind, n in st.updates.items():
             updates.add_metric([kind], n)
+        for kind, t in HOT_TYPES.items():
+            updates.add_metric([kind], st.by_type[t])
         yield updates
         yield st.cursor_latency.family(
             "materi_cursor_update_latency_seconds",

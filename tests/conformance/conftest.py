@@ -285,20 +285,18 @@ class RawClient:
         cls, url: str, subprotocols: Iterable[str] | None = (SUBPROTOCOL,), **kw: Any
     ) -> RawClient:
         protos = None if subprotocols is None else [Subprotocol(p) for p in subprotocols]
-        ws = await asyncio.wait_for(
-            connect(
-                url,
-                subprotocols=protos,
-                compression=None,
-                proxy=None,
-                ping_interval=None,
-                open_timeout=5,
-                close_timeout=2,
-                max_size=None,
-                **kw,
-            ),
-            timeout=6,
-        )
+        options: dict[str, Any] = {
+            "compression": None,
+            "proxy": None,
+            "ping_interval": None,
+            "open_timeout": 5,
+            "close_timeout": 2,
+            "max_size": None,
+            # a test client may leave frames unread; never let that stall the close handshake
+            "max_queue": 4096,
+        }
+        options.update(kw)
+        ws = await asyncio.wait_for(connect(url, subprotocols=protos, **options), timeout=6)
         return cls(ws)
 
     async def hello(
