@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml setup.py
+$(STAMP): $(BIN)/python pyproject.toml setup.py relay/_fast.pyx relay/_fast.pxd
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 

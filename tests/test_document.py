@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from relay.core import protocol as p
 from relay.core.colors import PALETTE
-from relay.core.document import Batch, Document, DocumentFull, DocumentRules
+from relay.core.document import DocumentRules
 from relay.core.model import ActivityType, UserInfo
+from relay.twin import Batch, Document, DocumentFull
 
 EDITING, VIEWING, SELECTING, IDLE, AWAY = (int(a) for a in ActivityType)
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+from relay import implementation
 from relay.server.app import Relay
 
 
@@ -60,7 +61,8 @@ async def test_metrics_expose_seed_metrics_and_implementation(relay: Relay, clie
     assert 'materi_cursor_update_latency_seconds_bucket{le="0.005"}' in text
     assert 'materi_cursor_update_latency_seconds_bucket{le="0.1"}' in text
     assert "materi_cursor_update_latency_seconds_count 1.0" in text
-    assert 'presence_relay_implementation_info{implementation="pure"} 1.0' in text
+    impl = implementation()
+    assert f'presence_relay_implementation_info{{implementation="{impl}"}} 1.0' in text
     assert "presence_relay_connections 2.0" in text
     assert "document_id=" not in text  # per-document labels are opt-in
 

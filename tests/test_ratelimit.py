@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.core.ratelimit import BadFrameWindow, TokenBucket
+from relay.twin import BadFrameWindow, TokenBucket
 
 RATE = 200  # frames a second (the protocol's default)
 BURST = 400

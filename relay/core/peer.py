@@ -10,6 +10,8 @@ the bytes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from relay.core import protocol as p
 from relay.core.document import Document
 from relay.core.protocol import ProtocolError
@@ -42,31 +44,43 @@ class Peer:
         """Take one frame: its message type when applied, else FALLBACK or RATE_LIMITED."""
         if not self.bucket.take(now_ms):
             return RATE_LIMITED
-        try:
-            frame = p.decode_client_frame(data)
-        except ProtocolError:
-            return FALLBACK
-        t = frame[0]
-        if t < p.CURSOR or t > p.FOCUS:
-            return FALLBACK
-        m = self.handles.get(frame[1])
-        if m is None:
-            return FALLBACK
-        try:
-            p.check_ranges(frame)
-        except ProtocolError:
-            return FALLBACK
-        n = len(frame)
-        if t == p.CURSOR:
-            if n == 2:
-                m.doc.move_cursor(m.sid, None, None, now_ms)
-            else:
-                sel = (frame[5], frame[6], frame[7], frame[8]) if n == 9 else None
-                m.doc.move_cursor(m.sid, (frame[2], frame[3], frame[4]), sel, now_ms)
-        elif t == p.TYPING:
-            m.doc.set_typing(m.sid, frame[2] if n == 3 else True, now_ms)
-        elif t == p.VIEWPORT:
-            m.doc.set_viewport(m.sid, frame[2], frame[3], frame[4], now_ms)
+        return feed_decoded(self.handles, data, now_ms)
+
+
+def feed_decoded(handles: dict[int, Membership], data: bytes, now_ms: int) -> int:
+    """The general decode of `Peer.feed` (the compiled twin's path for unusual encodings)."""
+    try:
+        frame = p.decode_client_frame(data)
+    except ProtocolError:
+        return FALLBACK
+    t = frame[0]
+    if t < p.CURSOR or t > p.FOCUS:
+        return FALLBACK
+    m = handles.get(frame[1])
+    if m is None:
+        return FALLBACK
+    try:
+        p.check_ranges(frame)
+    except ProtocolError:
+        return FALLBACK
+    apply_hot(m, frame, now_ms)
+    return t  # type: ignore[no-any-return]
+
+
+def apply_hot(m: Membership, frame: list[Any], now_ms: int) -> None:
+    """Apply a decoded, range-checked hot frame to the member's document."""
+    t = frame[0]
+    n = len(frame)
+    doc, sid = m.doc, m.sid
+    if t == p.CURSOR:
+        if n == 2:
+            doc.move_cursor(sid, None, None, now_ms)
         else:
-            m.doc.set_focus(m.sid, frame[2], now_ms)
-        return t  # type: ignore[no-any-return]
+            sel = (frame[5], frame[6], frame[7], frame[8]) if n == 9 else None
+            doc.move_cursor(sid, (frame[2], frame[3], frame[4]), sel, now_ms)
+    elif t == p.TYPING:
+        doc.set_typing(sid, frame[2] if n == 3 else True, now_ms)
+    elif t == p.VIEWPORT:
+        doc.set_viewport(sid, frame[2], frame[3], frame[4], now_ms)
+    else:
+        doc.set_focus(sid, frame[2], now_ms)

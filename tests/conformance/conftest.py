@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -511,8 +512,6 @@ COLOR_RE = r"hsl\(\d+(\.\d+)?, 70%, 50%\)"
 
 def check_member(m: Any) -> None:
     """Assert `m` is a MEMBER with the 13 fields of PROTOCOL.md, with the listed types."""
-    import re
-
     assert isinstance(m, list) and len(m) == 13, f"MEMBER must have 13 fields: {m!r}"
     (
         sid,

@@ -77,6 +77,9 @@ async def test_token_docs_exact_and_prefix(jwt_server, client_factory):
     c = await client_factory(jwt_server, token=mint(docs=[exact, "proj-*"]))
     await c.join(1, exact)
     await c.join(2, "proj-" + new_doc_id())
+    # an entry without `*` is exact: it is not a prefix
+    await c.send([JOIN, 3, exact + "x"])
+    await c.expect_error(E_FORBIDDEN, h=3)
 
 
 async def test_join_outside_docs_is_error_4_and_nothing_changes(jwt_server, client_factory):

@@ -6,6 +6,7 @@ everyone else in the document notices nothing.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import msgpack
@@ -53,6 +54,10 @@ CASES = [
     ("cursor-6-elems", [CURSOR, 1, 1, 2, 3, 4], E_BAD_FRAME, ...),
     ("cursor-10-elems", [CURSOR, 1, 1, 2, 3, 4, 5, 6, True, 7], E_BAD_FRAME, ...),
     ("ping-1-elem", [PING], E_BAD_FRAME, ...),
+    ("ping-3-elems", [PING, 1, 2], E_BAD_FRAME, ...),
+    ("cursor-7-elems", [CURSOR, 1, 1, 2, 3, 4, 5], E_BAD_FRAME, ...),
+    ("cursor-8-elems", [CURSOR, 1, 1, 2, 3, 4, 5, 6], E_BAD_FRAME, ...),
+    ("cursor-3-elems", [CURSOR, 1, 1], E_BAD_FRAME, ...),
     ("join-2-elems", [2, 1], E_BAD_FRAME, ...),
     ("leave-1-elem", [3], E_BAD_FRAME, ...),
     ("typing-4-elems", [5, 1, True, 1], E_BAD_FRAME, ...),
@@ -90,6 +95,9 @@ CASES = [
     ("unjoined-viewport", [6, 99, 0, 1, 1], E_NOT_JOINED, 99),
     ("unjoined-focus", [7, 99, True], E_NOT_JOINED, 99),
     ("unjoined-leave", [3, 99], E_NOT_JOINED, 99),
+    ("unjoined-handle-70000", [CURSOR, 70000, 1, 1, 1], E_NOT_JOINED, ...),
+    ("unjoined-negative-handle", [CURSOR, -1, 1, 1, 1], E_NOT_JOINED, ...),
+    ("bool-handle", [CURSOR, True, 1, 1, 1], E_BAD_FRAME, ...),
     # check ORDER: type/shape (1/2) before handle (3) before range (7)
     ("order-unjoined-before-range", [CURSOR, 99, -1, 0, 0], E_NOT_JOINED, 99),
     ("order-unjoined-before-nan", [6, 99, 10, 5, math.nan], E_NOT_JOINED, 99),
@@ -161,12 +169,41 @@ async def test_frame_over_max_frame_bytes_closes_1009(server, client_factory, do
     assert ev == [EV_CURSOR, sid_c, 2, 2, 2]
 
 
-async def test_frame_just_under_max_frame_bytes_is_not_closed(server, client_factory, doc_id):
+def _frame_of_exact_size(size: int) -> bytes:
+    """A msgpack [99, "xxx..."] frame of exactly `size` bytes (unknown type: ERROR 2)."""
+    payload = msgpack.packb([99, "x" * (size - 5)])  # fixarray + fixint + str16 header = 5
+    assert len(payload) == size
+    return payload
+
+
+async def test_frame_of_exactly_max_frame_bytes_is_not_closed(server, client_factory, doc_id):
     a, _, b, _ = await pair_in_doc(client_factory, server, doc_id)
-    payload = msgpack.packb([99, "x" * (MAIN_SETTINGS["max_frame_bytes"] - 64)])
-    assert len(payload) <= MAIN_SETTINGS["max_frame_bytes"]
-    await a.send_raw(payload)
+    await a.send_raw(_frame_of_exact_size(MAIN_SETTINGS["max_frame_bytes"]))
     await a.expect_error(E_UNKNOWN_TYPE)
     await a.ping()
     frames = await b.collect(0.2)
     assert not [e for e in events_of(frames) if e[0] == EV_LEFT], frames
+
+
+async def test_frame_one_byte_over_max_frame_bytes_closes_1009(server, client_factory):
+    a = await client_factory(server)
+    await a.send_raw(_frame_of_exact_size(MAIN_SETTINGS["max_frame_bytes"] + 1))
+    await a.expect_close(CLOSE_TOO_BIG, timeout=3)
+
+
+async def test_bad_frame_budget_is_per_window(fresh_server_factory, client_factory):
+    """More than max_bad_frames *within bad_frames_window_s* closes; spread out, it does not."""
+    srv = fresh_server_factory({"batch_ms": 50, "max_bad_frames": 3, "bad_frames_window_s": 1})
+    a = await client_factory(srv)
+    for _ in range(3):
+        await a.send_raw(b"\xc1")
+        await a.expect_error(E_BAD_FRAME)
+    await asyncio.sleep(1.3)  # the window has passed
+    for _ in range(3):
+        await a.send_raw(b"\xc1")
+        await a.expect_error(E_BAD_FRAME)
+    await a.ping()
+    await asyncio.sleep(1.3)
+    for _ in range(4):
+        await a.send_raw(b"\xc1")
+    await a.expect_close(CLOSE_PROTOCOL, timeout=3)

@@ -30,6 +30,7 @@ from .conftest import (
     VIEWING,
     VIEWPORT,
     events_of,
+    new_doc_id,
     pair_in_doc,
 )
 
@@ -370,3 +371,90 @@ async def test_joined_precedes_and_left_ends_a_sids_events(server, client_factor
         assert evs[0][0] == EV_JOINED, f"a `joined` precedes any event of that sid: {evs}"
         assert evs[-1] == [EV_LEFT, sid_c], f"nothing of a sid follows its `left`: {evs}"
         assert [e for e in evs if e[0] == EV_LEFT] == [[EV_LEFT, sid_c]], evs
+
+
+async def test_nothing_of_a_sid_follows_its_left(server, client_factory, doc_id):
+    a, _, c, sid_c = await pair_in_doc(client_factory, server, doc_id)
+    await c.send([CURSOR, 1, 4, 4, 4, 1, 1, 1, False])
+    await c.send([TYPING, 1])
+    await c.send([VIEWPORT, 1, 1, 2, 3])
+    await c.send([LEAVE, 1])
+    frames = await a.collect(BATCH_S * 4 + 0.4)
+    evs = [e for e in events_of(frames, doc_id) if e[1] == sid_c]
+    assert evs and evs[-1] == [EV_LEFT, sid_c], f"nothing of a sid follows its `left`: {evs}"
+    assert evs.count([EV_LEFT, sid_c]) == 1, evs
+
+
+async def test_batches_are_per_interval_not_per_event(server, client_factory, doc_id):
+    a, sid_a, b, _ = await pair_in_doc(client_factory, server, doc_id)
+    t0 = time.monotonic()
+    for i in range(60):
+        await a.send([VIEWPORT, 1, i, i + 10, 1])
+        await asyncio.sleep(0.008)
+    frames = await b.collect(BATCH_S * 4)
+    span = time.monotonic() - t0
+    batches = [f for f in frames if f[0] == BATCH and f[1] == doc_id]
+    viewports = [e for e in events_of(batches) if e[0] == EV_VIEWPORT and e[1] == sid_a]
+    assert viewports and viewports[-1][2] == 59, viewports[-3:]
+    assert len(batches) <= span / BATCH_S + 3, (
+        f"{len(batches)} BATCHes in {span:.2f}s with batch_ms={BATCH_S * 1000:.0f}"
+    )
+    stamps = [f[2] for f in batches]
+    assert stamps == sorted(stamps), f"BATCH server_ms must not go backwards: {stamps}"
+
+
+async def test_handles_route_to_their_document(server, client_factory):
+    d1, d2 = new_doc_id(), new_doc_id()
+    a = await client_factory(server)
+    b = await client_factory(server)
+    c = await client_factory(server)
+    sid_a1, _ = await a.join(11, d1)
+    sid_a2, _ = await a.join(22, d2)
+    await b.join(1, d1)
+    await c.join(1, d2)
+    await asyncio.sleep(BATCH_S * 2)
+    await asyncio.gather(b.drain(0.05), c.drain(0.05))
+    await a.send([CURSOR, 22, 2, 2, 2])
+    _, ev = await c.wait_event(lambda d, e: d == d2 and e[0] == EV_CURSOR, 2)
+    assert ev == [EV_CURSOR, sid_a2, 2, 2, 2]
+    await a.send([CURSOR, 11, 1, 1, 1])
+    _, ev = await b.wait_event(lambda d, e: d == d1 and e[0] == EV_CURSOR, 2)
+    assert ev == [EV_CURSOR, sid_a1, 1, 1, 1]
+    frames_b = [f for _, f, _ in b.frames if f[0] == BATCH]
+    assert all(f[1] == d1 for f in frames_b), "B is only in d1"
+    assert [EV_CURSOR, sid_a2, 2, 2, 2] not in events_of(frames_b)
+
+
+async def test_disconnect_is_announced_as_left(server, client_factory, doc_id):
+    a, sid_a, b, _ = await pair_in_doc(client_factory, server, doc_id)
+    await a.close()
+    await b.wait_event(lambda d, e: d == doc_id and e == [EV_LEFT, sid_a], timeout=3)
+
+
+async def test_cleared_cursor_and_selection_in_snapshot(server, client_factory, doc_id):
+    a = await client_factory(server)
+    sid_a, _ = await a.join(1, doc_id)
+    await a.send([CURSOR, 1, 3, 3, 3, 1, 1, 1, False])
+    await a.send([CURSOR, 1])
+    await a.ping()
+    await asyncio.sleep(BATCH_S * 3)
+    b = await client_factory(server)
+    _, members = await b.join(1, doc_id)
+    m = next(m for m in members if m[0] == sid_a)
+    assert m[8] is None and m[9] is None, f"[4, h] clears cursor and selection: {m!r}"
+    assert m[5] == VIEWING, m
+
+
+async def test_member_color_is_preferred_and_stable_when_alone(server, client_factory):
+    c = await client_factory(server, user_id="color-user", name="Col")
+    preferred = c.welcome[3]["color"]
+    doc = new_doc_id()
+    sid, members = await c.join(1, doc)
+    color1 = next(m[4] for m in members if m[0] == sid)
+    await c.send([LEAVE, 1])
+    sid, members = await c.join(1, doc)
+    color2 = next(m[4] for m in members if m[0] == sid)
+    assert color1 == color2, "a member's color is stable for the user where it can be"
+    assert color1 == preferred, (
+        f"alone in a document nothing prevents the preferred color {preferred!r}: {color1!r}"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import struct
 import time
 
 import msgpack
@@ -48,6 +50,8 @@ async def test_handshake_without_supported_subprotocol_is_http_400_naming_versio
     assert resp.status_code == 400, f"expected HTTP 400, got {resp.status_code}"
     body = resp.body or b""
     assert SUBPROTOCOL.encode() in body, f"400 body must name the versions spoken: {body!r}"
+    ctype = resp.headers.get("Content-Type", "")
+    assert ctype.startswith("text/plain"), f"400 body must be plain text: {ctype!r}"
 
 
 async def test_handshake_selects_presence_v1(server):
@@ -132,6 +136,15 @@ async def test_no_hello_in_time_closes_4401(server, client_factory):
     )
 
 
+async def test_hello_within_auth_timeout_is_accepted(server, client_factory):
+    c = await client_factory(server, hello=False)
+    await asyncio.sleep(MAIN_SETTINGS["auth_timeout_ms"] / 1000 * 0.5)
+    welcome = await c.hello()
+    assert welcome[0] == WELCOME
+    await asyncio.sleep(MAIN_SETTINGS["auth_timeout_ms"] / 1000 * 0.7)
+    await c.ping()  # the auth timer stopped at HELLO
+
+
 @pytest.mark.parametrize(
     "first",
     [[PING, 1], [JOIN, 1, "doc-x"], [4, 1, 0, 0, 0]],
@@ -196,3 +209,29 @@ async def test_pings_are_answered_in_order(server, client_factory):
         assert f[0] == PONG, f
         got.append(f[1])
     assert got == list(range(5))
+
+
+async def test_non_minimal_msgpack_encodings_are_accepted(server, client_factory, doc_id):
+    """Wide ints, str16 and float32 where smaller encodings would do are still valid."""
+    a = await client_factory(server)
+    b = await client_factory(server)
+    doc = doc_id.encode()
+    # JOIN as array16, h as uint32, doc_id as str16
+    join = b"\xdc\x00\x03" + b"\x02" + b"\xce\x00\x00\x00\x05"
+    join += b"\xda" + len(doc).to_bytes(2, "big") + doc
+    await a.send_raw(join)
+    joined = await a.reply()
+    assert joined[:3] == [33, 5, doc_id], joined
+    sid_a = joined[3]
+    await b.join(1, doc_id)
+    # CURSOR with line as uint64, col as int64, off as int16
+    cursor = b"\x95\x04\x05" + b"\xcf" + (7).to_bytes(8, "big")
+    cursor += b"\xd3" + (8).to_bytes(8, "big") + b"\xd1" + (9).to_bytes(2, "big")
+    await a.send_raw(cursor)
+    _, ev = await b.wait_event(lambda d, e: e[0] == 1 and e[1] == sid_a)
+    assert ev == [1, sid_a, 7, 8, 9]
+    # VIEWPORT with scroll_pct as float32
+    viewport = b"\x95\x06\x05\x00\x0a\xca" + struct.pack(">f", 25.0)
+    await a.send_raw(viewport)
+    _, ev = await b.wait_event(lambda d, e: e[0] == 5 and e[1] == sid_a)
+    assert ev[:4] == [5, sid_a, 0, 10] and ev[4] == pytest.approx(25.0)
