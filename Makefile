@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8765
 
-.PHONY: run test lint redis-server bench clean
+.PHONY: run test test-debug lint redis-server bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,9 +26,17 @@ redis-server:
 	  echo "installing redis-server via apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
+# The suite runs twice: against the compiled twin (relay/_fast.pyx), then the pure one.
 test: $(STAMP) redis-server
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/python -m pytest -q
+	RELAY_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Parity tests against a debug build (bounds checks, line tracing); restores the release build.
+test-debug: $(STAMP)
+	RELAY_DEBUG_BUILD=1 $(BIN)/pip install -q -e .
+	$(BIN)/python -m pytest -q tests/test_twins.py tests/test_document.py
+	$(BIN)/pip install -q -e .
 
 lint: $(STAMP)
 	$(BIN)/ruff check relay tests bench

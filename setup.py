@@ -8,17 +8,20 @@ fails the install loudly: a silent fallback is a performance bug nobody sees.
 import os
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 ext_modules = []
 pyx = Path(__file__).parent / "relay" / "_fast.pyx"
 if os.environ.get("RELAY_NO_EXTENSIONS") != "1" and pyx.exists():
     from Cython.Build import cythonize  # build requirement: fail loudly if missing
 
+    # RELAY_DEBUG_BUILD=1: bounds checks and line tracing on (`make test-debug` runs the
+    # parity tests against it). The release build trusts the explicit checks in the code.
     debug = os.environ.get("RELAY_DEBUG_BUILD") == "1"
-    directives = {"language_level": "3", "boundscheck": debug, "wraparound": debug}
-    if debug:
-        directives["linetrace"] = True
-    ext_modules = cythonize(["relay/_fast.pyx"], compiler_directives=directives)
+    directives = {"language_level": "3", "boundscheck": debug, "wraparound": debug,
+                  "initializedcheck": debug, "linetrace": debug}
+    macros = [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")] if debug else []
+    ext = Extension("relay._fast", ["relay/_fast.pyx"], define_macros=macros)
+    ext_modules = cythonize([ext], compiler_directives=directives, force=debug)
 
 setup(ext_modules=ext_modules)

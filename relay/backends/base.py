@@ -16,6 +16,10 @@ from relay.core.model import Session, UserPresenceSummary
 BrokerCallback = Callable[[str, bytes], None]
 
 
+class BackendUnavailable(Exception):
+    """A read needs a backend that is unreachable right now (HTTP answers 503)."""
+
+
 class PresenceStore(ABC):
     """Who is in which document, with their presence, durable enough for other services."""
 
@@ -49,6 +53,18 @@ class PresenceStore(ABC):
         """Writes accepted but not yet stored."""
         return 0
 
+    # Shared-state hooks (the Redis store). A store that is not `clustered` holds only this
+    # node's sessions, and the hub joins synchronously without them.
+    clustered = False
+
+    async def load_members(self, doc_id: str) -> list[Session]:
+        """The document's sessions owned by OTHER nodes (`remote=True`), for the mirror."""
+        return []
+
+    async def allocate_sid(self, doc_id: str, floor: int) -> int | None:
+        """A sid unique in the document across nodes and above `floor`; None = unavailable."""
+        return None
+
 
 class Broker(ABC):
     """Cross-node fan-out of encoded BATCH frames, one channel per document."""
@@ -79,3 +95,10 @@ class Broker(ABC):
 
     async def ready(self) -> bool:
         return True
+
+    async def ensure_subscribed(self, doc_id: str) -> None:
+        """`subscribe`, then wait (briefly) until frames for the document can arrive."""
+        self.subscribe(doc_id)
+
+    def set_reconnect_callback(self, callback: Callable[[], None]) -> None:  # noqa: B027
+        """Called after a (re)connection, when frames may have been missed meanwhile."""

@@ -1,0 +1,244 @@
+"""What the Redis store and broker share: one connection pool per process, the key names,
+and the record formats other services read.
+
+Keys (`<doc>` is the document id itself, no braces, exactly as the seed builds them):
+
+- `presence:<doc>:users`                 hash user_id -> UserPresence JSON (seed)
+- `presence:workspace:<ws>:documents`    set of document ids (seed)
+- `presence:user:<user>`                 hash doc_id -> last_active ms (seed)
+- `presence:channel:<doc>`               pub/sub channel: node id, `|`, one BATCH frame (seed)
+- `materi:events:presence`               stream of joined / left (seed; name configurable)
+- `presence:<doc>:members`               hash sid -> msgpack [node, workspace, MEMBER, last_cursor]
+- `presence:<doc>:sid`                   INCR counter allocating sids (unique across nodes)
+- `presence:node:<id>`                   a node's heartbeat (string with a TTL)
+- `presence:node:<id>:sessions`          set of "<sid>:<doc>" the node owns
+- `presence:node:registry`               set of node ids (where reapers look)
+
+Every write is a single-key command; nothing needs two keys to change atomically, so the
+keys may live on different Redis Cluster shards. See docs/redis.md.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import msgpack
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from relay.core.model import ActivityType, Session, UserInfo, member_from_wire
+
+# ---------------------------------------------------------------- keys
+
+
+def users_key(doc_id: str) -> str:
+    return f"presence:{doc_id}:users"
+
+
+def members_key(doc_id: str) -> str:
+    return f"presence:{doc_id}:members"
+
+
+def sid_key(doc_id: str) -> str:
+    return f"presence:{doc_id}:sid"
+
+
+def workspace_key(workspace_id: str) -> str:
+    return f"presence:workspace:{workspace_id}:documents"
+
+
+def user_key(user_id: str) -> str:
+    return f"presence:user:{user_id}"
+
+
+CHANNEL_PREFIX = "presence:channel:"
+
+
+def channel(doc_id: str) -> str:
+    return CHANNEL_PREFIX + doc_id
+
+
+def node_key(node_id: str) -> str:
+    return f"presence:node:{node_id}"
+
+
+def node_sessions_key(node_id: str) -> str:
+    return f"presence:node:{node_id}:sessions"
+
+
+NODE_REGISTRY = "presence:node:registry"
+
+# Sids allocated without Redis (it was unreachable at the join) live far above the ones
+# INCR hands out, in a stripe chosen by the node id, so they cannot collide with those and
+# rarely with another node's. See docs/redis.md ("Redis down").
+FALLBACK_SID_BASE = 1 << 24
+
+
+def new_node_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def owned(sid: int, doc_id: str) -> str:
+    """A member of `presence:node:<id>:sessions`."""
+    return f"{sid}:{doc_id}"
+
+
+def parse_owned(value: bytes | str) -> tuple[int, str] | None:
+    s = value.decode() if isinstance(value, bytes) else value
+    sid, sep, doc_id = s.partition(":")
+    if not sep or not sid.isdigit():
+        return None
+    return int(sid), doc_id
+
+
+# ---------------------------------------------------------------- envelope on the channel
+
+SEP = b"|"
+
+
+def envelope(node_id: bytes, frame: bytes) -> bytes:
+    return node_id + SEP + frame
+
+
+def open_envelope(data: bytes) -> tuple[bytes, bytes] | None:
+    i = data.find(SEP)
+    if i <= 0:
+        return None
+    return data[:i], data[i + 1 :]
+
+
+# ---------------------------------------------------------------- records
+
+
+def _pos(c: tuple[int, int, int]) -> dict[str, int]:
+    return {"line": c[0], "column": c[1], "offset": c[2]}
+
+
+def user_presence(doc_id: str, s: Session) -> dict[str, Any]:
+    """The seed's UserPresence, field for field."""
+    u = s.user
+    vp = s.viewport
+    cur = s.cursor
+    sel = s.selection
+    return {
+        "user_id": u.user_id,
+        "document_id": doc_id,
+        "workspace_id": u.workspace_id,
+        "name": u.name,
+        "avatar_url": u.avatar_url,
+        "color": s.color,
+        "state": {
+            "online": True,
+            "typing": s.typing,
+            "focused": s.focused,
+            "activity": s.activity.label,
+            "viewport": None if vp is None else {
+                "top_line": vp[0], "bottom_line": vp[1], "scroll_percentage": vp[2],
+            },
+        },
+        "cursor": None if cur is None else _pos(cur),
+        "selection": None if sel is None or cur is None else {
+            "anchor": _pos((sel[0], sel[1], sel[2])),
+            "head": _pos(cur),
+            "is_backward": sel[3],
+        },
+        "connected_at": s.connected_at_ms,
+        "last_active_at": s.last_active_ms,
+        "last_cursor_update": s.cursor_arrived_ms or s.connected_at_ms,
+    }
+
+
+def user_presence_json(doc_id: str, s: Session) -> str:
+    return json.dumps(user_presence(doc_id, s), separators=(",", ":"))
+
+
+def member_record(node_id: str, s: Session) -> bytes:
+    """The value in `presence:<doc>:members`: enough to rebuild the session elsewhere."""
+    return msgpack.packb(
+        [node_id, s.user.workspace_id, s.member(), s.cursor_arrived_ms], use_bin_type=True
+    )
+
+
+class MemberRecord:
+    __slots__ = ("last_cursor", "member", "node_id", "workspace_id")
+
+    def __init__(self, node_id: str, workspace_id: str, member: list[Any], last_cursor: int,
+                 ) -> None:
+        self.node_id = node_id
+        self.workspace_id = workspace_id
+        self.member = member
+        self.last_cursor = last_cursor
+
+    @property
+    def sid(self) -> int:
+        return int(self.member[0])
+
+    @property
+    def user_id(self) -> str:
+        return str(self.member[1])
+
+    @property
+    def last_active(self) -> int:
+        return int(self.member[12])
+
+    @property
+    def activity(self) -> ActivityType:
+        return ActivityType(self.member[5])
+
+    def session(self) -> Session:
+        s = member_from_wire(self.member, self.workspace_id)
+        s.cursor_arrived_ms = self.last_cursor
+        return s
+
+
+def parse_member_record(raw: bytes) -> MemberRecord | None:
+    try:
+        node_id, ws, member, last_cursor = msgpack.unpackb(raw, raw=False)
+        return MemberRecord(node_id, ws, member, last_cursor)
+    except Exception:  # a foreign or corrupt value must not break a read
+        return None
+
+
+def user_from_record(r: MemberRecord) -> UserInfo:
+    m = r.member
+    return UserInfo(user_id=m[1], name=m[2], workspace_id=r.workspace_id, avatar_url=m[3])
+
+
+# ---------------------------------------------------------------- the one pool
+
+
+class RedisShared:
+    """One `redis.asyncio` client (one pool) shared by the store and the broker.
+
+    Explicit retry (2 quick retries; the backends add their own backoff on top), socket
+    timeouts so a hung server cannot hold a task forever, and a health check so idle pooled
+    connections (and the pub/sub connection) notice a dead server.
+    """
+
+    def __init__(self, url: str, max_connections: int = 32) -> None:
+        self.url = url
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=2.0,  # waiting for a free pooled connection
+            socket_timeout=2.0,
+            socket_connect_timeout=1.0,
+            socket_keepalive=True,
+            health_check_interval=5,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+            client_name="presence-relay",
+        )
+        self.redis: Redis = Redis.from_pool(pool)
+        self._users = 0
+
+    def acquire(self) -> Redis:
+        self._users += 1
+        return self.redis
+
+    async def release(self) -> None:
+        self._users -= 1
+        if self._users <= 0:
+            await self.redis.aclose()
