@@ -289,8 +289,11 @@ def encode(object value):
     return w.take(b"")
 
 
+cdef Writer _scratch = Writer()
+
+
 cdef bytes _batch_prefix(str doc_id, int64_t server_ms, Py_ssize_t count):
-    cdef Writer w = Writer()
+    cdef Writer w = _scratch  # reused: one writer allocation per process, not per batch
     w.byte(0x94)
     w.byte(0x22)
     w.string(doc_id)
