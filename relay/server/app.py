@@ -16,6 +16,7 @@ from relay.backends.memory import MemoryBroker, MemoryStore
 from relay.config import ConfigError, PresenceConfig
 from relay.core import protocol as p
 from relay.server.connection import handle_connection
+from relay.server.fastpath import RelayConnection
 from relay.server.http import HttpRoutes
 from relay.server.hub import Hub
 
@@ -24,7 +25,18 @@ log = logging.getLogger("relay")
 
 def make_backends(config: PresenceConfig) -> tuple[PresenceStore, Broker]:
     if config.redis_url:
-        raise ConfigError("redis_url: the Redis backend is not available in this version yet")
+        from relay.backends.redis_broker import RedisBroker
+        from relay.backends.redis_common import RedisShared, new_node_id
+        from relay.backends.redis_store import RedisStore
+
+        try:
+            shared = RedisShared(config.redis_url)
+        except ValueError as exc:
+            raise ConfigError(f"redis_url: {exc}") from None
+        node_id = new_node_id()
+        broker = RedisBroker(shared, node_id)
+        store = RedisStore(shared, config, node_id, deliver_local=broker.deliver_local)
+        return store, broker
     return MemoryStore(), MemoryBroker()
 
 
@@ -77,8 +89,11 @@ class Relay:
             ping_timeout=cfg.ping_timeout_s or None,
             close_timeout=2,
             server_header=f"presence-relay/{relay.__version__}",
+            create_connection=RelayConnection,
         )
         self._ticker = asyncio.get_running_loop().create_task(hub.run_ticker())
+        if hub.cluster is not None:
+            hub.cluster.start()
         log.info("presence-relay listening on ws://%s:%d/ws (%s core)",
                  cfg.host, self.port, relay.implementation())
 
@@ -95,6 +110,8 @@ class Relay:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        if hub.cluster is not None:
+            await hub.cluster.stop()
         await hub.broker.close()
         await hub.store.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -11,6 +12,7 @@ from websockets.exceptions import ConnectionClosed
 from relay.auth import AuthError, Grant, anonymous_grant, verify_token
 from relay.core import protocol as p
 from relay.core.colors import preferred_color
+from relay.server.fastpath import RelayConnection
 from relay.server.hub import Hub
 
 log = logging.getLogger("relay.connection")
@@ -73,10 +75,17 @@ async def handle_connection(ws: ServerConnection, hub: Hub) -> None:
         )
     )
     on_frame = hub.on_frame
+    if isinstance(ws, RelayConnection):
+        # From here on, whole binary frames go straight from the socket to the hub; the loop
+        # below still gets whatever websockets delivers (text, fragmented messages).
+        ws.enable_fast_path(partial(on_frame, client), cfg.max_frame_bytes)
     try:
         async for message in ws:
             if type(message) is bytes:
                 on_frame(client, message)
+                if client.pending is not None:  # a clustered JOIN: finish it before more
+                    pending, client.pending = client.pending, None
+                    await pending
             else:
                 hub.on_text(client)
             if client.closing:

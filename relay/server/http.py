@@ -13,6 +13,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from relay.backends.base import BackendUnavailable
 from relay.core import protocol as p
 from relay.server.hub import Hub
 from relay.server.metrics import make_registry, render
@@ -105,6 +106,12 @@ class HttpRoutes:
         return text(401, "unauthorized\n")
 
     async def internal(self, path: str) -> Response:
+        try:
+            return await self._internal(path)
+        except BackendUnavailable as exc:  # Redis configured but unreachable
+            return text(503, f"degraded: {exc}\n")
+
+    async def _internal(self, path: str) -> Response:
         parts = [unquote(x) for x in path.split("/")[2:]]
         if len(parts) == 2 and parts[0] == "presence" and parts[1]:
             doc_id = parts[1]

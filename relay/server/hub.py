@@ -13,7 +13,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from websockets.asyncio.connection import broadcast
@@ -25,6 +25,7 @@ from relay.config import PresenceConfig
 from relay.core import protocol as p
 from relay.core.model import UserInfo
 from relay.core.protocol import ProtocolError
+from relay.server.cluster import Cluster
 from relay.server.metrics import Stats
 from relay.twin import (
     FALLBACK,
@@ -50,7 +51,7 @@ class Client:
     """One authenticated WebSocket connection."""
 
     __slots__ = ("bad_frames", "close_task", "closing", "connection_id", "grant", "handles",
-                 "peer", "ws")
+                 "peer", "pending", "ws")
 
     def __init__(
         self, ws: ServerConnection, connection_id: str, grant: Grant, cfg: PresenceConfig,
@@ -68,6 +69,8 @@ class Client:
         # The close the hub started (4400/4408/4429/1001); the handler awaits it so that
         # websockets does not close with its default 1000 first.
         self.close_task: asyncio.Task[None] | None = None
+        # A cold-path step (a clustered JOIN) the handler awaits before the next frame.
+        self.pending: Coroutine[Any, Any, None] | None = None
 
     @property
     def user(self) -> UserInfo:
@@ -109,6 +112,8 @@ class Hub:
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         broker.set_callback(self.on_remote_frame)
+        # Shared presence (Redis): async joins and the mirror of other nodes' members.
+        self.cluster = Cluster(self) if store.clustered else None
 
     # ------------------------------------------------------------ connections
 
@@ -155,6 +160,8 @@ class Hub:
 
     def on_frame(self, client: Client, data: bytes) -> None:
         """Handle one binary frame from a client. Never raises for bad input."""
+        if client.closing:
+            return  # the rest of a read that arrived after we decided to close
         self.stats.frames_in += 1
         now = self.clock()
         handled = client.peer.feed(data, now)
@@ -225,6 +232,9 @@ class Hub:
             raise ProtocolError(
                 p.TOO_MANY_DOCUMENTS, f"at most {self.config.max_documents} documents", h
             )
+        if self.cluster is not None:  # needs Redis round trips: the handler awaits it
+            client.pending = self.cluster.join(client, h, doc_id)
+            return
         doc = self.documents.get(doc_id)
         created = doc is None
         if doc is None:
@@ -237,6 +247,11 @@ class Hub:
             self.documents[doc_id] = doc
             self.local[doc_id] = {}
             self.broker.subscribe(doc_id)
+        self._admit(client, h, doc, session)
+
+    def _admit(self, client: Client, h: int, doc: Document, session: Any) -> None:
+        """The session is in the document: register it locally, answer JOINED, announce it."""
+        doc_id = doc.doc_id
         self.local[doc_id][session.sid] = client
         client.handles[h] = Membership(doc, session.sid)
         self.send(client, p.encode_joined(h, doc_id, session.sid, doc.snapshot()))
@@ -276,7 +291,7 @@ class Hub:
             batch = doc.flush(now)
             if batch is not None:
                 self._deliver(doc, batch, now)
-            if doc.empty:
+            if doc.empty or (self.cluster is not None and self.cluster.unused(doc)):
                 self._drop_document(doc)
 
     def _arm(self, doc: Document) -> None:
@@ -319,9 +334,13 @@ class Hub:
             del self.local[doc.doc_id]
             self._armed.pop(doc, None)
             self.broker.unsubscribe(doc.doc_id)
+            if self.cluster is not None:
+                self.cluster.forget(doc.doc_id)
 
     def on_remote_frame(self, doc_id: str, frame: bytes) -> None:
         """A BATCH from another node: forward the bytes unchanged to local members."""
+        if self.cluster is not None:
+            self.cluster.apply(doc_id, frame)  # mirror other nodes' members
         members = self.local.get(doc_id)
         if members:
             targets = [c.ws for c in members.values()]

@@ -108,7 +108,7 @@ class RelayCollector(Collector):
         )
         total = 0
         for doc in hub.documents.values():
-            n = len({s.user.user_id for s in doc.sessions.values()})
+            n = len({s.user.user_id for s in doc.sessions.values() if not s.remote})
             total += n
             if per_doc:
                 ws = next(iter(doc.workspaces()), "")

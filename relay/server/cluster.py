@@ -1,0 +1,339 @@
+"""The hub's side of shared presence (active when the store is `clustered`, i.e. Redis).
+
+- Joins become a cold-path coroutine the connection handler awaits (nothing else from that
+  connection is processed meanwhile, so frame order holds): on this node's first join of a
+  document it subscribes to the document's channel, THEN loads the members other nodes
+  own from the store, so no event falls between the snapshot and the subscription; the sid
+  comes from the store (`INCR presence:<doc>:sid`, unique across nodes).
+- The mirror: BATCH frames from other nodes are forwarded unchanged (the hub does that) and
+  also applied here to `remote=True` sessions in the local Document, by writing their
+  fields directly, so nothing is re-queued as an event and re-broadcast. That makes a
+  joiner's JOINED snapshot include members on other nodes.
+- Resync: after the pub/sub connection comes back (frames were lost meanwhile) and every
+  `presence_ttl_seconds` as anti-entropy, each document's remote members are re-read from
+  the store; differences go to this node's members as a local-only BATCH.
+
+Redis down at a join: no remote snapshot and a fallback sid (see docs/redis.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+from websockets.asyncio.connection import broadcast
+
+from relay.backends.base import FALLBACK_SID_BASE
+from relay.core import protocol as p
+from relay.core.model import ActivityType, UserInfo
+from relay.core.protocol import ProtocolError
+from relay.twin import Document, DocumentFull
+from relay.twin import Session as TwinSession
+
+if TYPE_CHECKING:
+    from relay.server.hub import Client, Hub
+
+log = logging.getLogger("relay.cluster")
+
+RESYNC_GRACE_MS = 3000  # a mirrored session this young is not removed by a resync
+TOMBSTONE_MS = 60_000  # how long a `left` keeps a sid out of snapshot / resync merges
+
+
+class Cluster:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.opening: dict[str, asyncio.Task[Document]] = {}
+        self.joining: dict[str, int] = {}
+        self.seen: dict[str, dict[int, int]] = {}  # doc -> remote sid -> mirrored at (ms)
+        self.tombstones: dict[str, dict[int, int]] = {}  # doc -> sid -> left at (ms)
+        self.stripe = zlib.crc32(hub.broker.node_id.encode()) & 0xFF
+        self._fallback = itertools.count()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.resyncs = 0
+        hub.broker.set_reconnect_callback(self.on_reconnect)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._spawn(self._anti_entropy())
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def busy(self, doc_id: str) -> bool:
+        """A join of the document is in progress: the hub must not drop it."""
+        return doc_id in self.opening or doc_id in self.joining
+
+    def unused(self, doc: Document) -> bool:
+        """No local member (only mirrored ones, or none) and no join under way."""
+        return not self.hub.local.get(doc.doc_id) and not self.busy(doc.doc_id)
+
+    def forget(self, doc_id: str) -> None:
+        self.seen.pop(doc_id, None)
+        self.tombstones.pop(doc_id, None)
+
+    # ------------------------------------------------------------ joins
+
+    async def join(self, client: Client, h: int, doc_id: str) -> None:
+        hub = self.hub
+        self.joining[doc_id] = self.joining.get(doc_id, 0) + 1
+        try:
+            doc = await self._open(doc_id)
+            sid = await hub.store.allocate_sid(doc_id, self._floor(doc))
+            if client.closing or client not in hub.clients:
+                return
+            if hub.documents.get(doc_id) is not doc:  # cannot happen while joining; be safe
+                raise ProtocolError(p.UNAVAILABLE, "document reloaded; join again", h)
+            if sid is None or sid in doc.sessions:
+                sid = self._fallback_sid(doc)
+            try:
+                session = doc.join(client.user, hub.clock(), sid=sid)
+            except DocumentFull:
+                raise ProtocolError(p.DOCUMENT_AT_CAPACITY, "document is at capacity", h) from None
+            hub._admit(client, h, doc, session)
+        except ProtocolError as exc:
+            hub._error(client, exc.handle, exc.code, exc.message, hub.clock())
+        except Exception:
+            log.exception("join of %s failed", doc_id)
+            hub._error(client, h, p.UNAVAILABLE, "join failed; try again", hub.clock())
+        finally:
+            n = self.joining.get(doc_id, 1) - 1
+            if n:
+                self.joining[doc_id] = n
+            else:
+                self.joining.pop(doc_id, None)
+            doc_ = hub.documents.get(doc_id)
+            if doc_ is not None and not hub.local.get(doc_id) and not self.busy(doc_id):
+                hub._drop_document(doc_)
+
+    async def _open(self, doc_id: str) -> Document:
+        task = self.opening.get(doc_id)
+        if task is None:
+            doc = self.hub.documents.get(doc_id)
+            if doc is not None:
+                return doc
+            task = asyncio.get_running_loop().create_task(self._load(doc_id))
+            self.opening[doc_id] = task
+
+            def done(t: asyncio.Task[Document]) -> None:
+                if self.opening.get(doc_id) is t:
+                    del self.opening[doc_id]
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _load(self, doc_id: str) -> Document:
+        hub = self.hub
+        doc = Document(doc_id, hub.rules, hub.dirty)
+        hub.documents[doc_id] = doc
+        hub.local[doc_id] = {}
+        self.seen[doc_id] = {}
+        self.tombstones.setdefault(doc_id, {})
+        # Subscribe first, then read: an event that races the read is either in the
+        # snapshot or arrives on the channel (and a `left` leaves a tombstone).
+        await hub.broker.ensure_subscribed(doc_id)
+        try:
+            stored = await hub.store.load_members(doc_id)
+        except Exception as exc:
+            log.info("no remote snapshot for %s: %s", doc_id, exc)
+            stored = []
+        if hub.documents.get(doc_id) is doc:
+            self._merge(doc, stored, hub.clock())
+        return doc
+
+    def _floor(self, doc: Document) -> int:
+        sids = itertools.chain(doc.sessions, self.tombstones.get(doc.doc_id, ()))
+        return max((s for s in sids if s < FALLBACK_SID_BASE), default=0)
+
+    def _fallback_sid(self, doc: Document) -> int:
+        # Redis unreachable: a sid in this node's stripe, far above INCR's range.
+        while True:
+            sid = FALLBACK_SID_BASE + (self.stripe << 16) + (next(self._fallback) & 0xFFFF)
+            if sid not in doc.sessions:
+                return sid
+
+    # ------------------------------------------------------------ the mirror
+
+    def _merge(self, doc: Document, sessions: list[Any], now: int) -> list[tuple[Any, ...]]:
+        """Add remote sessions (store records) not known yet; return their `joined` events."""
+        local = self.hub.local.get(doc.doc_id, {})
+        seen = self.seen.setdefault(doc.doc_id, {})
+        tomb = self.tombstones.setdefault(doc.doc_id, {})
+        events = []
+        for s in sessions:
+            sid = s.sid
+            if sid in doc.sessions or sid in local:
+                continue
+            left_at = tomb.get(sid)
+            if left_at is not None and now - left_at < TOMBSTONE_MS:
+                continue
+            m = twin_session(s.member(), s.user.workspace_id, s.cursor_arrived_ms)
+            doc.sessions[sid] = m
+            seen[sid] = now
+            events.append((p.EV_JOINED, m.member()))
+        return events
+
+    def apply(self, doc_id: str, frame: bytes) -> None:
+        """Apply another node's BATCH to the mirrored sessions (no events are queued)."""
+        doc = self.hub.documents.get(doc_id)
+        if doc is None:
+            return
+        try:
+            msg = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+            ts, events = int(msg[2]), msg[3]
+            if msg[0] != p.BATCH:
+                return
+        except Exception:
+            log.warning("ignoring a malformed frame from another node for %s", doc_id)
+            return
+        local = self.hub.local.get(doc_id, {})
+        sessions = doc.sessions
+        seen = self.seen.setdefault(doc_id, {})
+        tomb = self.tombstones.setdefault(doc_id, {})
+        for ev in events:
+            try:
+                code = ev[0]
+                if code == p.EV_JOINED:
+                    m = ev[1]
+                    sid = m[0]
+                    if sid in local:
+                        continue  # never let a remote record shadow a local session
+                    old = sessions.get(sid)
+                    ws = old.user.workspace_id if old is not None else self._workspace(doc)
+                    sessions[sid] = twin_session(m, ws, ts)
+                    seen[sid] = ts
+                    tomb.pop(sid, None)
+                    continue
+                sid = ev[1]
+                if code == p.EV_LEFT:
+                    s = sessions.get(sid)
+                    if s is not None and s.remote:
+                        del sessions[sid]
+                    seen.pop(sid, None)
+                    if sid not in local:
+                        tomb[sid] = ts
+                    continue
+                s = sessions.get(sid)
+                if s is None or not s.remote:
+                    continue
+                if code == p.EV_CURSOR:
+                    if len(ev) == 2:
+                        s.cursor = None
+                        s.selection = None
+                    else:
+                        s.cursor = (ev[2], ev[3], ev[4])
+                        s.selection = (ev[5], ev[6], ev[7], ev[8]) if len(ev) == 9 else None
+                    s.cursor_arrived_ms = ts
+                    s.last_active_ms = ts
+                elif code == p.EV_TYPING:
+                    s.typing = bool(ev[2])
+                    if s.typing:
+                        s.last_active_ms = ts
+                elif code == p.EV_VIEWPORT:
+                    s.viewport = (ev[2], ev[3], float(ev[4]))
+                    s.last_active_ms = ts
+                elif code == p.EV_ACTIVITY:
+                    s.activity = ActivityType(ev[2])
+                elif code == p.EV_FOCUS:
+                    s.focused = bool(ev[2])
+            except Exception:
+                continue  # one odd event must not stop the rest
+        if len(tomb) > 1024:
+            cutoff = ts - TOMBSTONE_MS
+            for sid in [s for s, t in tomb.items() if t < cutoff]:
+                del tomb[sid]
+
+    def _workspace(self, doc: Document) -> str:
+        for s in doc.sessions.values():
+            if not s.remote:
+                return s.user.workspace_id
+        return "default"
+
+    # ------------------------------------------------------------ resync
+
+    def on_reconnect(self) -> None:
+        """The pub/sub connection is (re)established: frames may have been lost."""
+        if self.hub.documents:
+            for delay in (0.5, 2.0, 4.0):
+                self._spawn(self._resync_later(delay))
+
+    async def _resync_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self.resync_all()
+
+    async def _anti_entropy(self) -> None:
+        interval = max(1.0, float(self.hub.config.presence_ttl_seconds))
+        while True:
+            await asyncio.sleep(interval)
+            await self.resync_all()
+
+    async def resync_all(self) -> None:
+        for doc_id in list(self.hub.documents):
+            try:
+                await self.resync(doc_id)
+            except Exception as exc:
+                log.info("resync of %s skipped: %s", doc_id, exc)
+                return  # store unreachable: the next reconnect or period retries
+
+    async def resync(self, doc_id: str) -> None:
+        """Make the mirror of `doc_id` match the store; tell local members the difference."""
+        hub = self.hub
+        if hub.documents.get(doc_id) is None or self.busy(doc_id):
+            return
+        records = await hub.store.load_members(doc_id)
+        doc = hub.documents.get(doc_id)
+        if doc is None:
+            return
+        self.resyncs += 1
+        now = hub.clock()
+        stored = {s.sid: s for s in records}
+        seen = self.seen.setdefault(doc_id, {})
+        tomb = self.tombstones.setdefault(doc_id, {})
+        events: list[tuple[Any, ...]] = []
+        for sid, s in list(doc.sessions.items()):
+            if s.remote and sid not in stored and now - seen.get(sid, 0) > RESYNC_GRACE_MS:
+                del doc.sessions[sid]
+                seen.pop(sid, None)
+                tomb[sid] = now
+                events.append((p.EV_LEFT, sid))
+        events.extend(self._merge(doc, list(stored.values()), now))
+        local = hub.local.get(doc_id)
+        if events and local:
+            frame = p.encode_batch(doc_id, now, events)
+            targets = [c.ws for c in local.values()]
+            broadcast(targets, frame)
+            hub.stats.frames_out += len(targets)
+            hub.stats.bytes_out += len(frame) * len(targets)
+
+
+def twin_session(m: Any, workspace_id: str, cursor_ms: int = 0) -> Any:
+    """A mirrored (remote) session, of the hot path's Session class, from a MEMBER array."""
+    return TwinSession(
+        m[0],
+        UserInfo(user_id=m[1], name=m[2], workspace_id=workspace_id, avatar_url=m[3]),
+        m[4],
+        m[11],
+        m[12],
+        activity=ActivityType(m[5]),
+        typing=bool(m[6]),
+        focused=bool(m[7]),
+        cursor=tuple(m[8]) if m[8] is not None else None,
+        selection=tuple(m[9]) if m[9] is not None else None,
+        viewport=tuple(m[10]) if m[10] is not None else None,
+        cursor_arrived_ms=cursor_ms,
+        remote=True,
+    )
