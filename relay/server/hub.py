@@ -26,6 +26,7 @@ from relay.core import protocol as p
 from relay.core.model import UserInfo
 from relay.core.protocol import ProtocolError
 from relay.server.cluster import Cluster
+from relay.server.fastpath import binary_frame, write_prebuilt
 from relay.server.metrics import Stats
 from relay.twin import (
     FALLBACK,
@@ -306,21 +307,22 @@ class Hub:
     def _deliver(self, doc: Document, batch: Batch, now: int) -> None:
         st = self.stats
         frame = batch.frame
+        wire = binary_frame(frame)  # framed once; the same bytes go to every member
         limit = self.config.max_send_backlog
-        targets = []
+        sent = 0
         slow = []
         for sid, client in self.local[doc.doc_id].items():
             if sid == batch.skip_sid:
                 continue
-            transport = client.ws.transport
-            if transport is not None and transport.get_write_buffer_size() > limit:
+            ws = client.ws
+            transport = ws.transport
+            if transport.get_write_buffer_size() > limit:
                 slow.append(client)
-            else:
-                targets.append(client.ws)
-        broadcast(targets, frame)
+            elif write_prebuilt(ws, wire, frame):
+                sent += 1
         self.broker.publish(doc.doc_id, frame)
-        st.frames_out += len(targets)
-        st.bytes_out += len(frame) * len(targets)
+        st.frames_out += sent
+        st.bytes_out += len(frame) * sent
         st.batch_sizes.observe(batch.event_count)
         for arrived in batch.cursor_arrivals:
             st.cursor_latency.observe((now - arrived) / 1000.0)
@@ -343,10 +345,10 @@ class Hub:
             self.cluster.apply(doc_id, frame)  # mirror other nodes' members
         members = self.local.get(doc_id)
         if members:
-            targets = [c.ws for c in members.values()]
-            broadcast(targets, frame)
-            self.stats.frames_out += len(targets)
-            self.stats.bytes_out += len(frame) * len(targets)
+            wire = binary_frame(frame)
+            sent = sum(write_prebuilt(c.ws, wire, frame) for c in members.values())
+            self.stats.frames_out += sent
+            self.stats.bytes_out += len(frame) * sent
 
     async def run_ticker(self) -> None:
         """Flush every `batch_ms`, on a fixed schedule (a slow tick does not shift the rest)."""
