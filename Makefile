@@ -26,11 +26,12 @@ redis-server:
 	  echo "installing redis-server via apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
-# The suite runs twice: against the compiled twin (relay/_fast.pyx), then the pure one.
+# The suite runs twice: the compiled twin (relay/_fast.pyx) on uvloop, as in production,
+# then the pure twin on the stock asyncio loop.
 test: $(STAMP) redis-server
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/python -m pytest -q
-	RELAY_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	RELAY_NO_EXTENSIONS=1 RELAY_TEST_LOOP=asyncio $(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Parity tests against a debug build (bounds checks, line tracing); restores the release build.
 test-debug: $(STAMP)

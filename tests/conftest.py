@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,10 +12,21 @@ import msgpack
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from redis_fixture import redis_factory, redis_server, redis_url  # noqa: F401 (fixtures)
 from relay.config import PresenceConfig
 from relay.server.app import Relay
 
 SUBPROTOCOLS = ["presence.v1"]
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], Any]]:
+    """Async tests run on uvloop (as the relay does) or, with RELAY_TEST_LOOP=asyncio, on the
+    stock loop; `make test` runs the suite once each way."""
+    if os.environ.get("RELAY_TEST_LOOP", "uvloop") == "asyncio":
+        return {"asyncio": asyncio.new_event_loop}
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}
 
 
 class RawClient:

@@ -166,7 +166,7 @@ async def test_welcome_and_ping(relay_url: str) -> None:
         ):
             assert key in conn.settings, key
         rtt = await conn.ping()
-        assert 0 < rtt < 2
+        assert 0 <= rtt < 2  # uvloop's clock ticks in whole ms: loopback can read 0
     assert conn.closed
     assert not conn.connected
 
@@ -424,7 +424,7 @@ async def test_reconnect_rejoins_and_resyncs(pair: tuple[Connection, Connection]
     da.move_cursor(4, 5, 6)
     await _wait_event(db, lambda e: e == CursorMoved(da.sid, (4, 5, 6), None))
     assert db.members[da.sid].cursor == (4, 5, 6)
-    assert await a.ping() > 0
+    assert await a.ping() >= 0  # the connection works again (uvloop clock: whole ms)
 
 
 # ---------------------------------------------------------------------------- scripted relay
