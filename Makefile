@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8765
 
-.PHONY: run test test-debug lint redis-server bench clean
+.PHONY: run test test-debug lint redis-server bench bench-ci clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml setup.py relay/_fast.pyx relay/_fast.pxd
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -32,6 +32,28 @@ test: $(STAMP) redis-server
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/python -m pytest -q
 	RELAY_NO_EXTENSIONS=1 RELAY_TEST_LOOP=asyncio $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Benchmarks: the hot-path micro-benchmarks (fast/pure pairs) and every load scenario.
+# Results (JSON, PNG, relay logs) go to bench/results/. A missed target is reported, and
+# `make bench` carries on to the next scenario.
+SCENARIOS ?= smoke reference many-docs big-room low-latency
+bench: $(STAMP)
+	mkdir -p bench/results
+	$(BIN)/python -m pytest -q bench/test_hot_path.py --benchmark-only \
+	  --benchmark-columns=median,rounds --benchmark-sort=name \
+	  --benchmark-json=bench/results/hot_path.json
+	for s in $(SCENARIOS); do $(BIN)/python -m bench.load --scenario $$s \
+	  --json bench/results/$$s.json || echo "scenario $$s: target missed or run invalid"; done
+
+# What CI runs after the tests: the micro-benchmarks in a short mode, and the `smoke`
+# scenario, enforced. A shared machine can disturb one run: a miss is re-run once, and two
+# misses in a row fail.
+bench-ci: $(STAMP)
+	mkdir -p bench/results
+	$(BIN)/python -m pytest -q bench/test_hot_path.py --benchmark-only \
+	  --benchmark-min-rounds=3 --benchmark-max-time=0.05 --benchmark-columns=median,rounds
+	$(BIN)/python -m bench.load --scenario smoke --json bench/results/smoke.json --quiet || \
+	  $(BIN)/python -m bench.load --scenario smoke --json bench/results/smoke-retry.json
 
 # Parity tests against a debug build (bounds checks, line tracing); restores the release build.
 test-debug: $(STAMP)

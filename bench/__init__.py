@@ -1,0 +1,4 @@
+"""Load bench for presence-relay: real WebSocket clients, latency histograms, targets.
+
+`python -m bench.load --help`; see bench/README.md.
+"""
