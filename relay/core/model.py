@@ -7,7 +7,7 @@ services read it (HTTP, Redis); it is derived from a session, never stored twice
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -97,13 +97,7 @@ class UserPresenceSummary:
     last_active_at: int
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "user_id": self.user_id,
-            "name": self.name,
-            "avatar_url": self.avatar_url,
-            "activity": self.activity,
-            "last_active_at": self.last_active_at,
-        }
+        return asdict(self)
 
 
 @dataclass(slots=True)
