@@ -78,9 +78,9 @@ def anonymous_grant(info: dict[Any, Any]) -> Grant:
     user_id = info.get("user_id")
     name = info.get("name", user_id)
     if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_ID:
-        raise AuthError("anonymous HELLO needs info.user_id (a non-empty string)")
+        raise AuthError(f"anonymous HELLO needs info.user_id (1 to {MAX_ID} characters)")
     if not isinstance(name, str) or not name or len(name) > MAX_ID:
-        raise AuthError("info.name must be a non-empty string")
+        raise AuthError(f"info.name must be a string of 1 to {MAX_ID} characters")
     avatar = info.get("avatar")
     if avatar is not None and (
         not isinstance(avatar, str) or not avatar.startswith(("http://", "https://"))

@@ -10,9 +10,9 @@ from typing import Any
 
 import msgpack
 import pytest
+from redis_fixture import redis_factory, redis_server, redis_url  # noqa: F401 (fixtures)
 from websockets.asyncio.client import ClientConnection, connect
 
-from redis_fixture import redis_factory, redis_server, redis_url  # noqa: F401 (fixtures)
 from relay.config import PresenceConfig
 from relay.server.app import Relay
 

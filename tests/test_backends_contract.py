@@ -22,20 +22,47 @@ def session(sid: int, user_id: str, ws: str = "w1", last_active: int = 1000) -> 
                    connected_at_ms=1000, last_active_ms=last_active)
 
 
-@pytest.fixture(params=["memory"])
+async def _until_ready(*backends: PresenceStore | Broker) -> None:
+    async with asyncio.timeout(5):
+        for b in backends:
+            while not await b.ready():
+                await asyncio.sleep(0.01)
+
+
+@pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[PresenceStore]:
-    s: PresenceStore = MemoryStore()
+    if request.param == "redis":
+        from relay.backends.redis_common import RedisShared
+        from relay.backends.redis_store import RedisStore
+        from relay.config import PresenceConfig
+
+        url = request.getfixturevalue("redis_url")
+        s: PresenceStore = RedisStore(RedisShared(url), PresenceConfig(redis_url=url), "node-s")
+    else:
+        s = MemoryStore()
     await s.start()
+    await _until_ready(s)
     yield s
     await s.close()
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "redis"])
 async def broker_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Broker]]:
-    bus = MemoryBus()
-    a, b = MemoryBroker(bus, "node-a"), MemoryBroker(bus, "node-b")
+    a: Broker
+    b: Broker
+    if request.param == "redis":
+        from relay.backends.redis_broker import RedisBroker
+        from relay.backends.redis_common import RedisShared
+
+        url = request.getfixturevalue("redis_url")
+        # Two pools, as two processes would have.
+        a, b = RedisBroker(RedisShared(url), "node-a"), RedisBroker(RedisShared(url), "node-b")
+    else:
+        bus = MemoryBus()
+        a, b = MemoryBroker(bus, "node-a"), MemoryBroker(bus, "node-b")
     for x in (a, b):
         await x.start()
+    await _until_ready(a, b)
     yield a, b
     for x in (a, b):
         await x.close()
@@ -113,6 +140,7 @@ async def test_broker_delivers_to_other_nodes_not_self(broker_pair: tuple[Broker
     a.subscribe("doc")
     b.subscribe("doc")
     b.subscribe("doc")  # idempotent
+    await b.ensure_subscribed("doc")  # subscribing over a network completes later
     a.publish("doc", b"\x94frame")
 
     async def arrived() -> Any:

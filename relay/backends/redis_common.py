@@ -20,8 +20,11 @@ keys may live on different Redis Cluster shards. See docs/redis.md.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -71,10 +74,6 @@ def node_sessions_key(node_id: str) -> str:
 
 NODE_REGISTRY = "presence:node:registry"
 
-# Sids allocated without Redis (it was unreachable at the join) live far above the ones
-# INCR hands out, in a stripe chosen by the node id, so they cannot collide with those and
-# rarely with another node's. See docs/redis.md ("Redis down").
-FALLBACK_SID_BASE = 1 << 24
 
 
 def new_node_id() -> str:
@@ -242,3 +241,31 @@ class RedisShared:
         self._users -= 1
         if self._users <= 0:
             await self.redis.aclose()
+
+
+def cancelling() -> bool:
+    """True inside a task that is being cancelled.
+
+    redis-py turns a cancellation in the middle of a command into a ConnectionError; a
+    loop that retries on connection errors must check this, or it never stops.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def check_cancelled() -> None:
+    """Raise CancelledError if a cancellation was requested and then swallowed below us."""
+    if cancelling():
+        raise asyncio.CancelledError
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], timeout: float = 2.0) -> None:
+    tasks = [t for t in tasks if not t.done()]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+    for t in tasks:
+        if t.done():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                t.result()

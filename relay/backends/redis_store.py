@@ -25,7 +25,6 @@ sessions to the other nodes (a BATCH of `joined` per document).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -38,7 +37,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay.backends import redis_common as k
-from relay.backends.base import BackendUnavailable, PresenceStore
+from relay.backends.base import FALLBACK_SID_BASE, BackendUnavailable, PresenceStore
 from relay.backends.redis_common import MemberRecord, RedisShared
 from relay.config import PresenceConfig
 from relay.core import protocol as p
@@ -159,12 +158,17 @@ class RedisStore(PresenceStore):
 
     async def close(self) -> None:
         """Flush, then remove whatever Redis still lists for this node, and deregister."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await k.stop_tasks(self._tasks)
         self._tasks.clear()
+        if not self._up:
+            log.warning("redis unreachable at shutdown: other nodes' reapers will remove this "
+                        "node's sessions within presence_ttl_seconds")
+            await self.shared.release()
+            return
+        for e in self._queue.values():
+            # Say it on the channel too, in case the broker's last publish did not make it
+            # (other nodes apply `left` idempotently).
+            e.publish_left = e.publish_left or e.remove
         try:
             async with asyncio.timeout(3.0):
                 for _ in range(20):
@@ -305,13 +309,12 @@ class RedisStore(PresenceStore):
         return out
 
     async def load_members(self, doc_id: str) -> list[Session]:
-        if not self._up:
-            return []
+        """Other nodes' sessions in the document; BackendUnavailable when unreachable."""
+        self._check_up()
         try:
             raw = await asyncio.wait_for(self.redis.hvals(k.members_key(doc_id)), 1.0)
         except (*UNREACHABLE, RedisError) as exc:
-            log.info("redis: no remote snapshot of %s (%s)", doc_id, exc)
-            return []
+            raise BackendUnavailable(f"redis: {exc}") from None
         out = []
         for value in raw:
             r = k.parse_member_record(value)
@@ -355,10 +358,13 @@ class RedisStore(PresenceStore):
         backoff = 0.1
         value = json.dumps({"node_id": self.node_id, "started_at": self._started_at})
         while True:
+            k.check_cancelled()
             if not self._up:
                 try:
                     await self.redis.ping()
                 except (*UNREACHABLE, RedisError):
+                    if k.cancelling():
+                        raise asyncio.CancelledError from None
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
@@ -372,10 +378,12 @@ class RedisStore(PresenceStore):
                         log.warning("redis: this node's heartbeat key was gone; reconciling")
                         self._reconcile = self._announce = True
                         self._wake.set()
-                except UNREACHABLE as exc:
-                    self._mark_down(exc)
-                    continue
-                except RedisError as exc:
+                except (*UNREACHABLE, RedisError) as exc:
+                    if k.cancelling():
+                        raise asyncio.CancelledError from None
+                    if isinstance(exc, UNREACHABLE):
+                        self._mark_down(exc)
+                        continue
                     log.warning("redis heartbeat failed: %s", exc)
             await asyncio.sleep(self.heartbeat_s)
 
@@ -383,6 +391,7 @@ class RedisStore(PresenceStore):
         """Re-queue live sessions whose presence changed; periodically reconcile in full."""
         last_reconcile = time.monotonic()
         while True:
+            k.check_cancelled()
             await asyncio.sleep(self.refresh_s)
             queue, written = self._queue, self._written
             for doc_id, sessions in self._live.items():
@@ -402,6 +411,7 @@ class RedisStore(PresenceStore):
 
     async def _flusher(self) -> None:
         while True:
+            k.check_cancelled()
             await self._wake.wait()
             self._wake.clear()
             if not self._up:
@@ -411,29 +421,32 @@ class RedisStore(PresenceStore):
                     await self._reconcile_now()
                 while self._queue and self._up:
                     await self._flush_some()
-            except UNREACHABLE as exc:
-                self._mark_down(exc)
-            except RedisError as exc:  # a bad reply: log, keep going
-                log.exception("redis flush failed: %s", exc)
-                await asyncio.sleep(0.5)
-                self._wake.set()
-            except Exception:
-                log.exception("redis flusher bug")
-                await asyncio.sleep(0.5)
-                self._wake.set()
+            except Exception as exc:
+                if k.cancelling():
+                    raise asyncio.CancelledError from None
+                if isinstance(exc, UNREACHABLE):
+                    self._mark_down(exc)
+                else:  # a bad reply or a bug: log, keep going
+                    log.exception("redis flush failed: %s", exc)
+                    await asyncio.sleep(0.5)
+                    self._wake.set()
             await asyncio.sleep(0.005)  # lets writes accumulate into the next round trip
 
     async def _reaper(self) -> None:
         while True:
+            k.check_cancelled()
             await asyncio.sleep(self.reap_interval_s)
             if not self._up:
                 continue
             try:
                 await self.reap_dead_nodes()
-            except UNREACHABLE as exc:
-                self._mark_down(exc)
-            except Exception:
-                log.exception("reaper failed")
+            except Exception as exc:
+                if k.cancelling():
+                    raise asyncio.CancelledError from None
+                if isinstance(exc, UNREACHABLE):
+                    self._mark_down(exc)
+                else:
+                    log.exception("reaper failed")
 
     # ------------------------------------------------------------ writing
 
@@ -614,10 +627,10 @@ class RedisStore(PresenceStore):
             # Sid counters at least as high as the sids in use (Redis may have come back empty).
             pipe = self.redis.pipeline(transaction=False)
             for doc_id, sessions in self._live.items():
-                small = [sid for sid in sessions if sid < k.FALLBACK_SID_BASE]
+                small = [sid for sid in sessions if sid < FALLBACK_SID_BASE]
                 if small:
-                    self._bump(keys=[k.sid_key(doc_id)], args=[max(small), SID_COUNTER_TTL_MS],
-                               client=pipe)
+                    await self._bump(keys=[k.sid_key(doc_id)],
+                                     args=[max(small), SID_COUNTER_TTL_MS], client=pipe)
             if announce:
                 self._publish_batches(pipe, {
                     doc_id: [(p.EV_JOINED, s.member()) for s in sessions.values()]

@@ -42,6 +42,7 @@ log = logging.getLogger("relay.cluster")
 
 RESYNC_GRACE_MS = 3000  # a mirrored session this young is not removed by a resync
 TOMBSTONE_MS = 60_000  # how long a `left` keeps a sid out of snapshot / resync merges
+SETTLE_RESYNCS = (0.15, 1.0)  # re-reads after a node opens a document (seconds apart)
 
 
 class Cluster:
@@ -153,7 +154,18 @@ class Cluster:
             stored = []
         if hub.documents.get(doc_id) is doc:
             self._merge(doc, stored, hub.clock())
+            # A join on another node published before our SUBSCRIBE took effect but written
+            # to Redis after our read is in neither: look again once writes have landed.
+            self._spawn(self._settle(doc_id))
         return doc
+
+    async def _settle(self, doc_id: str) -> None:
+        for delay in SETTLE_RESYNCS:
+            await asyncio.sleep(delay)
+            if self.hub.documents.get(doc_id) is None:
+                return
+            with contextlib.suppress(Exception):
+                await self.resync(doc_id)
 
     def _floor(self, doc: Document) -> int:
         sids = itertools.chain(doc.sessions, self.tombstones.get(doc.doc_id, ()))

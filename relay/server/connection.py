@@ -83,9 +83,6 @@ async def handle_connection(ws: ServerConnection, hub: Hub) -> None:
         async for message in ws:
             if type(message) is bytes:
                 on_frame(client, message)
-                if client.pending is not None:  # a clustered JOIN: finish it before more
-                    pending, client.pending = client.pending, None
-                    await pending
             else:
                 hub.on_text(client)
             if client.closing:

@@ -13,7 +13,8 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.connection import broadcast
@@ -52,7 +53,7 @@ class Client:
     """One authenticated WebSocket connection."""
 
     __slots__ = ("bad_frames", "close_task", "closing", "connection_id", "grant", "handles",
-                 "peer", "pending", "ws")
+                 "held", "peer", "ws")
 
     def __init__(
         self, ws: ServerConnection, connection_id: str, grant: Grant, cfg: PresenceConfig,
@@ -70,8 +71,9 @@ class Client:
         # The close the hub started (4400/4408/4429/1001); the handler awaits it so that
         # websockets does not close with its default 1000 first.
         self.close_task: asyncio.Task[None] | None = None
-        # A cold-path step (a clustered JOIN) the handler awaits before the next frame.
-        self.pending: Coroutine[Any, Any, None] | None = None
+        # While a clustered JOIN waits for Redis, this client's later frames wait here
+        # (in order) and are handled when it completes.
+        self.held: deque[bytes] | None = None
 
     @property
     def user(self) -> UserInfo:
@@ -163,6 +165,9 @@ class Hub:
         """Handle one binary frame from a client. Never raises for bad input."""
         if client.closing:
             return  # the rest of a read that arrived after we decided to close
+        if client.held is not None:
+            self._hold(client, data)  # a clustered JOIN is completing: keep frame order
+            return
         self.stats.frames_in += 1
         now = self.clock()
         handled = client.peer.feed(data, now)
@@ -233,8 +238,11 @@ class Hub:
             raise ProtocolError(
                 p.TOO_MANY_DOCUMENTS, f"at most {self.config.max_documents} documents", h
             )
-        if self.cluster is not None:  # needs Redis round trips: the handler awaits it
-            client.pending = self.cluster.join(client, h, doc_id)
+        if self.cluster is not None:  # needs Redis round trips: finish it in a task
+            client.held = deque()
+            task = asyncio.get_running_loop().create_task(self._cluster_join(client, h, doc_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             return
         doc = self.documents.get(doc_id)
         created = doc is None
@@ -249,6 +257,28 @@ class Hub:
             self.local[doc_id] = {}
             self.broker.subscribe(doc_id)
         self._admit(client, h, doc, session)
+
+    async def _cluster_join(self, client: Client, h: int, doc_id: str) -> None:
+        assert self.cluster is not None
+        try:
+            await self.cluster.join(client, h, doc_id)
+        finally:
+            held, client.held = client.held, None
+            while held and not client.closing:
+                self.on_frame(client, held.popleft())
+                if client.held is not None:  # another clustered JOIN began: it holds the rest
+                    held.extend(client.held)
+                    client.held = held
+                    break
+
+    def _hold(self, client: Client, data: bytes) -> None:
+        held = client.held
+        assert held is not None
+        if len(held) < self.config.max_frames_burst:
+            held.append(data)
+        else:  # past what the rate limit would let through anyway
+            self.stats.frames_in += 1
+            self.stats.error(p.RATE_LIMITED)
 
     def _admit(self, client: Client, h: int, doc: Document, session: Any) -> None:
         """The session is in the document: register it locally, answer JOINED, announce it."""

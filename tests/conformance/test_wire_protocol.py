@@ -235,3 +235,13 @@ async def test_non_minimal_msgpack_encodings_are_accepted(server, client_factory
     await a.send_raw(viewport)
     _, ev = await b.wait_event(lambda d, e: e[0] == 5 and e[1] == sid_a)
     assert ev[:4] == [5, sid_a, 0, 10] and ev[4] == pytest.approx(25.0)
+
+
+async def test_welcome_settings_defaults(fresh_server_factory, client_factory):
+    """PROTOCOL.md defaults: max_frame_bytes 8 KiB, max_frames_per_s 200, burst 400."""
+    srv = fresh_server_factory({})
+    c = await client_factory(srv)
+    settings = c.welcome[5]
+    assert settings["max_frame_bytes"] == 8192
+    assert settings["max_frames_per_s"] == 200
+    assert settings["max_frames_burst"] == 400

@@ -1,0 +1,206 @@
+"""Two in-process relays sharing one real redis-server: shared presence, fan-out, liveness."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis_helpers import EV_CURSOR, EV_JOINED, EV_LEFT, eventually, joined, users_hash, wait_event
+
+from relay.config import PresenceConfig
+from relay.server.app import Relay
+
+pytestmark = pytest.mark.timeout(60)
+
+SEED_FIELDS = {"user_id", "document_id", "workspace_id", "name", "avatar_url", "color", "state",
+               "cursor", "selection", "connected_at", "last_active_at", "last_cursor_update"}
+
+
+async def http_get(port: int, path: str) -> tuple[int, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode()
+
+
+@pytest.fixture
+async def rds(redis_url: str) -> Any:
+    r = aioredis.from_url(redis_url)
+    yield r
+    await r.aclose()
+
+
+async def two_nodes(relay_factory: Callable[..., Any], url: str, **kw: Any) -> tuple[Relay, Relay]:
+    kw.setdefault("presence_ttl_seconds", 5)
+    r1 = await relay_factory(redis_url=url, **kw)
+    r2 = await relay_factory(redis_url=url, **kw)
+    for r in (r1, r2):
+        await eventually(r.hub.store.ready, 5)
+    return r1, r2
+
+
+async def test_members_on_two_nodes_share_one_document(
+    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+    rds: aioredis.Redis,
+) -> None:
+    r1, r2 = await two_nodes(relay_factory, redis_url)
+    a = await client_factory(r1, "ann")
+    b = await client_factory(r2, "bob")
+    sid_a, _ = await joined(a, 1, "doc-x")
+    sid_b, members = await joined(b, 1, "doc-x")
+    assert sid_a != sid_b
+    assert {m[0] for m in members} == {sid_a, sid_b}, "snapshot spans nodes"
+    await wait_event(a, lambda e: e[0] == EV_JOINED and e[1][0] == sid_b)
+
+    # A cursor crosses nodes within about one batch interval.
+    t0 = time.monotonic()
+    await a.send([4, 1, 7, 8, 9])
+    t1, _ = await wait_event(b, lambda e: e == [EV_CURSOR, sid_a, 7, 8, 9])
+    assert t1 - t0 < 0.5
+    await b.send([4, 1, 1, 2, 3, 1, 0, 1, True])
+    await wait_event(a, lambda e: e[:2] == [EV_CURSOR, sid_b] and e[2:5] == [1, 2, 3])
+
+    # The mirror: a later joiner on node 2 sees ann's latest cursor in its snapshot.
+    c = await client_factory(r2, "cy")
+    _, members = await joined(c, 1, "doc-x")
+    by_sid = {m[0]: m for m in members}
+    assert by_sid[sid_a][8] == [7, 8, 9] and by_sid[sid_a][1] == "ann"
+
+    # The seed's keys, as other services read them.
+    async def both_written() -> Any:
+        users = await users_hash(rds, "doc-x")
+        return users if {"ann", "bob", "cy"} <= set(users) else None
+
+    users = await eventually(both_written)
+    assert users, await rds.keys("*")
+    ann = users["ann"]
+    assert set(ann) == SEED_FIELDS
+    assert ann["document_id"] == "doc-x" and ann["workspace_id"] == "default"
+    assert set(ann["state"]) == {"online", "typing", "focused", "activity", "viewport"}
+    assert ann["state"]["activity"] in ("Editing", "Viewing", "Selecting", "Idle", "Away")
+    assert await rds.smembers("presence:workspace:default:documents") == {b"doc-x"}
+    assert b"doc-x" in await rds.hgetall("presence:user:ann")
+    # Cursor state reaches the users hash through the write-behind sweep (about 1 s).
+    users = await eventually(lambda: _cursor_of(rds, "ann", {"line": 7, "column": 8,
+                                                                 "offset": 9}), 4)
+    assert users
+    bob_sel = await eventually(lambda: _selection_of(rds, "bob"), 4)
+    assert bob_sel == {"anchor": {"line": 1, "column": 0, "offset": 1},
+                       "head": {"line": 1, "column": 2, "offset": 3}, "is_backward": True}
+
+    # HTTP reads answer for the whole cluster, from either node.
+    for r in (r1, r2):
+        status, body = await http_get(r.port, "/internal/presence/doc-x")
+        assert status == 200, body
+        assert {u["user_id"] for u in body["active_users"]} == {"ann", "bob", "cy"}
+        status, body = await http_get(r.port, "/internal/workspaces/default/documents")
+        assert body["documents"] == [{"document_id": "doc-x", "active_users": 3}]
+
+    # Leaves cross nodes, and Redis and the stream follow.
+    await b.send([3, 1])
+    await wait_event(a, lambda e: e == [EV_LEFT, sid_b])
+
+    async def bob_gone() -> bool:
+        return "bob" not in await users_hash(rds, "doc-x") and not await rds.hgetall(
+            "presence:user:bob")
+
+    assert await eventually(bob_gone)
+    entries = await rds.xrange("materi:events:presence")
+    events = [(f[b"type"], f[b"user_id"]) for _, f in entries]
+    assert events.count((b"joined", b"ann")) == 1 and (b"left", b"bob") in events
+    fields = entries[0][1]
+    assert set(fields) == {b"type", b"user_id", b"document_id", b"workspace_id", b"timestamp"}
+    assert fields[b"document_id"] == b"doc-x" and fields[b"workspace_id"] == b"default"
+
+
+async def _cursor_of(r: aioredis.Redis, user: str, want: dict[str, int]) -> bool:
+    return (await users_hash(r, "doc-x")).get(user, {}).get("cursor") == want
+
+
+async def _selection_of(r: aioredis.Redis, user: str) -> Any:
+    return (await users_hash(r, "doc-x")).get(user, {}).get("selection")
+
+
+async def test_graceful_stop_removes_a_nodes_sessions_at_once(
+    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+    rds: aioredis.Redis,
+) -> None:
+    r2 = await relay_factory(redis_url=redis_url, presence_ttl_seconds=30)
+    r1 = Relay(PresenceConfig(port=0, batch_ms=20, redis_url=redis_url, presence_ttl_seconds=30))
+    await r1.start()
+    try:
+        await eventually(r1.hub.store.ready)
+        a = await client_factory(r1, "ann")
+        b = await client_factory(r2, "bob")
+        sid_a, _ = await joined(a, 1, "doc-g")
+        await joined(b, 1, "doc-g")
+        assert await eventually(lambda: _has(rds, "doc-g", "ann"))
+    finally:
+        t0 = time.monotonic()
+        await r1.stop()
+    await wait_event(b, lambda e: e == [EV_LEFT, sid_a], timeout=2)
+    assert time.monotonic() - t0 < 2, "not after the TTL (30 s here)"
+    assert "ann" not in await users_hash(rds, "doc-g")
+    assert r1.hub.broker.node_id.encode() not in await rds.smembers("presence:node:registry")
+    assert not await rds.exists(f"presence:node:{r1.hub.broker.node_id}")
+
+
+async def _has(r: aioredis.Redis, doc: str, user: str) -> bool:
+    return user in await users_hash(r, doc)
+
+
+async def test_idle_member_never_expires_and_a_frozen_node_is_reaped(
+    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+    rds: aioredis.Redis,
+) -> None:
+    r1, r2 = await two_nodes(relay_factory, redis_url, presence_ttl_seconds=2)
+    a = await client_factory(r1, "ann")
+    b = await client_factory(r2, "bob")
+    sid_a, _ = await joined(a, 1, "doc-i")
+    await joined(b, 1, "doc-i")
+    # Idle (no frames at all) for twice the TTL: heartbeats, not actions, keep members alive.
+    got = await b.quiet(4.0)
+    assert not [e for f in got if f[0] == 34 for e in f[3] if e[0] == EV_LEFT]
+    assert await _has(rds, "doc-i", "ann")
+
+    # Freeze node 1's Redis side (no heartbeats, no cleanup): a crash, as far as Redis sees.
+    # Node 2's reaper must remove ann and tell bob within the TTL.
+    t0 = time.monotonic()
+    for t in r1.hub.store._tasks:
+        t.cancel()
+    await wait_event(b, lambda e: e == [EV_LEFT, sid_a], timeout=4)
+    assert time.monotonic() - t0 <= 2.5
+    assert not await _has(rds, "doc-i", "ann")
+    # The snapshot on node 2 no longer lists ann either.
+    c = await client_factory(r2, "cy")
+    _, members = await joined(c, 1, "doc-i")
+    assert sid_a not in {m[0] for m in members}
+
+
+async def test_sids_stay_unique_under_concurrent_joins(
+    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+) -> None:
+    r1, r2 = await two_nodes(relay_factory, redis_url)
+    clients = [await client_factory(r, f"u{i}") for i, r in enumerate([r1, r2] * 5)]
+    results = await asyncio.gather(*(joined(c, 1, "doc-c") for c in clients))
+    sids = [sid for sid, _ in results]
+    assert len(set(sids)) == len(sids) and max(sids) < 1 << 24  # Redis-allocated
+    # A late joiner's view (snapshot, then events) holds everyone; remote joins that raced
+    # the document's first subscription on a node arrive as `joined` events shortly after.
+    late = await client_factory(r1, "late")
+    _, members = await joined(late, 1, "doc-c")
+    view = {m[0] for m in members}
+    for f in await late.quiet(1.5):
+        view |= {e[1][0] for e in f[3] if e[0] == EV_JOINED} if f[0] == 34 else set()
+    assert view >= set(sids)
