@@ -21,7 +21,6 @@ from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from relay.core import protocol as _p
 from relay.core.colors import assign_color
 from relay.core.document import Batch, DocumentFull
 from relay.core.model import ActivityType

@@ -77,8 +77,6 @@ class PresenceConfig:
                 raise ConfigError(f"{f.name}={v!r} is out of range [{lo}, {hi}]")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level={self.log_level!r}: use debug, info, warning or error")
-        if self.max_frames_burst < 1:
-            raise ConfigError("max_frames_burst must be at least 1")
 
     @property
     def loopback(self) -> bool:

@@ -7,7 +7,7 @@ services read it (HTTP, Redis); it is derived from a session, never stored twice
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -98,15 +98,6 @@ class UserPresenceSummary:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(slots=True)
-class DocumentSummary:
-    """A document's presence as other services read it."""
-
-    document_id: str
-    workspace_id: str
-    users: list[UserPresenceSummary] = field(default_factory=list)
 
 
 def member_from_wire(m: list[Any] | tuple[Any, ...], workspace_id: str = "default") -> Session:

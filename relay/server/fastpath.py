@@ -113,8 +113,6 @@ class RelayConnection(ServerConnection):
             sink(apply_mask(buf[i + head + 4 : end], mask))
             self.fast_frames += 1
             i = end
-            if not self._active:
-                return
         self._pending = buf[i:] if i < n else b""
 
 

@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from websockets.asyncio.connection import broadcast
@@ -143,16 +143,22 @@ class Hub:
         client.closing = True
         self.stats.close(code)
         self.disconnect(client)
-        task = asyncio.get_running_loop().create_task(client.ws.close(code, reason))
-        client.close_task = task
+        client.close_task = self._spawn(client.ws.close(code, reason))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A background task the hub keeps a reference to until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _backlogged(self, client: Client) -> bool:
+        """True when the client's unsent bytes pass max_send_backlog (it gets 4408)."""
+        return client.ws.transport.get_write_buffer_size() > self.config.max_send_backlog
 
     def send(self, client: Client, frame: bytes) -> None:
         """A direct reply (JOINED, ERROR, PONG): same backlog rule as batches."""
-        transport = client.ws.transport
-        limit = self.config.max_send_backlog
-        if transport is not None and transport.get_write_buffer_size() > limit:
+        if self._backlogged(client):
             self.close_client(client, p.CLOSE_TOO_SLOW, "send backlog exceeded")
             return
         client.send(frame)
@@ -240,9 +246,7 @@ class Hub:
             )
         if self.cluster is not None:  # needs Redis round trips: finish it in a task
             client.held = deque()
-            task = asyncio.get_running_loop().create_task(self._cluster_join(client, h, doc_id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._cluster_join(client, h, doc_id))
             return
         doc = self.documents.get(doc_id)
         created = doc is None
@@ -344,11 +348,9 @@ class Hub:
         for sid, client in self.local[doc.doc_id].items():
             if sid == batch.skip_sid:
                 continue
-            ws = client.ws
-            transport = ws.transport
-            if transport.get_write_buffer_size() > limit:
+            if self._backlogged(client):
                 slow.append(client)
-            elif write_prebuilt(ws, wire, frame):
+            elif write_prebuilt(client.ws, wire, frame):
                 sent += 1
         self.broker.publish(doc.doc_id, frame)
         st.frames_out += sent
