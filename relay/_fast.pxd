@@ -84,6 +84,18 @@ cdef class Membership:
     cdef public int64_t sid
 
 
+cdef class HotCounts:
+    cdef int64_t n[8]
+
+
 cdef class Peer:
     cdef public TokenBucket bucket
     cdef public dict handles
+    cdef public HotCounts counts
+
+    cdef int _feed(self, const unsigned char* b, Py_ssize_t n, object data,
+                   int64_t now) except -100
+    cdef int _apply(self, const unsigned char* b, Py_ssize_t n, object data,
+                    int64_t now) except -100
+    cdef int _general(self, const unsigned char* b, Py_ssize_t n, object data,
+                      int64_t now) except -100

@@ -16,6 +16,8 @@ IMPLEMENTATION: str
 NEVER: int
 FALLBACK: int
 RATE_LIMITED: int
+NEED_MORE: int
+NOT_OURS: int
 
 def encode(value: Any) -> bytes: ...  # compiled twin only: its msgpack writer, for parity tests
 
@@ -75,8 +77,19 @@ class Membership:
     sid: int
     def __init__(self, doc: Document, sid: int) -> None: ...
 
+class HotCounts:
+    def __init__(self) -> None: ...
+    def __getitem__(self, message_type: int) -> int: ...
+    @property
+    def total(self) -> int: ...
+    def add(self, message_type: int) -> None: ...
+
 class Peer:
     bucket: TokenBucket
     handles: dict[int, Membership]
-    def __init__(self, bucket: TokenBucket) -> None: ...
+    counts: HotCounts
+    def __init__(self, bucket: TokenBucket, counts: HotCounts | None = None) -> None: ...
     def feed(self, data: bytes, now_ms: int) -> int: ...
+    def feed_wire(
+        self, buf: bytes, start: int, max_payload: int, now_ms: int
+    ) -> tuple[int, int, bytes | None]: ...

@@ -26,11 +26,15 @@ from relay.core.document import Batch, DocumentFull
 from relay.core.model import ActivityType
 from relay.core.peer import FALLBACK as _FALLBACK, RATE_LIMITED as _RATE_LIMITED, feed_decoded
 from relay.core.ratelimit import BadFrameWindow
+from relay.core.wire import NEED_MORE as _NEED_MORE, NOT_OURS as _NOT_OURS
 
 IMPLEMENTATION = "compiled"
 NEVER = 2**63 - 1
 FALLBACK = _FALLBACK
 RATE_LIMITED = _RATE_LIMITED
+NEED_MORE = _NEED_MORE
+NOT_OURS = _NOT_OURS
+cdef int C_FALLBACK = _FALLBACK, C_RATE_LIMITED = _RATE_LIMITED
 
 cdef int64_t C_NEVER = 9223372036854775807
 cdef int EDITING = 0, VIEWING = 1, SELECTING = 2, IDLE = 3, AWAY = 4
@@ -38,8 +42,9 @@ cdef int EV_CURSOR = 1, EV_JOINED = 2, EV_LEFT = 3, EV_TYPING = 4, EV_VIEWPORT =
 cdef int EV_ACTIVITY = 6, EV_FOCUS = 7
 cdef object _ACTIVITY = ActivityType
 
-__all__ = ["FALLBACK", "IMPLEMENTATION", "NEVER", "RATE_LIMITED", "BadFrameWindow", "Batch",
-           "Document", "DocumentFull", "Membership", "Peer", "Session", "TokenBucket"]
+__all__ = ["FALLBACK", "IMPLEMENTATION", "NEED_MORE", "NEVER", "NOT_OURS", "RATE_LIMITED",
+           "BadFrameWindow", "Batch", "Document", "DocumentFull", "HotCounts", "Membership",
+           "Peer", "Session", "TokenBucket"]
 
 
 # ---------------------------------------------------------------- msgpack writer
@@ -791,18 +796,111 @@ cdef inline double _pct(const unsigned char* b, Py_ssize_t n, Py_ssize_t* pos):
     return d
 
 
+cdef class HotCounts:
+    """Hot frames applied, by message type; one instance shared by a hub's peers."""
+
+    def __getitem__(self, int message_type):
+        if message_type < 0 or message_type >= 8:
+            raise IndexError(message_type)
+        return self.n[message_type]
+
+    @property
+    def total(self):
+        cdef int64_t t = 0
+        for k in range(8):
+            t += self.n[k]
+        return t
+
+    def add(self, int message_type):
+        if message_type < 0 or message_type >= 8:
+            raise IndexError(message_type)
+        self.n[message_type] += 1
+
+
 cdef class Peer:
     """One connection's handles and rate limit (see relay/core/peer.py)."""
 
-    def __init__(self, TokenBucket bucket):
+    def __init__(self, TokenBucket bucket, HotCounts counts=None):
         self.bucket = bucket
         self.handles = {}
+        self.counts = counts if counts is not None else HotCounts()
 
     def feed(self, bytes data, now_ms):
         """Take one frame: its message type when applied, else FALLBACK or RATE_LIMITED."""
+        return self._feed(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                          data, now_ms)
+
+    def feed_wire(self, bytes buf, Py_ssize_t start, Py_ssize_t max_payload, now_ms):
+        """Take the WebSocket frames of `buf` from `start` (see relay/core/peer.py).
+
+        The header parse, the unmask (into a stack buffer for small frames) and the hot
+        decode all happen here: a run of hot frames costs no Python object per frame.
+        """
+        cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(buf)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+        cdef Py_ssize_t i = start, head, end, k
+        cdef uint64_t length
+        cdef unsigned char b1
+        cdef const unsigned char* mask
+        cdef const unsigned char* src
+        cdef unsigned char local[128]
+        cdef unsigned char* dst
+        cdef object payload
+        cdef int t
         cdef int64_t now = now_ms
-        cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        if start < 0 or start > n:
+            raise IndexError(start)
+        while True:
+            if n - i < 2:
+                return (i, NEED_MORE, None)
+            b1 = b[i + 1]
+            length = b1 & 0x7F
+            head = 2
+            if length == 126:
+                if n - i < 4:
+                    return (i, NEED_MORE, None)
+                length = (<uint64_t>b[i + 2] << 8) | b[i + 3]
+                head = 4
+            elif length == 127:
+                if n - i < 10:
+                    return (i, NEED_MORE, None)
+                length = 0
+                for k in range(8):
+                    length = (length << 8) | b[i + 2 + k]
+                head = 10
+            if b[i] != 0x82 or not (b1 & 0x80) or max_payload < 0 or length > <uint64_t>max_payload:
+                return (i, NOT_OURS, None)
+            end = i + head + 4 + <Py_ssize_t>length
+            if end > n:
+                return (i, NEED_MORE, None)
+            mask = b + i + head
+            src = mask + 4
+            if length <= sizeof(local):
+                payload = None
+                dst = local
+            else:
+                payload = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+                dst = <unsigned char*>PyBytes_AS_STRING(payload)
+            for k in range(<Py_ssize_t>length):
+                dst[k] = src[k] ^ mask[k & 3]
+            t = self._feed(dst, <Py_ssize_t>length, payload, now)
+            if t <= 0:
+                if payload is None:
+                    payload = PyBytes_FromStringAndSize(<char*>dst, <Py_ssize_t>length)
+                return (end, t, payload)
+            i = end
+
+    cdef int _feed(self, const unsigned char* b, Py_ssize_t n, object data, int64_t now) except -100:
+        """The hot decode of one payload; `data` is its bytes object, or None until needed."""
+        cdef int t
+        if not self.bucket.c_take(<double>now):
+            return C_RATE_LIMITED
+        t = self._apply(b, n, data, now)
+        if t > 0:
+            self.counts.n[t] += 1
+        return t
+
+    cdef int _apply(self, const unsigned char* b, Py_ssize_t n, object data, int64_t now) except -100:
         cdef Py_ssize_t pos = 2
         cdef int arity, t, flag
         cdef int64_t h, v0, v1, v2, v3, v4, v5
@@ -810,22 +908,20 @@ cdef class Peer:
         cdef PyObject* found
         cdef Membership m
         cdef Session s
-        if not self.bucket.c_take(<double>now):
-            return RATE_LIMITED
         if n < 3 or (b[0] & 0xf0) != 0x90:
-            return feed_decoded(self.handles, data, now_ms)
+            return self._general(b, n, data, now)
         arity = b[0] & 0x0f
         t = b[1]
         h = _uint(b, n, &pos)
         if h < 0:
-            return feed_decoded(self.handles, data, now_ms)
+            return self._general(b, n, data, now)
         found = PyDict_GetItem(self.handles, h)
         if found == NULL:
-            return FALLBACK  # not joined: the general path answers ERROR 3 (or 1 first)
+            return C_FALLBACK  # not joined: the general path answers ERROR 3 (or 1 first)
         m = <Membership>found
         s = m.doc.sessions.get(m.sid)
         if s is None:
-            return feed_decoded(self.handles, data, now_ms)
+            return self._general(b, n, data, now)
         if t == 4:  # CURSOR
             if arity == 2 and pos == n:
                 m.doc.c_move(s, False, 0, 0, 0, False, 0, 0, 0, False, now)
@@ -871,4 +967,10 @@ cdef class Peer:
                     m.doc.c_focus(s, flag, now)
                     return 7
         # Anything else (cold types, unusual encodings, errors): the general decoder.
-        return feed_decoded(self.handles, data, now_ms)
+        return self._general(b, n, data, now)
+
+    cdef int _general(self, const unsigned char* b, Py_ssize_t n, object data,
+                      int64_t now) except -100:
+        if data is None:
+            data = PyBytes_FromStringAndSize(<const char*>b, n)
+        return feed_decoded(self.handles, data, now)

@@ -16,9 +16,37 @@ from relay.core import protocol as p
 from relay.core.document import Document
 from relay.core.protocol import ProtocolError
 from relay.core.ratelimit import TokenBucket
+from relay.core.wire import NEED_MORE, NOT_OURS, frame_header, is_ours, unmask
 
 FALLBACK = -1  # not handled here: the general path must process the frame
 RATE_LIMITED = -2  # dropped by the token bucket
+
+
+class HotCounts:
+    """Hot frames applied, by message type; one instance shared by a hub's peers.
+
+    Counted where the frame is applied (inside the twin), so the shell's per-frame Python
+    does not have to; read at scrape time.
+    """
+
+    __slots__ = ("_by_type",)
+
+    def __init__(self) -> None:
+        self._by_type = [0] * 8
+
+    def __getitem__(self, message_type: int) -> int:
+        if not 0 <= message_type < 8:
+            raise IndexError(message_type)
+        return self._by_type[message_type]
+
+    @property
+    def total(self) -> int:
+        return sum(self._by_type)
+
+    def add(self, message_type: int) -> None:
+        if not 0 <= message_type < 8:
+            raise IndexError(message_type)
+        self._by_type[message_type] += 1
 
 
 class Membership:
@@ -34,17 +62,53 @@ class Membership:
 class Peer:
     """One connection's handles and rate limit."""
 
-    __slots__ = ("bucket", "handles")
+    __slots__ = ("bucket", "counts", "handles")
 
-    def __init__(self, bucket: TokenBucket) -> None:
+    def __init__(self, bucket: TokenBucket, counts: HotCounts | None = None) -> None:
         self.bucket = bucket
         self.handles: dict[int, Membership] = {}
+        self.counts = counts if counts is not None else HotCounts()
 
     def feed(self, data: bytes, now_ms: int) -> int:
         """Take one frame: its message type when applied, else FALLBACK or RATE_LIMITED."""
         if not self.bucket.take(now_ms):
             return RATE_LIMITED
-        return feed_decoded(self.handles, data, now_ms)
+        t = feed_decoded(self.handles, data, now_ms)
+        if t > 0:
+            self.counts.add(t)
+        return t
+
+    def feed_wire(
+        self, buf: bytes, start: int, max_payload: int, now_ms: int
+    ) -> tuple[int, int, bytes | None]:
+        """Take the WebSocket frames of `buf` from `start`, as many as `feed` applies.
+
+        Stops at the first frame it cannot apply and says why, with the position to go on:
+        - (i, NEED_MORE, None): the frame at i is not whole (i == len(buf) when all are taken);
+        - (i, NOT_OURS, None): the frame at i is not a whole-message masked binary frame
+          within `max_payload` (control, text, fragment, RSV bits, unmasked, too big);
+        - (end, FALLBACK or RATE_LIMITED, payload): the frame before `end`, unmasked, is
+          for the shell's general path (as `feed` answered it).
+        """
+        i = start
+        n = len(buf)
+        if start < 0 or start > n:
+            raise IndexError(start)
+        while True:
+            header = frame_header(buf, i)
+            if header is None:
+                return i, NEED_MORE, None
+            head, length = header
+            if not is_ours(buf, i, length, max_payload):
+                return i, NOT_OURS, None
+            end = i + head + 4 + length
+            if end > n:
+                return i, NEED_MORE, None
+            payload = unmask(buf[i + head + 4 : end], buf[i + head : i + head + 4])
+            t = self.feed(payload, now_ms)
+            if t <= 0:
+                return end, t, payload
+            i = end
 
 
 def feed_decoded(handles: dict[int, Membership], data: bytes, now_ms: int) -> int:

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 from relay.core.document import NEVER, Batch, Document, DocumentFull
 from relay.core.model import Session
-from relay.core.peer import FALLBACK, RATE_LIMITED, Membership, Peer
+from relay.core.peer import FALLBACK, RATE_LIMITED, HotCounts, Membership, Peer
 from relay.core.ratelimit import BadFrameWindow, TokenBucket
+from relay.core.wire import NEED_MORE, NOT_OURS
 
 IMPLEMENTATION = "pure"
 
 __all__ = [
     "FALLBACK",
     "IMPLEMENTATION",
+    "NEED_MORE",
     "NEVER",
+    "NOT_OURS",
     "RATE_LIMITED",
     "BadFrameWindow",
     "Batch",
     "Document",
     "DocumentFull",
+    "HotCounts",
     "Membership",
     "Peer",
     "Session",

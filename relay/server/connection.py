@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -78,7 +77,7 @@ async def handle_connection(ws: ServerConnection, hub: Hub) -> None:
     if isinstance(ws, RelayConnection):
         # From here on, whole binary frames go straight from the socket to the hub; the loop
         # below still gets whatever websockets delivers (text, fragmented messages).
-        ws.enable_fast_path(partial(on_frame, client), cfg.max_frame_bytes)
+        ws.enable_fast_path(hub, client, cfg.max_frame_bytes)
     try:
         async for message in ws:
             if type(message) is bytes:

@@ -7,7 +7,8 @@ frames, fragmentation, text frames and closing, and takes only what it can take 
 whole, unfragmented, masked binary frames without RSV bits, within `max_frame_bytes`, while
 the connection is OPEN, no extension is negotiated, and websockets holds no partial frame,
 no fragmented message and no undelivered message (so frames are handled in arrival order).
-Those frames are unmasked and handed synchronously to `fast_sink` (the hub). Every other
+Those frames are unmasked and applied synchronously by `Peer.feed_wire` (one compiled call per
+read for a run of hot frames); what it does not apply goes to the hub. Every other
 frame goes to websockets unchanged and whole: its parser never sees a partial frame from
 us, so it can take over at any frame boundary.
 
@@ -18,18 +19,16 @@ Internals used (stable from websockets 13 to 17, pinned in pyproject): `data_rec
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import OPEN
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets built without its C speedups
-    from websockets.utils import apply_mask
+from relay.core.wire import FRAME, frame_header, next_frame
+from relay.twin import NEED_MORE, NOT_OURS
 
-OP_BINARY = 2
+if TYPE_CHECKING:
+    from relay.server.hub import Client, Hub
 
 
 class RelayConnection(ServerConnection):
@@ -37,15 +36,17 @@ class RelayConnection(ServerConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fast_sink: Callable[[bytes], None] | None = None
+        self.fast_hub: Hub | None = None
+        self.fast_client: Client | None = None
         self.fast_max_payload = 0
         self._active = False  # our scanner owns the byte stream
         self._pending = b""  # a partial frame carried to the next read
-        self.fast_frames = 0  # frames taken by the fast path (for tests and metrics)
+        self.fast_bytes = 0  # bytes of frames taken by the fast path (for tests)
 
-    def enable_fast_path(self, sink: Callable[[bytes], None], max_payload: int) -> None:
+    def enable_fast_path(self, hub: Hub, client: Client, max_payload: int) -> None:
         """Start taking frames (after HELLO). Takes effect at the next clean frame boundary."""
-        self.fast_sink = sink
+        self.fast_hub = hub
+        self.fast_client = client
         self.fast_max_payload = max_payload
 
     def _websockets_idle(self) -> bool:
@@ -59,61 +60,61 @@ class RelayConnection(ServerConnection):
 
     def data_received(self, data: bytes) -> None:
         if not self._active:
-            if (self.fast_sink is None or self.protocol.reader.buffer
+            if (self.fast_client is None or self.protocol.reader.buffer
                     or not self._websockets_idle()):
                 super().data_received(data)
                 return
             self._active = True
         buf = self._pending + data if self._pending else data
+        self._pending = b""
+        hub = self.fast_hub
+        client = self.fast_client
+        assert hub is not None and client is not None
+        limit = self.fast_max_payload
+        now = hub.clock()
         n = len(buf)
         i = 0
-        sink = self.fast_sink
-        limit = self.fast_max_payload
-        assert sink is not None
-        while n - i >= 2:
-            b0 = buf[i]
-            b1 = buf[i + 1]
-            length = b1 & 0x7F
-            head = 2
-            if length == 126:
-                if n - i < 4:
-                    break
-                length = (buf[i + 2] << 8) | buf[i + 3]
-                head = 4
-            elif length == 127:
-                if n - i < 10:
-                    break
-                length = int.from_bytes(buf[i + 2 : i + 10], "big")
-                head = 10
-            if b0 != 0x80 | OP_BINARY or not b1 & 0x80 or length > limit:
-                # Not ours (control, text, fragment, RSV bits, unmasked, too big): it goes
-                # to websockets whole. A frame too big (1009) or malformed ends the fast
-                # path: websockets fails the connection and owns the rest of the stream.
-                if length > limit or not b1 & 0x80 or b0 & 0x70:
-                    self._active = False
-                    self._pending = b""
-                    super().data_received(buf[i:])
-                    return
-                end = i + head + 4 + length
-                if end > n:
-                    break
-                super().data_received(buf[i:end])
-                i = end
-                if not self._websockets_idle():
-                    self._active = False  # closing, or a message is now in websockets' hands
-                    self._pending = b""
-                    if i < n:
-                        super().data_received(buf[i:])
-                    return
-                continue
+        while True:
+            start = i
+            if client.closing or client.held is not None:
+                # The hub's per-frame path: it drops frames once a close has begun and holds
+                # them (in order) while a clustered JOIN completes.
+                i, kind, payload = next_frame(buf, i, limit)
+                if kind == FRAME:
+                    self.fast_bytes += i - start
+                    hub.on_frame(client, payload)  # type: ignore[arg-type]
+                    continue
+            else:
+                # The common case: one compiled call applies every hot frame of this read.
+                i, kind, payload = client.peer.feed_wire(buf, i, limit, now)
+                self.fast_bytes += i - start
+                if kind != NEED_MORE and kind != NOT_OURS:
+                    hub.on_unapplied(client, payload, kind, now)  # type: ignore[arg-type]
+                    continue
+            if kind == NEED_MORE:
+                break
+            # Not ours (control, text, fragment, RSV bits, unmasked, too big): it goes to
+            # websockets whole. A frame too big (1009) or malformed ends the fast path:
+            # websockets fails the connection and owns the rest of the stream.
+            header = frame_header(buf, i)
+            assert header is not None
+            head, length = header
+            if length > limit or not buf[i + 1] & 0x80 or buf[i] & 0x70:
+                self._active = False
+                super().data_received(buf[i:])
+                return
             end = i + head + 4 + length
             if end > n:
                 break
-            mask = buf[i + head : i + head + 4]
-            sink(apply_mask(buf[i + head + 4 : end], mask))
-            self.fast_frames += 1
+            super().data_received(buf[i:end])
             i = end
-        self._pending = buf[i:] if i < n else b""
+            if not self._websockets_idle():
+                self._active = False  # closing, or a message is now in websockets' hands
+                if i < n:
+                    super().data_received(buf[i:])
+                return
+        if i < n:
+            self._pending = buf[i:]
 
 
 def binary_frame(payload: bytes) -> bytes:

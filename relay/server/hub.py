@@ -37,6 +37,7 @@ from relay.twin import (
     Batch,
     Document,
     DocumentFull,
+    HotCounts,
     Membership,
     Peer,
     TokenBucket,
@@ -57,14 +58,14 @@ class Client:
 
     def __init__(
         self, ws: ServerConnection, connection_id: str, grant: Grant, cfg: PresenceConfig,
-        now_ms: int,
+        now_ms: int, counts: HotCounts,
     ) -> None:
         self.ws = ws
         self.connection_id = connection_id
         self.grant = grant
         self.peer = Peer(TokenBucket(
             cfg.max_frames_per_s, cfg.max_frames_burst, cfg.rate_limit_close_after_s * 1000, now_ms
-        ))
+        ), counts)
         self.handles: dict[int, Membership] = self.peer.handles
         self.bad_frames = BadFrameWindow(cfg.max_bad_frames, cfg.bad_frames_window_s * 1000)
         self.closing = False
@@ -122,7 +123,8 @@ class Hub:
 
     def connect(self, ws: ServerConnection, grant: Grant) -> Client:
         now = self.clock()
-        client = Client(ws, f"{self.broker.node_id}-{next(self._ids)}", grant, self.config, now)
+        client = Client(ws, f"{self.broker.node_id}-{next(self._ids)}", grant, self.config, now,
+                        self.stats.hot)
         self.clients.add(client)
         self.stats.connections_total += 1
         return client
@@ -168,18 +170,25 @@ class Hub:
     # ------------------------------------------------------------ inbound
 
     def on_frame(self, client: Client, data: bytes) -> None:
-        """Handle one binary frame from a client. Never raises for bad input."""
+        """Handle one binary frame from a client. Never raises for bad input.
+
+        (Most frames never come here: the inbound fast path applies runs of hot frames with
+        `Peer.feed_wire` and calls `on_unapplied` for the rest.)
+        """
         if client.closing:
             return  # the rest of a read that arrived after we decided to close
         if client.held is not None:
             self._hold(client, data)  # a clustered JOIN is completing: keep frame order
             return
-        self.stats.frames_in += 1
         now = self.clock()
-        handled = client.peer.feed(data, now)
-        if handled > 0:
-            self.stats.by_type[handled] += 1
-        elif handled == RATE_LIMITED:
+        handled = client.peer.feed(data, now)  # applied hot frames are counted by the peer
+        if handled <= 0:
+            self.on_unapplied(client, data, handled, now)
+
+    def on_unapplied(self, client: Client, data: bytes, handled: int, now: int) -> None:
+        """A frame the hot path did not apply: dropped by the rate limit, or for `_general`."""
+        self.stats.frames_other += 1
+        if handled == RATE_LIMITED:
             bucket = client.peer.bucket
             if bucket.abusive(now):
                 self.close_client(client, p.CLOSE_RATE_LIMIT, "rate limit exceeded")
@@ -213,7 +222,7 @@ class Hub:
             self._error(client, exc.handle, exc.code, exc.message, now)
 
     def on_text(self, client: Client) -> None:
-        self.stats.frames_in += 1
+        self.stats.frames_other += 1
         self._error(client, None, p.BAD_FRAME, "text frames are not part of the protocol",
                     self.clock())
 
@@ -281,7 +290,7 @@ class Hub:
         if len(held) < self.config.max_frames_burst:
             held.append(data)
         else:  # past what the rate limit would let through anyway
-            self.stats.frames_in += 1
+            self.stats.frames_other += 1
             self.stats.error(p.RATE_LIMITED)
 
     def _admit(self, client: Client, h: int, doc: Document, session: Any) -> None:

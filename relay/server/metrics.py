@@ -21,6 +21,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from relay.twin import HotCounts
+
 if TYPE_CHECKING:
     from relay.server.hub import Hub
 
@@ -61,25 +63,27 @@ class Stats:
 
     __slots__ = (
         "batch_sizes",
-        "by_type",
         "bytes_out",
         "closes",
         "connections_total",
         "cursor_latency",
         "errors",
-        "frames_in",
+        "frames_other",
         "frames_out",
+        "hot",
         "tick_duration",
         "updates",
     )
 
     def __init__(self) -> None:
-        self.frames_in = 0
+        # Frames in = hot frames applied (counted by the peers, by type) + all the others
+        # (general path, rate-limited, text, held-over).
+        self.hot = HotCounts()
+        self.frames_other = 0
         self.frames_out = 0
         self.bytes_out = 0
         self.connections_total = 0
         self.updates = {"joined": 0, "left": 0}
-        self.by_type = [0] * 9  # frames applied by the hot path, indexed by message type
         self.errors: dict[int, int] = {}
         self.closes: dict[int, int] = {}
         self.cursor_latency = CounterHistogram(LATENCY_BUCKETS)
@@ -122,7 +126,7 @@ class RelayCollector(Collector):
         for kind, n in st.updates.items():
             updates.add_metric([kind], n)
         for kind, t in HOT_TYPES.items():
-            updates.add_metric([kind], st.by_type[t])
+            updates.add_metric([kind], st.hot[t])
         yield updates
         yield st.cursor_latency.family(
             "materi_cursor_update_latency_seconds",
@@ -140,7 +144,7 @@ class RelayCollector(Collector):
             value=len(hub.documents),
         )
         yield CounterMetricFamily("presence_relay_frames_in", "Client frames received",
-                                  value=st.frames_in)
+                                  value=st.frames_other + st.hot.total)
         yield CounterMetricFamily("presence_relay_frames_out", "Frames written to members",
                                   value=st.frames_out)
         yield CounterMetricFamily("presence_relay_bytes_out", "Payload bytes written to members",
