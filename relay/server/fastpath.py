@@ -115,33 +115,3 @@ class RelayConnection(ServerConnection):
                 return
         if i < n:
             self._pending = buf[i:]
-
-
-def binary_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented binary server frame: built once, written to every member."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x82, n))
-    elif n < 65536:
-        head = bytes((0x82, 126, n >> 8, n & 0xFF))
-    else:
-        head = b"\x82\x7f" + n.to_bytes(8, "big")
-    return head + payload
-
-
-def write_prebuilt(ws: ServerConnection, wire: bytes, payload: bytes) -> bool:
-    """Write a pre-built frame to one member; False if the connection is not open.
-
-    Guards: the connection is OPEN, no fragmented send is in progress and no extension is
-    negotiated (compression is off), so the bytes websockets would write are exactly `wire`.
-    Anything unusual goes through websockets' own path with the bare payload.
-    """
-    protocol = ws.protocol
-    if protocol.state is not OPEN:
-        return False
-    if ws.send_in_progress is None and not protocol.extensions:
-        ws.transport.write(wire)
-    else:  # pragma: no cover - never true for this relay's server (no fragmented sends)
-        protocol.send_binary(payload)
-        ws.send_data()
-    return True

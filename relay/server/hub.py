@@ -1,9 +1,10 @@
 """The hub: this node's documents, their local members, and the ticker that flushes them.
 
-Frames come in through `on_frame` (synchronous: nothing on the way in awaits), change a
-document, and mark it dirty. Every `batch_ms` one ticker flushes each dirty document into
-one BATCH frame, written unchanged to every local member with `websockets.broadcast` (no
-per-member encoding, no awaits) and published once to the broker for other nodes.
+Frames come in through the fast path (`Peer.feed_wire`) or `on_frame` (synchronous: nothing
+on the way in awaits), change a document, and mark it dirty. Every `batch_ms` one ticker
+flushes each dirty document into one BATCH frame, framed once and written unchanged to every
+local member (`fanout.fan_out`: no per-member encoding, no awaits) and published once to the
+broker for other nodes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from relay.core import protocol as p
 from relay.core.model import UserInfo
 from relay.core.protocol import ProtocolError
 from relay.server.cluster import Cluster
-from relay.server.fastpath import binary_frame, write_prebuilt
+from relay.server.fanout import fan_out
 from relay.server.metrics import Stats
 from relay.twin import (
     FALLBACK,
@@ -350,25 +351,21 @@ class Hub:
     def _deliver(self, doc: Document, batch: Batch, now: int) -> None:
         st = self.stats
         frame = batch.frame
-        wire = binary_frame(frame)  # framed once; the same bytes go to every member
-        limit = self.config.max_send_backlog
-        sent = 0
-        slow = []
-        for sid, client in self.local[doc.doc_id].items():
-            if sid == batch.skip_sid:
-                continue
-            if self._backlogged(client):
-                slow.append(client)
-            elif write_prebuilt(client.ws, wire, frame):
-                sent += 1
+        slow: list[Client] = []
+        sent = fan_out(self.local[doc.doc_id], batch.skip_sid, frame,
+                       self.config.max_send_backlog, slow)
         self.broker.publish(doc.doc_id, frame)
         st.frames_out += sent
         st.bytes_out += len(frame) * sent
         st.batch_sizes.observe(batch.event_count)
         for arrived in batch.cursor_arrivals:
             st.cursor_latency.observe((now - arrived) / 1000.0)
+        self._close_slow(slow)
+
+    def _close_slow(self, slow: list[Client]) -> None:
         for client in slow:
-            log.info("closing %s: send backlog over %d bytes", client.connection_id, limit)
+            log.info("closing %s: send backlog over %d bytes", client.connection_id,
+                     self.config.max_send_backlog)
             self.close_client(client, p.CLOSE_TOO_SLOW, "send backlog exceeded")
 
     def _drop_document(self, doc: Document) -> None:
@@ -386,10 +383,11 @@ class Hub:
             self.cluster.apply(doc_id, frame)  # mirror other nodes' members
         members = self.local.get(doc_id)
         if members:
-            wire = binary_frame(frame)
-            sent = sum(write_prebuilt(c.ws, wire, frame) for c in members.values())
+            slow: list[Client] = []
+            sent = fan_out(members, None, frame, self.config.max_send_backlog, slow)
             self.stats.frames_out += sent
             self.stats.bytes_out += len(frame) * sent
+            self._close_slow(slow)
 
     async def run_ticker(self) -> None:
         """Flush every `batch_ms`, on a fixed schedule (a slow tick does not shift the rest)."""
