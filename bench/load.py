@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--relay-pid", type=int,
                     help="with --url: the relay's PID, for CPU and RSS from /proc")
     ap.add_argument("--redis-url", help="passed to the relay it starts (--redis-url)")
+    ap.add_argument("--relay-src", type=Path, metavar="DIR",
+                    help="start the relay from this checkout (e.g. an older commit's worktree)")
     ap.add_argument("--relay-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for `relay serve` (repeatable), e.g. "
                          "--relay-arg=--max-frames-per-s=500")
@@ -153,12 +155,24 @@ def gen_sys_cpu() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
-def relay_version() -> dict[str, Any]:
-    """The commit under test, and whether relay/ had uncommitted changes (a dirty tree)."""
+def relay_version(relay_src: Path | None = None) -> dict[str, Any]:
+    """The relay under test: its version, twin, commit, and whether relay/ had uncommitted
+    changes (this checkout's, or `--relay-src`'s: read from its files, not imported)."""
     import subprocess
 
-    root = HERE.parent
     out: dict[str, Any] = {}
+    root = relay_src or HERE.parent
+    if relay_src is None:
+        with contextlib.suppress(Exception):
+            import relay
+
+            out["relay_version"] = relay.__version__
+            out["relay_core"] = relay.implementation()
+    else:
+        out["relay_src"] = str(relay_src)
+        out["relay_core"] = ("pure" if os.environ.get("RELAY_NO_EXTENSIONS") == "1"
+                             or not list((relay_src / "relay").glob("_fast*.so"))
+                             else "compiled")
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out["commit"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -167,11 +181,6 @@ def relay_version() -> dict[str, Any]:
             ["git", "status", "--porcelain", "--", "relay"], cwd=root, capture_output=True,
             text=True, timeout=10, check=False).stdout
         out["relay_dirty"] = bool(status.strip())
-    with contextlib.suppress(Exception):
-        import relay
-
-        out["relay_version"] = relay.__version__
-        out["relay_core"] = relay.implementation()
     return out
 
 
@@ -635,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "pinned": None,
                     "loadavg_before": loadavg()},
         "generator": "raw asyncio protocols on uvloop + compiled bench/_wsgen",
-        "version": relay_version(),
+        "version": relay_version(ns.relay_src),
     }
     try:
         raise_nofile(n + 256)
@@ -646,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{f', pinned to CPU {cpus[0]}' if cpus else ''})")
             logpath = jpath.with_suffix(".relay.log")
             relay = RelayProcess(cfg["batch_ms"], cpus[0] if cpus else None, cfg["relay_args"],
-                                 logpath, ns.redis_url)
+                                 logpath, ns.redis_url, ns.relay_src)
             relay.wait_ready()
             url, relay_pid, mport = relay.url, relay.pid, relay.port
         report["machine"]["nice"] = set_nice(ns.nice, [relay.pid] if relay else [])

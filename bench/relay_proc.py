@@ -78,7 +78,7 @@ class RelayProcess:
 
     def __init__(
         self, batch_ms: int, cpu: int | None, extra_args: list[str], log_path: Path,
-        redis_url: str | None = None,
+        redis_url: str | None = None, relay_src: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.cpu = cpu
@@ -98,7 +98,13 @@ class RelayProcess:
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        cwd = None
+        if relay_src is not None:
+            # `python -m relay` imports from its working directory first: run it there.
+            cwd = str(relay_src)
+            env["PYTHONPATH"] = str(relay_src)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=cwd)
         self.pid = self.proc.pid
 
     @property

@@ -44,6 +44,9 @@ class PresenceConfig:
     host: str = _opt("127.0.0.1", "listen address")
     port: int = _opt(8765, "listen port (0 picks a free one)", 0, 65535)
     batch_ms: int = _opt(50, "batch interval: one BATCH per dirty document per interval", 1, 1000)
+    flush_groups: int = _opt(
+        5, "documents flush in this many staggered groups per interval (1 = all at once)", 1, 50
+    )
     jwt_secret: str | None = _opt(None, "HS256 secret; unset allows anonymous HELLO on loopback")
     internal_api_key: str | None = _opt(None, "bearer key for /internal/*; unset = loopback only")
     redis_url: str | None = _opt(None, "Redis URL for shared presence (unset: memory backend)")

@@ -204,3 +204,36 @@ async def test_sids_stay_unique_under_concurrent_joins(
     for f in await late.quiet(1.5):
         view |= {e[1][0] for e in f[3] if e[0] == EV_JOINED} if f[0] == 34 else set()
     assert view >= set(sids)
+
+
+async def test_slow_member_of_remote_batches_is_closed_4408(
+    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+) -> None:
+    """Batches forwarded from another node obey the same send-backlog rule as local ones."""
+    r1, r2 = await two_nodes(relay_factory, redis_url, max_send_backlog=32 * 1024,
+                             max_frames_per_s=2000, max_frames_burst=2000)
+    watcher = await client_factory(r2, "watcher")
+    await joined(watcher, 1, "big")
+    drain = asyncio.create_task(watcher.quiet(30))  # keeps reading: never slow
+    # max_queue=1: the client library stops reading the socket once one message is unread.
+    slow = await client_factory(r2, None, max_queue=1)
+    await slow.hello("slow")
+    await slow.send([2, 1, "big"])
+    # Node 1 churns members with long names: every BATCH it publishes carries JOINED/LEFT
+    # events of ~1 KiB, which node 2 forwards to its members.
+    churn = await client_factory(r1, None)
+    await churn.hello("churn-" + "x" * 400, "N" * 400)
+    for _ in range(2000):  # bounded: ~2000 joins at most
+        await churn.send([2, 1, "big"])
+        await churn.send([3, 1])
+        if r2.hub.stats.closes.get(4408):
+            break
+        await asyncio.sleep(0.002)
+    assert r2.hub.stats.closes.get(4408) == 1
+    assert not r1.hub.stats.closes.get(4408)
+    # It left at once (no ghost), on node 2 and, through its BATCH, in node 1's mirror.
+    assert all(s.user.user_id != "slow" for s in r2.hub.documents["big"].sessions.values())
+    # The watcher on node 2 is still served, and sees node 1's churn.
+    drain.cancel()
+    await watcher.send([8, 1])
+    assert (await watcher.recv_until(lambda f: f[0] == 36, timeout=5))[1] == 1

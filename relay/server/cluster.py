@@ -139,7 +139,7 @@ class Cluster:
 
     async def _load(self, doc_id: str) -> Document:
         hub = self.hub
-        doc = Document(doc_id, hub.rules, hub.dirty)
+        doc = hub.new_document(doc_id)
         hub.documents[doc_id] = doc
         hub.local[doc_id] = {}
         self.seen[doc_id] = {}

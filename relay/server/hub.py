@@ -110,7 +110,15 @@ class Hub:
         self.documents: dict[str, Document] = {}
         self.local: dict[str, dict[int, Client]] = {}  # doc_id -> sid -> client on this node
         self.clients: set[Client] = set()
-        self.dirty: set[Document] = set()
+        # Documents are spread over `flush_groups` groups that flush one after another, each
+        # every `batch_ms` (so every document still gets one BATCH per interval): the writes
+        # of one tick are a group's, not every member's at once, so a member's batch does
+        # not wait behind the whole node's and reads are not starved for a whole burst.
+        # Each document registers itself as dirty in its group's set.
+        self.groups: list[set[Document]] = [set() for _ in range(config.flush_groups)]
+        self._group_of: dict[Document, int] = {}
+        self._group_sizes = [0] * config.flush_groups
+        self._next_group = 0
         self._timers: list[tuple[int, int, Document]] = []
         self._armed: dict[Document, int] = {}
         self._seq = itertools.count()
@@ -259,18 +267,25 @@ class Hub:
             self._spawn(self._cluster_join(client, h, doc_id))
             return
         doc = self.documents.get(doc_id)
-        created = doc is None
         if doc is None:
-            doc = Document(doc_id, self.rules, self.dirty)
-        try:
-            session = doc.join(client.user, now)
-        except DocumentFull:
-            raise ProtocolError(p.DOCUMENT_AT_CAPACITY, "document is at capacity", h) from None
-        if created:
+            doc = self.new_document(doc_id)
             self.documents[doc_id] = doc
             self.local[doc_id] = {}
             self.broker.subscribe(doc_id)
+        try:
+            session = doc.join(client.user, now)
+        except DocumentFull:  # (a new document is never full: max_users_per_document >= 1)
+            raise ProtocolError(p.DOCUMENT_AT_CAPACITY, "document is at capacity", h) from None
         self._admit(client, h, doc, session)
+
+    def new_document(self, doc_id: str) -> Document:
+        """A document in the flush group with the fewest documents."""
+        sizes = self._group_sizes
+        g = sizes.index(min(sizes))
+        sizes[g] += 1
+        doc = Document(doc_id, self.rules, self.groups[g])
+        self._group_of[doc] = g
+        return doc
 
     async def _cluster_join(self, client: Client, h: int, doc_id: str) -> None:
         assert self.cluster is not None
@@ -300,7 +315,7 @@ class Hub:
         self.local[doc_id][session.sid] = client
         client.handles[h] = Membership(doc, session.sid)
         self.send(client, p.encode_joined(h, doc_id, session.sid, doc.snapshot()))
-        self.dirty.add(doc)
+        self.groups[self._group_of[doc]].add(doc)
         self.store.session_changed(doc_id, session)
         self.stats.updates["joined"] += 1
 
@@ -316,9 +331,16 @@ class Hub:
     # ------------------------------------------------------------ outbound
 
     def tick(self, now: int) -> None:
-        """One batch interval: run due timers, flush dirty documents, deliver."""
-        dirty = set(self.dirty)  # documents hold a reference to self.dirty: clear, don't swap
-        self.dirty.clear()
+        """One group's turn: run due timers, flush the group's dirty documents, deliver.
+
+        The ticker calls this `flush_groups` times per `batch_ms`, so each group (and each
+        document) flushes once per interval.
+        """
+        g = self._next_group
+        self._next_group = (g + 1) % len(self.groups)
+        group = self.groups[g]
+        dirty = set(group)  # documents hold a reference to their group's set: clear, don't swap
+        group.clear()
         for doc in dirty:
             self._arm(doc)
         timers = self._timers
@@ -330,8 +352,8 @@ class Hub:
             before = doc.dirty
             doc.advance(now)
             self._arm(doc)
-            if doc.dirty and not before:
-                dirty.add(doc)
+            if doc.dirty and not before and self._group_of.get(doc) == g:
+                dirty.add(doc)  # (a document of another group flushes on its group's turn)
         for doc in dirty:
             batch = doc.flush(now)
             if batch is not None:
@@ -373,6 +395,10 @@ class Hub:
             del self.documents[doc.doc_id]
             del self.local[doc.doc_id]
             self._armed.pop(doc, None)
+            g = self._group_of.pop(doc, None)
+            if g is not None:
+                self._group_sizes[g] -= 1
+                self.groups[g].discard(doc)
             self.broker.unsubscribe(doc.doc_id)
             if self.cluster is not None:
                 self.cluster.forget(doc.doc_id)
@@ -390,9 +416,10 @@ class Hub:
             self._close_slow(slow)
 
     async def run_ticker(self) -> None:
-        """Flush every `batch_ms`, on a fixed schedule (a slow tick does not shift the rest)."""
+        """A group's turn every `batch_ms / flush_groups`, on a fixed schedule (a slow tick
+        does not shift the rest)."""
         loop = asyncio.get_running_loop()
-        interval = self.config.batch_ms / 1000.0
+        interval = self.config.batch_ms / 1000.0 / len(self.groups)
         next_at = loop.time()
         while True:
             next_at += interval

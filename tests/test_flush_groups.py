@@ -1,0 +1,115 @@
+"""Staggered flushing (`flush_groups`): documents flush in groups that take turns, each group
+(so each document) once per `batch_ms`. The ticker is stopped and `Hub.tick` driven by hand,
+so which documents a tick flushes is checked exactly, with real members on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from relay.server.app import Relay
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def stop_ticker(r: Relay) -> None:
+    task = r._ticker
+    assert task is not None
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def documents_with_members(r: Relay, client_factory: Any, n: int) -> list[tuple[Any, Any]]:
+    """n documents, each with a watcher and a mover; JOIN batches already flushed."""
+    pairs = []
+    for i in range(n):
+        watcher = await client_factory(r, f"w{i}")
+        mover = await client_factory(r, f"m{i}")
+        await watcher.join(1, f"doc-{i}")
+        await mover.join(1, f"doc-{i}")
+        pairs.append((watcher, mover))
+    for _ in r.hub.groups:  # one full turn: every group flushes its joins
+        r.hub.tick(r.hub.clock())
+    for watcher, mover in pairs:
+        await watcher.quiet(0.05)
+        await mover.quiet(0.05)
+    return pairs
+
+
+async def move_all(r: Relay, pairs: list[tuple[Any, Any]], col: int) -> None:
+    before = r.hub.stats.hot[4]
+    for _, mover in pairs:
+        await mover.send([4, 1, 1, col, col])
+    for _ in range(200):  # bounded wait until the relay applied every move
+        if r.hub.stats.hot[4] - before == len(pairs):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("moves not applied")
+
+
+async def batches_seen(pairs: list[tuple[Any, Any]]) -> list[int]:
+    """Which documents' watchers got a BATCH (each pair's index), after a short wait."""
+    seen = []
+    for i, (watcher, _) in enumerate(pairs):
+        if [f for f in await watcher.quiet(0.1) if f[0] == 34]:
+            seen.append(i)
+    return seen
+
+
+async def test_groups_take_turns(relay_factory: Any, client_factory: Any) -> None:
+    r = await relay_factory(batch_ms=1000, flush_groups=3)
+    await stop_ticker(r)
+    pairs = await documents_with_members(r, client_factory, 6)
+    hub = r.hub
+    group_of = {doc.doc_id: g for doc, g in hub._group_of.items()}
+    assert sorted(group_of.values()) == [0, 0, 1, 1, 2, 2]  # balanced: fewest first
+    await move_all(r, pairs, 5)
+    turns = []
+    for _ in range(3):
+        g = hub._next_group
+        hub.tick(hub.clock())
+        seen = await batches_seen(pairs)
+        assert seen == [i for i in range(6) if group_of[f"doc-{i}"] == g]
+        turns.extend(seen)
+    assert sorted(turns) == list(range(6))  # each document exactly once per full turn
+    hub.tick(hub.clock())  # nothing new: nothing sent
+    assert await batches_seen(pairs) == []
+
+
+async def test_one_group_flushes_everything_at_once(relay_factory: Any,
+                                                    client_factory: Any) -> None:
+    r = await relay_factory(batch_ms=1000, flush_groups=1)
+    await stop_ticker(r)
+    pairs = await documents_with_members(r, client_factory, 4)
+    await move_all(r, pairs, 9)
+    r.hub.tick(r.hub.clock())
+    assert await batches_seen(pairs) == [0, 1, 2, 3]
+
+
+async def test_group_sizes_follow_documents(relay_factory: Any, client_factory: Any) -> None:
+    """A document that empties leaves its group; the next one fills the emptiest group."""
+    r = await relay_factory(batch_ms=1000, flush_groups=2)
+    await stop_ticker(r)
+    pairs = await documents_with_members(r, client_factory, 3)
+    hub = r.hub
+    assert hub._group_sizes == [2, 1]  # doc-0 and doc-2 in group 0, doc-1 in group 1
+    gone = hub.documents["doc-0"]
+    assert hub._group_of[gone] == 0
+    for c in pairs[0]:
+        await c.send([3, 1])  # both members leave doc-0
+    for _ in range(200):
+        if gone.empty:
+            break
+        await asyncio.sleep(0.01)
+    for _ in hub.groups:
+        hub.tick(hub.clock())
+    assert "doc-0" not in hub.documents and gone not in hub._group_of
+    assert hub._group_sizes == [1, 1]
+    late = await client_factory(r, "late")
+    await late.join(1, "doc-new")
+    assert hub._group_of[hub.documents["doc-new"]] == 0
+    assert hub._group_sizes == [2, 1]
