@@ -55,6 +55,22 @@ def test_ingest_cursor_frame(benchmark: Any, mod: ModuleType) -> None:
     benchmark(feed, frame, NOW + 1)
 
 
+def masked(payload: bytes, key: bytes = b"\x5a\xa5\x3c\xc3") -> bytes:
+    """A client WebSocket frame (masked binary, FIN) carrying `payload` (< 126 bytes)."""
+    body = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+    return bytes([0x82, 0x80 | len(payload)]) + key + body
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_ingest_cursor_wire_frame(benchmark: Any, mod: ModuleType) -> None:
+    """What the server's fast path does per read: header, unmask, decode, apply."""
+    _, peers = room(mod, 20)
+    feed_wire = peers[7].feed_wire
+    wire = masked(CURSORS[0])
+    assert feed_wire(wire, 0, 8192, NOW + 1) == (len(wire), mod.NEED_MORE, None)
+    benchmark(feed_wire, wire, 0, 8192, NOW + 1)
+
+
 @pytest.mark.parametrize("mod", TWINS)
 def test_flush_20_member_batch(benchmark: Any, mod: ModuleType) -> None:
     doc, peers = room(mod, 20)

@@ -416,18 +416,25 @@ class Hub:
             self._close_slow(slow)
 
     async def run_ticker(self) -> None:
-        """A group's turn every `batch_ms / flush_groups`, on a fixed schedule (a slow tick
-        does not shift the rest)."""
+        """A group's turn every `batch_ms / flush_groups`, on a fixed schedule.
+
+        A late turn does not shift the schedule: the next one comes sooner, so every group
+        keeps one flush per `batch_ms` on average (a drifting schedule stretches every
+        document's interval, and cursor moves further apart than one interval would then be
+        coalesced away). Only when a whole interval behind (a stall) does it start afresh
+        rather than run every missed turn back to back.
+        """
         loop = asyncio.get_running_loop()
         interval = self.config.batch_ms / 1000.0 / len(self.groups)
+        whole = self.config.batch_ms / 1000.0
         next_at = loop.time()
         while True:
             next_at += interval
             delay = next_at - loop.time()
-            if delay < 0:
-                next_at = loop.time()  # fell behind: don't try to catch up with a burst
-                delay = 0
-            await asyncio.sleep(delay)
+            if delay < -whole:
+                next_at = loop.time()
+            # sleep(0) when late still lets the loop read sockets between two turns
+            await asyncio.sleep(max(delay, 0.0))
             started = time.perf_counter()
             try:
                 self.tick(self.clock())
