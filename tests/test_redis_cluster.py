@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -218,14 +219,25 @@ async def test_slow_member_of_remote_batches_is_closed_4408(
     # max_queue=1: the client library stops reading the socket once one message is unread.
     slow = await client_factory(r2, None, max_queue=1)
     await slow.hello("slow")
+    # Small kernel buffers on both ends of this one connection (the relay's side too), so
+    # the relay's own send backlog fills after kilobytes instead of megabytes.
+    slow.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                                          4096)
+    served = next(c for c in r2.hub.clients if c.user.user_id == "slow")
+    served.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET,
+                                                            socket.SO_SNDBUF, 4096)
     await slow.send([2, 1, "big"])
     # Node 1 churns members with long names: every BATCH it publishes carries JOINED/LEFT
-    # events of ~1 KiB, which node 2 forwards to its members.
-    churn = await client_factory(r1, None)
-    await churn.hello("churn-" + "x" * 400, "N" * 400)
-    for _ in range(2000):  # bounded: ~2000 joins at most
-        await churn.send([2, 1, "big"])
-        await churn.send([3, 1])
+    # events of ~600 bytes each, which node 2 forwards to its members.
+    churners = []
+    for i in range(4):
+        c = await client_factory(r1, None)
+        await c.hello(f"churn-{i}-" + "x" * 240, "N" * 250)
+        churners.append(c)
+    for _ in range(1500):  # bounded: ~6000 joins at most
+        for c in churners:
+            await c.send([2, 1, "big"])
+            await c.send([3, 1])
         if r2.hub.stats.closes.get(4408):
             break
         await asyncio.sleep(0.002)
