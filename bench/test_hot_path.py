@@ -1,6 +1,6 @@
 """Micro-benchmarks of the hot path, each paired `fast` (relay._fast) / `pure` (relay.core.pure).
 
-Run: `make bench-micro` (or `python -m pytest bench/test_hot_path.py --benchmark-only`).
+Run: `python -m pytest bench/test_hot_path.py --benchmark-only` (`make bench` runs it first).
 These measure; they assert nothing about time (shared machines are noisy): the README
 quotes medians and ratios from one run.
 """

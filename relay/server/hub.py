@@ -2,9 +2,9 @@
 
 Frames come in through the fast path (`Peer.feed_wire`) or `on_frame` (synchronous: nothing
 on the way in awaits), change a document, and mark it dirty. Every `batch_ms` one ticker
-flushes each dirty document into one BATCH frame, framed once and written unchanged to every
-local member (`fanout.fan_out`: no per-member encoding, no awaits) and published once to the
-broker for other nodes.
+flushes each dirty document (in `flush_groups` staggered groups) into one BATCH frame, framed
+once and written unchanged to every local member (`fanout.fan_out`: no per-member encoding,
+no awaits) and published once to the broker for other nodes.
 """
 
 from __future__ import annotations
