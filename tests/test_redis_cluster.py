@@ -249,3 +249,28 @@ async def test_slow_member_of_remote_batches_is_closed_4408(
     drain.cancel()
     await watcher.send([8, 1])
     assert (await watcher.recv_until(lambda f: f[0] == 36, timeout=5))[1] == 1
+
+
+async def test_frames_past_the_held_cap_get_error_6(
+    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+) -> None:
+    """While a clustered JOIN waits for Redis, at most max_frames_burst later frames wait with
+    it; the rest are dropped and the client is told (ERROR 6), before its JOINED."""
+    from test_fastpath import pk, ws_frame
+
+    r1, _ = await two_nodes(relay_factory, redis_url, max_frames_burst=5,
+                            max_frames_per_s=1000)
+    c = await client_factory(r1, "ann")
+    # One write: the JOIN and 12 CURSORs reach the relay in one read, so all 12 arrive
+    # while the JOIN is still waiting for Redis.
+    c.ws.transport.write(ws_frame(pk([2, 1, "doc-held"]))
+                         + b"".join(ws_frame(pk([4, 1, 1, i, i])) for i in range(12)))
+    first = await c.recv_until(lambda f: f[0] in (33, 35))
+    assert first[0] == 35 and first[2] == 6, first  # ERROR 6 (RATE_LIMITED), before JOINED
+    joined_ = await c.recv_until(lambda f: f[0] == 33)
+    assert joined_[2] == "doc-held"
+    # The 5 held CURSORs were applied, in order: the last held one is the cursor now.
+    sid = joined_[3]
+    watcher = await client_factory(r1, "watch")
+    _, members = await joined(watcher, 1, "doc-held")
+    assert next(m for m in members if m[0] == sid)[8] == [1, 4, 4]

@@ -198,12 +198,10 @@ class Hub:
         """A frame the hot path did not apply: dropped by the rate limit, or for `_general`."""
         self.stats.frames_other += 1
         if handled == RATE_LIMITED:
-            bucket = client.peer.bucket
-            if bucket.abusive(now):
+            if client.peer.bucket.abusive(now):
                 self.close_client(client, p.CLOSE_RATE_LIMIT, "rate limit exceeded")
-            elif now - bucket.last_error_ms >= 1000:
-                bucket.last_error_ms = now
-                self._error(client, None, p.RATE_LIMITED, "rate limit exceeded; frame dropped", now)
+            else:
+                self._dropped(client, now)
         else:
             assert handled == FALLBACK
             self._general(client, data, now)
@@ -305,9 +303,16 @@ class Hub:
         assert held is not None
         if len(held) < self.config.max_frames_burst:
             held.append(data)
-        else:  # past what the rate limit would let through anyway
+        else:  # past what the rate limit would let through anyway: dropped, and said so
             self.stats.frames_other += 1
-            self.stats.error(p.RATE_LIMITED)
+            self._dropped(client, self.clock())
+
+    def _dropped(self, client: Client, now: int) -> None:
+        """A frame dropped for rate: ERROR 6, at most once a second per connection."""
+        bucket = client.peer.bucket
+        if now - bucket.last_error_ms >= 1000:
+            bucket.last_error_ms = now
+            self._error(client, None, p.RATE_LIMITED, "rate limit exceeded; frame dropped", now)
 
     def _admit(self, client: Client, h: int, doc: Document, session: Any) -> None:
         """The session is in the document: register it locally, answer JOINED, announce it."""
