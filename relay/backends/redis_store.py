@@ -109,7 +109,7 @@ class RedisStore(PresenceStore):
         deliver_local: Callable[[str, bytes], None] | None = None,
         max_queue: int = 100_000,
         refresh_ms: int = 1000,
-        batch_size: int = 2000,
+        batch_size: int = 100,
     ) -> None:
         self.shared = shared
         self.redis = shared.acquire()
