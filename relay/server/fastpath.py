@@ -12,6 +12,12 @@ read for a run of hot frames); what it does not apply goes to the hub. Every oth
 frame goes to websockets unchanged and whole: its parser never sees a partial frame from
 us, so it can take over at any frame boundary.
 
+Order with websockets' own path: a fragmented message keeps the fast path off from its first
+fragment (`current_size` is set) until the handler has popped its last frame from websockets'
+queue, and the handler hands it to the hub in the same step as that pop (`Assembler.get`
+returns without awaiting once the last frame is there), so a later hot frame cannot overtake
+it (`tests/test_fastpath.py::test_fragmented_message_keeps_order`).
+
 Internals used (stable from websockets 13 to 17, pinned in pyproject): `data_received`,
 `protocol.state`, `protocol.current_size`, `protocol.extensions`, `protocol.reader.buffer`,
 `recv_messages.frames`.
