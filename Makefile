@@ -10,7 +10,7 @@ PORT ?= 8765
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip 'setuptools>=77'
 
 $(STAMP): $(BIN)/python pyproject.toml setup.py relay/_fast.pyx relay/_fast.pxd
 	$(BIN)/pip install -q -e '.[test,bench]'
