@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8765
 
-.PHONY: run test test-debug lint redis-server bench bench-ci bench-sweep clean
+.PHONY: run test test-debug lint redis-server browser-deps bench bench-ci bench-sweep clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,10 +26,21 @@ redis-server:
 	  echo "installing redis-server via apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
+# The browser SDK's tests run in a headless Chromium (Debian's package, driven over the
+# DevTools protocol by tests/test_browser_sdk.py) and its codec's unit tests under Node.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing chromium via apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@command -v node >/dev/null 2>&1 || { \
+	  echo "installing nodejs via apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
+
 # The suite runs twice: the compiled twin (relay/_fast.pyx) on uvloop, as in production,
 # then the pure twin on the stock asyncio loop.
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server browser-deps
 	$(BIN)/ruff check relay tests bench
+	node --test sdk/browser/test/msgpack.test.mjs
 	$(BIN)/python -m pytest -q
 	RELAY_NO_EXTENSIONS=1 RELAY_TEST_LOOP=asyncio $(BIN)/python -m pytest -q -p no:cacheprovider
 

@@ -1,0 +1,214 @@
+// Remote cursors and the typing line, as the presence SDD sketches them (CursorRenderer,
+// TypingIndicator), plus `bindPresence`, which keeps both in step with a PresenceDocument.
+//
+// The editor is an adapter: `{ container: HTMLElement, getCoordinates({line, column}) ->
+// {x, y}, lineHeight?: number }`; positions are in the container's coordinate space (the
+// container should be `position: relative`).
+
+class CursorElement {
+  constructor(element, label) {
+    this.element = element;
+    this.label = label;
+    this.selection = null;
+  }
+
+  updateSelection(sel, color, editor) {
+    const a = editor.getCoordinates({ line: sel.startLine, column: sel.startColumn });
+    const b = editor.getCoordinates({ line: sel.endLine, column: sel.endColumn });
+    if (this.selection === null) {
+      this.selection = document.createElement('div');
+      this.selection.className = 'remote-selection';
+      editor.container.appendChild(this.selection);
+    }
+    const lineHeight = editor.lineHeight ?? 16;
+    const s = this.selection.style;
+    s.position = 'absolute';
+    s.backgroundColor = color;
+    s.opacity = '0.25';
+    s.pointerEvents = 'none';
+    if (sel.startLine === sel.endLine) {
+      s.left = `${Math.min(a.x, b.x)}px`;
+      s.top = `${a.y}px`;
+      s.width = `${Math.abs(b.x - a.x)}px`;
+      s.height = `${lineHeight}px`;
+    } else { // several lines: the box spanning them (an editor can draw it more precisely)
+      s.left = `${Math.min(a.x, b.x)}px`;
+      s.top = `${Math.min(a.y, b.y)}px`;
+      s.width = `${Math.max(1, Math.abs(b.x - a.x))}px`;
+      s.height = `${Math.abs(b.y - a.y) + lineHeight}px`;
+    }
+  }
+
+  clearSelection() {
+    if (this.selection !== null) {
+      this.selection.remove();
+      this.selection = null;
+    }
+  }
+
+  setTyping(isTyping) {
+    this.element.classList.toggle('typing', isTyping); // styling hook (e.g. a pulsing label)
+  }
+
+  remove() {
+    this.clearSelection();
+    this.element.remove();
+  }
+}
+
+/** Draws one caret (with a name label) per remote session, keyed by `data.key ?? data.userId`. */
+export class CursorRenderer {
+  constructor(editor) {
+    this.editor = editor;
+    this.cursors = new Map();
+  }
+
+  updateCursor(data) {
+    const key = String(data.key ?? data.userId);
+    let cursor = this.cursors.get(key);
+    if (!cursor) {
+      cursor = this.createCursorElement(data);
+      this.cursors.set(key, cursor);
+    }
+    const coords = this.editor.getCoordinates(data.position);
+    cursor.element.style.left = `${coords.x}px`;
+    cursor.element.style.top = `${coords.y}px`;
+    cursor.element.style.backgroundColor = data.color;
+    cursor.label.style.backgroundColor = data.color;
+    cursor.label.textContent = data.name;
+    if (data.selection) {
+      cursor.updateSelection(data.selection, data.color, this.editor);
+    } else {
+      cursor.clearSelection();
+    }
+    cursor.setTyping(Boolean(data.isTyping));
+  }
+
+  removeCursor(key) {
+    const cursor = this.cursors.get(String(key));
+    if (cursor) {
+      cursor.remove();
+      this.cursors.delete(String(key));
+    }
+  }
+
+  clear() {
+    for (const key of [...this.cursors.keys()]) this.removeCursor(key);
+  }
+
+  createCursorElement(data) {
+    const element = document.createElement('div');
+    element.className = 'remote-cursor';
+    element.style.position = 'absolute';
+    element.style.width = '2px';
+    element.style.height = `${this.editor.lineHeight ?? 16}px`;
+    element.style.pointerEvents = 'none';
+    element.style.backgroundColor = data.color;
+    const label = document.createElement('span');
+    label.className = 'cursor-label';
+    label.textContent = data.name;
+    label.style.backgroundColor = data.color;
+    element.appendChild(label);
+    this.editor.container.appendChild(element);
+    return new CursorElement(element, label);
+  }
+}
+
+/** "Ann is typing...", "Ann and Bob are typing...", "3 people are typing...". */
+export class TypingIndicator {
+  constructor(container) {
+    this.container = container;
+    this.typingUsers = new Map();
+    this.render();
+  }
+
+  updateTyping(key, userName, isTyping) {
+    if (isTyping) {
+      this.typingUsers.set(String(key), { name: userName, startedAt: Date.now() });
+    } else {
+      this.typingUsers.delete(String(key));
+    }
+    this.render();
+  }
+
+  render() {
+    const names = Array.from(this.typingUsers.values()).map((u) => u.name);
+    if (names.length === 0) {
+      this.container.textContent = '';
+      this.container.classList.add('hidden');
+      return;
+    }
+    if (names.length === 1) {
+      this.container.textContent = `${names[0]} is typing...`;
+    } else if (names.length === 2) {
+      this.container.textContent = `${names[0]} and ${names[1]} are typing...`;
+    } else {
+      this.container.textContent = `${names.length} people are typing...`;
+    }
+    this.container.classList.remove('hidden');
+  }
+}
+
+/** The seed's CursorDisplay for a member (keyed by sid: two tabs are two cursors). */
+export function cursorDisplay(member) {
+  const display = {
+    key: member.sid,
+    userId: member.userId,
+    name: member.name,
+    color: member.color,
+    position: { line: member.cursor.line, column: member.cursor.col },
+    isTyping: member.typing,
+    lastActive: member.lastActiveMs,
+  };
+  if (member.selection) {
+    // The cursor is the head; `backward` says the head comes first.
+    const head = member.cursor, anchor = member.selection;
+    const [start, end] = member.selection.backward ? [head, anchor] : [anchor, head];
+    display.selection = {
+      startLine: start.line, startColumn: start.col, endLine: end.line, endColumn: end.col,
+    };
+  }
+  return display;
+}
+
+/**
+ * Keep a CursorRenderer and a TypingIndicator in step with a document's other members.
+ * Returns a function that stops it (and clears what it drew).
+ */
+export function bindPresence(doc, { renderer = null, typing = null } = {}) {
+  const draw = (member) => {
+    if (!renderer) return;
+    if (member.cursor) renderer.updateCursor(cursorDisplay(member));
+    else renderer.removeCursor(member.sid);
+  };
+  const redrawAll = () => {
+    if (renderer) renderer.clear();
+    if (typing) { typing.typingUsers.clear(); typing.render(); }
+    for (const member of doc.others().values()) {
+      draw(member);
+      if (typing && member.typing) typing.updateTyping(member.sid, member.name, true);
+    }
+  };
+  const handlers = {
+    joined: (e) => { draw(e.detail.member); },
+    left: (e) => {
+      if (renderer) renderer.removeCursor(e.detail.sid);
+      if (typing) typing.updateTyping(e.detail.sid, '', false);
+    },
+    cursor: (e) => { const m = doc.members.get(e.detail.sid); if (m) draw(m); },
+    typing: (e) => {
+      const m = doc.members.get(e.detail.sid);
+      if (!m) return;
+      if (typing) typing.updateTyping(m.sid, m.name, e.detail.typing);
+      if (renderer && m.cursor) draw(m);
+    },
+    resynced: redrawAll,
+  };
+  for (const [type, fn] of Object.entries(handlers)) doc.addEventListener(type, fn);
+  redrawAll();
+  return () => {
+    for (const [type, fn] of Object.entries(handlers)) doc.removeEventListener(type, fn);
+    if (renderer) renderer.clear();
+    if (typing) { typing.typingUsers.clear(); typing.render(); }
+  };
+}
