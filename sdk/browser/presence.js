@@ -312,8 +312,9 @@ export class PresenceClient extends EventTarget {
   /** Round trip in ms (PING / PONG). */
   ping() {
     const clientMs = Date.now() + this.pings.size; // unique key while several are pending
-    return new Promise((resolve) => {
-      this.pings.set(clientMs, { resolve, sent: performance.now() });
+    if (!this.connected) return Promise.reject(new ConnectionClosedError(1006, 'not connected'));
+    return new Promise((resolve, reject) => {
+      this.pings.set(clientMs, { resolve, reject, sent: performance.now() });
       this.send([PING, clientMs]);
     });
   }
@@ -376,10 +377,11 @@ export class PresenceClient extends EventTarget {
       this.ws = null;
       const reconnect = this.options.reconnect && !this.closing
         && !FATAL_CLOSES.has(event.code) && (settled || !resolve);
-      for (const { reject: rj } of this.pendingJoins.values()) {
-        rj(new ConnectionClosedError(event.code, event.reason));
-      }
+      const gone = new ConnectionClosedError(event.code, event.reason);
+      for (const { reject: rj } of this.pendingJoins.values()) if (rj) rj(gone);
       this.pendingJoins.clear();
+      for (const p of this.pings.values()) p.reject(gone);
+      this.pings.clear();
       if (!settled && resolve) {
         settled = true;
         reject(new ConnectionClosedError(event.code, event.reason));
@@ -427,8 +429,13 @@ export class PresenceClient extends EventTarget {
         const pending = handle === null ? undefined : this.pendingJoins.get(handle);
         if (pending !== undefined) {
           this.pendingJoins.delete(handle);
-          if (pending.reject) pending.reject(new RelayError(code, message, handle));
-          else pending.doc.applyError(code, message);
+          if (pending.reject) {
+            pending.reject(new RelayError(code, message, handle));
+          } else { // a rejoin after a reconnect was refused: the document is closed
+            this.documents.delete(handle);
+            pending.doc.close();
+            pending.doc.applyError(code, message);
+          }
         } else if (handle !== null && this.documents.has(handle)) {
           this.documents.get(handle).applyError(code, message);
         } else {
