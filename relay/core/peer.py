@@ -16,7 +16,7 @@ from relay.core import protocol as p
 from relay.core.document import Document
 from relay.core.protocol import ProtocolError
 from relay.core.ratelimit import TokenBucket
-from relay.core.wire import NEED_MORE, NOT_OURS, frame_header, is_ours, unmask
+from relay.core.wire import FRAME, next_frame
 
 FALLBACK = -1  # not handled here: the general path must process the frame
 RATE_LIMITED = -2  # dropped by the token bucket
@@ -90,21 +90,14 @@ class Peer:
         - (end, FALLBACK or RATE_LIMITED, payload): the frame before `end`, unmasked, is
           for the shell's general path (as `feed` answered it).
         """
-        i = start
-        n = len(buf)
-        if start < 0 or start > n:
+        if start < 0 or start > len(buf):
             raise IndexError(start)
+        i = start
         while True:
-            header = frame_header(buf, i)
-            if header is None:
-                return i, NEED_MORE, None
-            head, length = header
-            if not is_ours(buf, i, length, max_payload):
-                return i, NOT_OURS, None
-            end = i + head + 4 + length
-            if end > n:
-                return i, NEED_MORE, None
-            payload = unmask(buf[i + head + 4 : end], buf[i + head : i + head + 4])
+            end, kind, payload = next_frame(buf, i, max_payload)
+            if kind != FRAME:
+                return i, kind, None  # NEED_MORE or NOT_OURS, at the frame's first byte
+            assert payload is not None
             t = self.feed(payload, now_ms)
             if t <= 0:
                 return end, t, payload
