@@ -49,6 +49,9 @@ class PresenceConfig:
     )
     jwt_secret: str | None = _opt(None, "HS256 secret; unset allows anonymous HELLO on loopback")
     internal_api_key: str | None = _opt(None, "bearer key for /internal/*; unset = loopback only")
+    allowed_origins: str | None = _opt(
+        None, "comma-separated Origin values browsers may connect from (unset: any)"
+    )
     redis_url: str | None = _opt(None, "Redis URL for shared presence (unset: memory backend)")
     auth_timeout_ms: int = _opt(5000, "HELLO must arrive within this (else close 4401)", 1, 600_000)
     ping_interval_s: float = _opt(20.0, "WebSocket keepalive ping interval (0 = off)", 0, 3600)
@@ -80,6 +83,23 @@ class PresenceConfig:
                 raise ConfigError(f"{f.name}={v!r} is out of range [{lo}, {hi}]")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level={self.log_level!r}: use debug, info, warning or error")
+        if self.allowed_origins is not None:
+            listed = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
+            if not listed or any("://" not in o for o in listed):
+                raise ConfigError(
+                    f"allowed_origins={self.allowed_origins!r}: list origins as a browser sends "
+                    "them, comma-separated, e.g. https://app.example.com,http://localhost:3000"
+                )
+
+    @property
+    def origins(self) -> list[str | None] | None:
+        """What the WebSocket handshake accepts as Origin: None (no check) when unset. A
+        handshake without Origin (not a browser: a service, the Python SDK) is always let
+        through: the check is against other sites' pages, and tokens guard the rest."""
+        if self.allowed_origins is None:
+            return None
+        listed = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
+        return [None, *listed]
 
     @property
     def loopback(self) -> bool:

@@ -194,7 +194,7 @@ def _valid_value(name: str) -> tuple[str, Any]:
     f = FIELDS[name]
     default = f.default
     lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
-    special = {"host": "::1", "log_level": "debug"}
+    special = {"host": "::1", "log_level": "debug", "allowed_origins": "https://app.example"}
     if name in special:
         return special[name], special[name]
     if isinstance(default, bool):
@@ -525,3 +525,12 @@ def _refuse_to_serve(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the relay started serving despite an invalid configuration")
 
     monkeypatch.setattr(app.Relay, "start", start)
+
+
+def test_allowed_origins() -> None:
+    c = PresenceConfig(allowed_origins=" https://app.example.com , http://localhost:3000")
+    assert c.origins == [None, "https://app.example.com", "http://localhost:3000"]
+    assert PresenceConfig().origins is None  # unset: no Origin check
+    for bad in (",", " ", "app.example.com", "https://a.example,localhost"):
+        with pytest.raises(ConfigError, match="allowed_origins"):
+            PresenceConfig(allowed_origins=bad)

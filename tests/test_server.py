@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relay.auth import mint_token
 from relay.config import ConfigError, PresenceConfig
@@ -131,3 +131,17 @@ async def test_max_connections_answers_503(relay_factory: Any, client_factory: A
     await client_factory(r, "b")
     with pytest.raises(Exception, match="503"):
         await connect(f"ws://127.0.0.1:{r.port}/ws", subprotocols=["presence.v1"])
+
+
+async def test_allowed_origins_refuse_other_sites(relay_factory: Any, client_factory: Any) -> None:
+    """A browser page from an unlisted site gets HTTP 403; listed sites and clients that send
+    no Origin (services, SDKs outside a browser) connect."""
+    r = await relay_factory(allowed_origins="https://app.example.com,http://localhost:3000")
+    with pytest.raises(InvalidStatus) as refused:
+        await client_factory(r, "mallory", origin="https://evil.example")
+    assert refused.value.response.status_code == 403
+    for origin in ("https://app.example.com", "http://localhost:3000"):
+        c = await client_factory(r, "ann", origin=origin)
+        assert (await c.join(1, "d"))[0] == 33
+    plain = await client_factory(r, "svc")  # no Origin header at all
+    assert (await plain.join(1, "d"))[0] == 33

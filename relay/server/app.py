@@ -84,6 +84,7 @@ class Relay:
             subprotocols=[p.SUBPROTOCOL],  # type: ignore[list-item]
             compression=None,  # permessage-deflate costs ~40 % CPU and doubles memory
             max_size=cfg.max_frame_bytes,
+            origins=cfg.origins,  # a listed Origin or none at all; others get HTTP 403
             process_request=HttpRoutes(hub, relay.implementation),
             ping_interval=cfg.ping_interval_s or None,
             ping_timeout=cfg.ping_timeout_s or None,
