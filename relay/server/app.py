@@ -104,7 +104,7 @@ class Relay:
         if self.server is not None:
             for client in list(hub.clients):
                 hub.close_client(client, p.CLOSE_GOING_AWAY, "server shutting down")
-            hub.tick(hub.clock())  # publish the `left` events before the broker goes away
+            hub.flush_all(hub.clock())  # publish the `left` events before the broker goes away
             self.server.close()  # stops accepting; closes the rest (mid-HELLO) with 1001
             await self.server.wait_closed()
         if self._ticker is not None:
