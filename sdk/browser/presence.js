@@ -388,7 +388,10 @@ export class PresenceClient extends EventTarget {
       }
       if (reconnect) {
         this.#emit('disconnected', { code: event.code, reason: event.reason });
-        const delay = Math.min(this.options.maxBackoffMs, this.options.backoffMs * 2 ** this.attempt);
+        // Exponential backoff with jitter (0.5x-1.5x): after a relay restart, thousands of
+        // clients must not all come back in the same millisecond.
+        const base = Math.min(this.options.maxBackoffMs, this.options.backoffMs * 2 ** this.attempt);
+        const delay = base * (0.5 + Math.random());
         this.attempt += 1;
         setTimeout(() => { if (!this.closing) this.#open(null, null); }, delay);
         return;
