@@ -25,6 +25,10 @@ class ConfigError(ValueError):
     """An invalid setting; the message names it."""
 
 
+def _origin_list(value: str) -> list[str]:
+    return [o.strip() for o in value.split(",") if o.strip()]
+
+
 def _opt(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
     return field(default=default, metadata={"help": help, "lo": lo, "hi": hi})
 
@@ -84,7 +88,7 @@ class PresenceConfig:
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level={self.log_level!r}: use debug, info, warning or error")
         if self.allowed_origins is not None:
-            listed = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
+            listed = _origin_list(self.allowed_origins)
             if not listed or any("://" not in o for o in listed):
                 raise ConfigError(
                     f"allowed_origins={self.allowed_origins!r}: list origins as a browser sends "
@@ -98,8 +102,7 @@ class PresenceConfig:
         through: the check is against other sites' pages, and tokens guard the rest."""
         if self.allowed_origins is None:
             return None
-        listed = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
-        return [None, *listed]
+        return [None, *_origin_list(self.allowed_origins)]
 
     @property
     def loopback(self) -> bool:
