@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True, help="user id (the `sub` claim)")
     token.add_argument("--name", required=True, help="display name")
     token.add_argument("--workspace", default="default", help="workspace id (the `ws` claim)")
-    token.add_argument("--docs", default="*", help="comma-separated ids or prefixes ending in *")
+    token.add_argument(
+        "--docs", required=True,
+        help="comma-separated document ids or prefixes ending in * ('*' for all): the "
+             "documents the token may join; the boundary between workspaces",
+    )
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     token.add_argument("--avatar", default=None, help="http(s) avatar URL")
     _add_config_flags(token)
@@ -84,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if config.log_level != "debug":
-        logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP hit
+    for name in ("jwt_secret", "internal_api_key"):
+        if _flags(ns).get(name) is not None:
+            logging.getLogger("relay").warning(
+                "--%s on the command line is visible to every local user (ps); prefer "
+                "--%s-file or PRESENCE_%s", name.replace("_", "-"), name.replace("_", "-"),
+                name.upper())
     if ns.command == "token":
         from relay.auth import mint_token
 
@@ -94,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         docs = [d.strip() for d in ns.docs.split(",") if d.strip()]
+        if not docs:
+            print("presence-relay: --docs names no document", file=sys.stderr)
+            return 2
         print(mint_token(config.jwt_secret, ns.user, ns.name, ns.workspace, docs, ns.ttl,
                          ns.avatar))
         return 0

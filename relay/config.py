@@ -29,8 +29,28 @@ def _origin_list(value: str) -> list[str]:
     return [o.strip() for o in value.split(",") if o.strip()]
 
 
-def _opt(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi})
+def _opt(default: Any, help: str, lo: float | None = None, hi: float | None = None,
+         kind: type | None = None) -> Any:
+    """A setting: its default, its help line, its inclusive range, and (for a setting whose
+    default is None) the type a value given for it must have (str when not said)."""
+    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "kind": kind})
+
+
+MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash are guessable offline (RFC 7518 3.2)
+MIN_API_KEY_BYTES = 16
+
+
+def _read_secret(setting: str, path: str) -> str:
+    """A secret kept in a file (so it is not in `ps` or the environment): the file's first
+    line, without its line ending."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{setting}: {path} is not UTF-8 text") from None
+    return text.splitlines()[0] if text else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +61,7 @@ class PresenceConfig:
     presence_ttl_seconds: int = _opt(30, "a crashed node's sessions leave within this", 1, 3600)
     activity_timeout_ms: int = _opt(30_000, "Idle after this long without an action", 1, 86_400_000)
     max_users_per_document: int = _opt(1000, "sessions per document (ERROR 5 past it)", 1, 100_000)
+    max_sessions_per_user: int = _opt(10, "sessions of one user in one document (ERROR 5 past it)", 1, 100_000)
     # Activity beyond the seed
     away_after_ms: int = _opt(300_000, "Away after this long without an action", 1, 86_400_000)
     away_after_blur_ms: int = _opt(60_000, "Away after this long unfocused", 1, 86_400_000)
@@ -51,8 +72,16 @@ class PresenceConfig:
     flush_groups: int = _opt(
         5, "documents flush in this many staggered groups per interval (1 = all at once)", 1, 50
     )
-    jwt_secret: str | None = _opt(None, "HS256 secret; unset allows anonymous HELLO on loopback")
-    internal_api_key: str | None = _opt(None, "bearer key for /internal/*; unset = loopback only")
+    jwt_secret: str | None = _opt(
+        None, "HS256 secret, at least 32 bytes; unset allows anonymous HELLO on loopback"
+    )
+    jwt_secret_file: str | None = _opt(None, "read jwt_secret from this file (its first line)")
+    internal_api_key: str | None = _opt(
+        None, "bearer key (at least 16 bytes) for /internal/* and /metrics; unset = loopback only"
+    )
+    internal_api_key_file: str | None = _opt(
+        None, "read internal_api_key from this file (its first line)"
+    )
     allowed_origins: str | None = _opt(
         None, "comma-separated Origin values browsers may connect from (unset: any)"
     )
@@ -60,6 +89,14 @@ class PresenceConfig:
     auth_timeout_ms: int = _opt(5000, "HELLO must arrive within this (else close 4401)", 1, 600_000)
     ping_interval_s: float = _opt(20.0, "WebSocket keepalive ping interval (0 = off)", 0, 3600)
     ping_timeout_s: float = _opt(20.0, "close when a keepalive pong is this late", 0, 3600)
+    close_timeout_s: float = _opt(
+        2.0, "a close that has not completed after this long aborts the socket", 0.05, 60
+    )
+    metrics_host: str = _opt("127.0.0.1", "listen address of metrics_port")
+    metrics_port: int | None = _opt(
+        None, "serve /metrics on this port only, without a key (unset: on the main port)",
+        0, 65535, kind=int,
+    )
     # Limits
     max_frame_bytes: int = _opt(8192, "largest client frame (close 1009 past it)", 64, 16_777_216)
     max_documents: int = _opt(32, "documents per connection (ERROR 9 past it)", 1, 65536)
@@ -68,7 +105,8 @@ class PresenceConfig:
     rate_limit_close_after_s: float = _opt(5.0, "close 4429 after this much continuous excess", 0.1, 3600)
     max_bad_frames: int = _opt(20, "bad frames tolerated per window (close 4400 past it)", 0, 1_000_000)
     bad_frames_window_s: float = _opt(10.0, "window for max_bad_frames", 0.1, 3600)
-    max_send_backlog: int = _opt(1_048_576, "unsent bytes per member before close 4408", 1024, 2**31)
+    max_send_backlog: int = _opt(1_048_576, "unsent bytes per member (ours and the kernel's) before close 4408", 1024, 2**31)
+    socket_send_buffer: int = _opt(65_536, "kernel send buffer per connection (SO_SNDBUF; counted in the backlog)", 4096, 16_777_216)
     max_connections: int = _opt(100_000, "open WebSocket connections (HTTP 503 past it)", 1, 10_000_000)
     # Observability
     metrics_per_document: bool = _opt(False, "label active-user gauges by document (cardinality!)")
@@ -78,9 +116,26 @@ class PresenceConfig:
     presence_stream_maxlen: int = _opt(100_000, "approximate MAXLEN of the presence stream", 1, 10**9)
 
     def __post_init__(self) -> None:
+        # Secrets kept in files are read here, so every way of building a config gets them.
+        for name in ("jwt_secret", "internal_api_key"):
+            path = getattr(self, name + "_file")
+            if path is not None:
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name}_file: set {name} or {name}_file, not both")
+                object.__setattr__(self, name, _read_secret(name + "_file", path))
+        for name, least in (("jwt_secret", MIN_SECRET_BYTES),
+                            ("internal_api_key", MIN_API_KEY_BYTES)):
+            value = getattr(self, name)
+            if value is not None and len(value.encode()) < least:
+                raise ConfigError(
+                    f"{name}: at least {least} bytes are required (got {len(value.encode())});"
+                    " generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                )
         for f in dataclasses.fields(self):
             lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
             v = getattr(self, f.name)
+            if v is None:
+                continue  # an optional setting left unset
             if isinstance(v, float) and v != v:  # NaN passes every comparison below
                 raise ConfigError(f"{f.name}={v!r} is not a number")
             if (lo is not None and v < lo) or (hi is not None and v > hi):
@@ -117,6 +172,7 @@ class PresenceConfig:
     def document_rules(self) -> DocumentRules:
         return DocumentRules(
             max_users_per_document=self.max_users_per_document,
+            max_sessions_per_user=self.max_sessions_per_user,
             typing_debounce_ms=self.typing_debounce_ms,
             activity_timeout_ms=self.activity_timeout_ms,
             away_after_ms=self.away_after_ms,
@@ -142,6 +198,9 @@ SECRET_FIELDS = {"jwt_secret", "internal_api_key", "redis_url"}
 
 
 def _field_type(name: str) -> type:
+    kind = FIELDS[name].metadata.get("kind")
+    if kind is not None:
+        return kind  # type: ignore[no-any-return]
     default = FIELDS[name].default
     if isinstance(default, bool):
         return bool

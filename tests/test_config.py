@@ -31,6 +31,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+SECRET = "a-test-secret-of-more-than-32-bytes-0123456789"
+# A file a *_file setting can name (the generic "every field" tests need one that exists).
+SECRET_FILE = Path(__file__).resolve().parent / "vectors" / "secret.txt"
+
+
 def write(tmp_path: Path, text: str, name: str = "relay.toml") -> str:
     path = tmp_path / name
     path.write_text(text)
@@ -172,11 +177,11 @@ class TestPrecedence:
 
     def test_native_toml_types_accepted(self, tmp_path: Path) -> None:
         path = write(tmp_path, "ping_interval_s = 3\nmetrics_per_document = false\n"
-                               "jwt_secret = 'x' \n")
+                               f"jwt_secret = '{SECRET}' \n")
         c = load_config(env={}, config_path=path)
         assert c.ping_interval_s == 3.0 and isinstance(c.ping_interval_s, float)
         assert c.metrics_per_document is False
-        assert c.jwt_secret == "x"
+        assert c.jwt_secret == SECRET
 
     @pytest.mark.parametrize("raw,want", [("1", True), ("true", True), ("YES", True),
                                           ("on", True), ("0", False), ("false", False),
@@ -194,9 +199,13 @@ def _valid_value(name: str) -> tuple[str, Any]:
     f = FIELDS[name]
     default = f.default
     lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
-    special = {"host": "::1", "log_level": "debug", "allowed_origins": "https://app.example"}
+    special = {"host": "::1", "log_level": "debug", "allowed_origins": "https://app.example",
+               "jwt_secret": SECRET, "jwt_secret_file": str(SECRET_FILE),
+               "internal_api_key_file": str(SECRET_FILE), "metrics_host": "::1"}
     if name in special:
         return special[name], special[name]
+    if name == "metrics_port":
+        return "9100", 9100
     if isinstance(default, bool):
         return "true", True
     if isinstance(default, int):
@@ -276,7 +285,8 @@ class TestInvalid:
     def test_bounds_are_inclusive(self, name: str) -> None:
         f = FIELDS[name]
         for bound in (f.metadata["lo"], f.metadata["hi"]):
-            raw = str(int(bound)) if isinstance(f.default, int) else str(float(bound))
+            integral = isinstance(f.default, int) or f.metadata.get("kind") is int
+            raw = str(int(bound)) if integral else str(float(bound))
             c = load_config(flags={name: raw}, env={})
             assert getattr(c, name) == bound
 
@@ -417,12 +427,12 @@ class TestCli:
     def test_token_prints_a_verifiable_token(self, capsys: pytest.CaptureFixture[str]) -> None:
         from relay.cli import main
 
-        rc = main(["token", "--jwt-secret", "s", "--user", "u", "--name", "N",
+        rc = main(["token", "--jwt-secret", SECRET, "--user", "u", "--name", "N",
                    "--docs", "a,b*", "--ttl", "60"])
         out = capsys.readouterr().out.strip()
         assert rc == 0
         assert out.count(".") == 2 and "\n" not in out
-        grant = verify_token(out, "s")
+        grant = verify_token(out, SECRET)
         assert grant.docs == ("a", "b*")
         assert grant.user.user_id == "u"
         assert grant.user.name == "N"
@@ -436,14 +446,27 @@ class TestCli:
         from relay.cli import main
 
         monkeypatch.setenv("PRESENCE_JWT_SECRET", "env-secret-env-secret-env-secret!")
-        assert main(["token", "--user", "u", "--name", "N"]) == 0
+        assert main(["token", "--user", "u", "--name", "N", "--docs", "*"]) == 0
         out = capsys.readouterr().out.strip()
         assert verify_token(out, "env-secret-env-secret-env-secret!").docs == ("*",)
+
+    def test_token_requires_docs(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`docs` is the boundary between workspaces: a token never grants everything by
+        default."""
+        from relay.cli import main
+
+        with pytest.raises(SystemExit) as ei:
+            main(["token", "--jwt-secret", SECRET, "--user", "u", "--name", "N"])
+        assert ei.value.code == 2
+        assert "--docs" in capsys.readouterr().err
+        assert main(["token", "--jwt-secret", SECRET, "--user", "u", "--name", "N",
+                     "--docs", " , "]) == 2
+        assert "--docs" in capsys.readouterr().err
 
     def test_token_without_secret_fails(self, capsys: pytest.CaptureFixture[str]) -> None:
         from relay.cli import main
 
-        assert main(["token", "--user", "u", "--name", "N"]) == 2
+        assert main(["token", "--user", "u", "--name", "N", "--docs", "*"]) == 2
         err = capsys.readouterr()
         assert "jwt-secret" in err.err or "JWT_SECRET" in err.err
         assert err.out == ""
@@ -494,7 +517,7 @@ class TestCli:
                                           capsys: pytest.CaptureFixture[str]) -> None:
         from relay.cli import main
 
-        monkeypatch.setenv("PRESENCE_JWT_SECRET", "hunter2-hunter2")
+        monkeypatch.setenv("PRESENCE_JWT_SECRET", "hunter2-hunter2-hunter2-hunter2-hunter2")
         monkeypatch.setenv("PRESENCE_BATCH_MS", "21")
         assert main(["config"]) == 0
         out = capsys.readouterr().out
@@ -534,3 +557,62 @@ def test_allowed_origins() -> None:
     for bad in (",", " ", "app.example.com", "https://a.example,localhost"):
         with pytest.raises(ConfigError, match="allowed_origins"):
             PresenceConfig(allowed_origins=bad)
+
+
+# ===================================================================== secrets
+
+
+class TestSecrets:
+    @pytest.mark.parametrize("name,least", [("jwt_secret", 32), ("internal_api_key", 16)])
+    def test_a_short_secret_refuses_to_start_naming_the_setting(self, name: str,
+                                                                least: int) -> None:
+        for bad in ("", "x", "s" * (least - 1), "é" * (least // 2 - 1) + "x"):
+            with pytest.raises(ConfigError, match=name):
+                load_config(flags={name: bad}, env={})
+        assert getattr(load_config(flags={name: "s" * least}, env={}), name) == "s" * least
+
+    def test_empty_secret_from_toml_and_env_is_refused(self, tmp_path: Path) -> None:
+        path = write(tmp_path, 'jwt_secret = ""\n')
+        with pytest.raises(ConfigError, match="jwt_secret"):
+            load_config(env={}, config_path=path)
+        # An empty environment variable means "unset" (development mode on loopback only).
+        assert load_config(env={"PRESENCE_JWT_SECRET": ""}).jwt_secret is None
+
+    def test_secrets_from_files(self, tmp_path: Path) -> None:
+        jwt_file = tmp_path / "jwt"
+        jwt_file.write_text(SECRET + "\n")
+        key_file = tmp_path / "key"
+        key_file.write_text("k" * 20)
+        c = load_config(flags={"jwt_secret_file": str(jwt_file),
+                               "internal_api_key_file": str(key_file)}, env={})
+        assert c.jwt_secret == SECRET and c.internal_api_key == "k" * 20
+
+    def test_secret_file_problems_name_the_setting(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="jwt_secret_file"):
+            load_config(flags={"jwt_secret_file": str(tmp_path / "missing")}, env={})
+        short = tmp_path / "short"
+        short.write_text("tiny\n")
+        with pytest.raises(ConfigError, match="jwt_secret"):
+            load_config(flags={"jwt_secret_file": str(short)}, env={})
+        both = {"jwt_secret_file": str(SECRET_FILE), "jwt_secret": SECRET}
+        with pytest.raises(ConfigError, match="not both"):
+            load_config(flags=both, env={})
+
+    def test_secret_on_the_command_line_is_warned_about(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        from relay import cli
+
+        _refuse_to_serve(monkeypatch)
+        with caplog.at_level("WARNING"), pytest.raises(AssertionError):
+            cli.main(["serve", "--jwt-secret", SECRET, "--port", "0"])
+        assert "visible to every local user" in caplog.text
+        assert SECRET not in caplog.text
+
+
+def test_the_readme_lists_every_setting() -> None:
+    """The configuration table in README.md is what operators read: no setting missing."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in FIELDS:
+        flag = "--" + name.replace("_", "-")
+        assert f"| `{name}` | `{flag}` / `PRESENCE_{name.upper()}` |" in readme, name
