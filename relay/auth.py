@@ -17,6 +17,7 @@ from relay.core.model import UserInfo
 
 ALGORITHM = "HS256"
 MAX_ID = 256
+MIN_SECRET_BYTES = 32  # the same floor the configuration enforces (relay.config)
 
 
 class AuthError(Exception):
@@ -25,10 +26,18 @@ class AuthError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """An authenticated identity and the documents it may join."""
+    """An authenticated identity, the documents it may join, and until when.
+
+    `docs` is the boundary between workspaces: a token's workspace (`ws`) says where its
+    user belongs, but only `docs` says which documents it may open.
+    """
 
     user: UserInfo
     docs: tuple[str, ...]  # exact ids, or prefixes ending in "*"
+    expires_at_ms: int | None = None  # the token's `exp`; None for anonymous (development)
+
+    def expired(self, now_ms: int) -> bool:
+        return self.expires_at_ms is not None and now_ms >= self.expires_at_ms
 
     def allows(self, doc_id: str) -> bool:
         for pattern in self.docs:
@@ -40,16 +49,32 @@ class Grant:
         return False
 
 
+def carriable(v: str) -> bool:
+    """True when the text can travel in a frame: JSON (a token's claims) may spell lone
+    surrogates ("\\ud800") that no UTF-8 encoder, msgpack's included, can write."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(claims: dict[str, Any], key: str, required: bool = True) -> str | None:
     v = claims.get(key)
     if v is None and not required:
         return None
     if not isinstance(v, str) or not v or len(v) > MAX_ID:
         raise AuthError(f"token claim {key!r} must be a non-empty string")
+    if not carriable(v):
+        raise AuthError(f"token claim {key!r} is not valid Unicode text (a lone surrogate)")
     return v
 
 
 def verify_token(token: str, secret: str) -> Grant:
+    # The configuration refuses short secrets; refusing here too means no caller can make
+    # an empty or guessable key verify anything, whatever the PyJWT version.
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise AuthError("the relay's jwt_secret is too short to verify tokens")
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]}
@@ -64,13 +89,14 @@ def verify_token(token: str, secret: str) -> Grant:
     docs = claims.get("docs", [])
     if not isinstance(docs, list) or not all(isinstance(d, str) for d in docs):
         raise AuthError("token claim 'docs' must be a list of strings")
+    exp = claims["exp"]  # PyJWT checked that it is a number in the future
     user = UserInfo(
         user_id=_text(claims, "sub") or "",
         name=_text(claims, "name", required=False) or claims["sub"],
         workspace_id=_text(claims, "ws", required=False) or "default",
         avatar_url=avatar,
     )
-    return Grant(user=user, docs=tuple(docs))
+    return Grant(user=user, docs=tuple(docs), expires_at_ms=int(exp * 1000))
 
 
 def anonymous_grant(info: dict[Any, Any]) -> Grant:

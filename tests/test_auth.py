@@ -246,3 +246,51 @@ class TestAnonymous:
 
     def test_workspace_is_default(self) -> None:
         assert anonymous_grant({"user_id": "d", "ws": "other"}).user.workspace_id == "default"
+
+
+def empty_key_token(c: dict[str, Any]) -> str:
+    """A token signed with the empty HMAC key, built by hand (PyJWT refuses to sign one)."""
+    import hashlib
+    import hmac
+
+    def b64(b: bytes) -> bytes:
+        return base64.urlsafe_b64encode(b).rstrip(b"=")
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(c).encode())
+    sig = b64(hmac.new(b"", head + b"." + body, hashlib.sha256).digest())
+    return (head + b"." + body + b"." + sig).decode()
+
+
+class TestEmptyKey:
+    """`--jwt-secret ""` once started a relay that, with PyJWT < 2.13, accepted a token
+    signed with the empty key as any user for every document."""
+
+    def test_verify_refuses_short_secrets_whatever_the_library(self) -> None:
+        token = empty_key_token(claims())
+        for secret in ("", "x", "s" * 31):
+            with pytest.raises(AuthError, match="too short"):
+                verify_token(token, secret)
+
+    def test_the_pinned_pyjwt_refuses_an_empty_key_too(self) -> None:
+        with pytest.raises(jwt.InvalidKeyError):
+            jwt.decode(empty_key_token(claims()), "", algorithms=["HS256"])
+
+    def test_an_empty_key_token_is_refused_by_a_configured_relay(self) -> None:
+        with pytest.raises(AuthError, match="invalid token"):
+            verify_token(empty_key_token(claims()), SECRET)
+
+
+def test_expiry_is_carried_in_the_grant() -> None:
+    exp = int(time.time()) + 100
+    grant = verify_token(sign(claims(exp=exp)), SECRET)
+    assert grant.expires_at_ms == exp * 1000
+    assert not grant.expired(exp * 1000 - 1) and grant.expired(exp * 1000)
+    assert not anonymous_grant({"user_id": "u"}).expired(2**62)
+
+
+@pytest.mark.parametrize("claim", ["sub", "name", "ws", "avatar"])
+def test_a_claim_with_a_lone_surrogate_is_refused_naming_it(claim: str) -> None:
+    value = "https://x.example/\ud800" if claim == "avatar" else "a\ud800b"
+    with pytest.raises(AuthError, match=f"'{claim}'.*surrogate"):
+        verify_token(sign(claims(**{claim: value})), SECRET)
