@@ -13,10 +13,11 @@ shape and msgpack types (ERROR 1 / 2); the caller then checks the handle (ERROR 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import msgpack
+
+from relay.core.ids import doc_id_problem
 
 VERSION = 1
 SUBPROTOCOL = "presence.v1"
@@ -70,7 +71,6 @@ CLOSE_RATE_LIMIT = 4429
 
 MAX_U32 = 2**32 - 1
 MAX_HANDLE = 65535
-DOC_ID_RE = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")
 
 
 class ProtocolError(Exception):
@@ -191,8 +191,9 @@ def check_ranges(frame: list[Any]) -> None:
         h, doc_id = frame[1], frame[2]
         if not 0 <= h <= MAX_HANDLE:
             raise ProtocolError(INVALID_VALUE, "handle must be in 0..65535", h)
-        if not DOC_ID_RE.fullmatch(doc_id):
-            raise ProtocolError(INVALID_VALUE, "doc_id must match ^[A-Za-z0-9._~:@-]{1,128}$", h)
+        problem = doc_id_problem(doc_id)
+        if problem is not None:
+            raise ProtocolError(INVALID_VALUE, problem, h)
 
 
 # ---------------------------------------------------------------- server frames

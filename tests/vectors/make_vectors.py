@@ -136,6 +136,7 @@ def client_vectors() -> list[dict[str, Any]]:
     bad("join_doc_id_space", 7, [2, 0, "doc 1"])
     bad("join_doc_id_non_ascii", 7, [2, 0, "café"])
     bad("join_doc_id_trailing_newline", 7, [2, 0, "doc-1\n"])
+    bad("join_doc_id_reserved", 7, [2, 0, "user:bob"])  # aliases Redis keys (relay/core/ids.py)
     bad("join_doc_id_int", 1, [2, 0, 17])
     bad("join_doc_id_bin", 1, fixarr(b"\x02", b"\x00", bin8(DOC.encode())))
     bad("join_handle_float", 1, [2, 0.0, DOC])
