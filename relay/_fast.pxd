@@ -56,7 +56,7 @@ cdef class Document:
     cdef public int64_t next_deadline_ms
     cdef object _dirty_set
     cdef bint _marked
-    cdef int64_t max_users, debounce, activity_timeout, away_after, away_after_blur
+    cdef int64_t debounce, activity_timeout, away_after, away_after_blur
 
     cdef void _author_is(self, int64_t sid)
     cdef int _mark(self) except -1

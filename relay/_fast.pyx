@@ -22,7 +22,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from relay.core.colors import assign_color
-from relay.core.document import Batch, DocumentFull
+from relay.core.document import Batch, DocumentFull, check_capacity
 from relay.core.model import ActivityType
 from relay.core.peer import FALLBACK as _FALLBACK, RATE_LIMITED as _RATE_LIMITED, feed_decoded
 from relay.core.ratelimit import BadFrameWindow
@@ -427,7 +427,6 @@ cdef class Document:
         self.next_deadline_ms = C_NEVER
         self._dirty_set = dirty_set
         self._marked = False
-        self.max_users = rules.max_users_per_document
         self.debounce = rules.typing_debounce_ms
         self.activity_timeout = rules.activity_timeout_ms
         self.away_after = rules.away_after_ms
@@ -447,8 +446,7 @@ cdef class Document:
         return sid
 
     def join(self, user, now_ms, sid=None):
-        if len(self.sessions) >= self.max_users:
-            raise DocumentFull(self.doc_id)
+        check_capacity(self.rules, self.sessions, user.user_id)
         if sid is None:
             sid = self.allocate_sid()
         else:

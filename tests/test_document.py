@@ -18,6 +18,7 @@ from relay.core.colors import PALETTE
 from relay.core.document import DocumentRules
 from relay.core.model import ActivityType, UserInfo
 from relay.twin import Batch, Document, DocumentFull
+from relay.twin import Session as TwinSession
 
 EDITING, VIEWING, SELECTING, IDLE, AWAY = (int(a) for a in ActivityType)
 
@@ -139,11 +140,38 @@ class TestJoin:
         assert s.sid == 4
 
     def test_capacity_counts_sessions_not_users(self) -> None:
-        doc = fresh(DocumentRules(max_users_per_document=2))
+        doc = fresh(DocumentRules(max_users_per_document=2, max_sessions_per_user=5))
         doc.join(user("alice"), 0)
         doc.join(user("alice"), 0)
         with pytest.raises(DocumentFull):
             doc.join(user("alice"), 0)
+
+    def test_sessions_per_user_exactly_at_the_limit(self) -> None:
+        """One user (or one leaked token) cannot fill a document: at most
+        max_sessions_per_user sessions of a user; other users still get in."""
+        doc = fresh(DocumentRules(max_users_per_document=10, max_sessions_per_user=2))
+        doc.join(user("alice"), 0)
+        doc.join(user("alice"), 0)  # not before: the second still fits
+        drain(doc)
+        with pytest.raises(DocumentFull, match="2 sessions of one user"):
+            doc.join(user("alice"), 1)
+        assert doc.flush(1) is None  # a refused join queues nothing
+        doc.join(user("bob"), 2)
+        doc.leave(1, 3)
+        assert doc.join(user("alice"), 4).user.user_id == "alice"
+
+    def test_mirrored_sessions_count_toward_the_user_limit(self) -> None:
+        """A session of the user on another node (mirrored, as the cluster writes it)."""
+        doc = fresh(DocumentRules(max_sessions_per_user=1))
+        doc.sessions[7] = TwinSession(7, user("alice"), "hsl(0, 70%, 50%)", 0, 0, remote=True)
+        with pytest.raises(DocumentFull):
+            doc.join(user("alice"), 1)
+
+    def test_the_document_limit_answers_first(self) -> None:
+        doc = fresh(DocumentRules(max_users_per_document=1, max_sessions_per_user=1))
+        doc.join(user("alice"), 0)
+        with pytest.raises(DocumentFull, match="document is at capacity"):
+            doc.join(user("alice"), 1)
 
     def test_multi_tab_same_user_two_sids_same_color(self) -> None:
         doc = fresh()

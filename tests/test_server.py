@@ -145,3 +145,14 @@ async def test_allowed_origins_refuse_other_sites(relay_factory: Any, client_fac
         assert (await c.join(1, "d"))[0] == 33
     plain = await client_factory(r, "svc")  # no Origin header at all
     assert (await plain.join(1, "d"))[0] == 33
+
+
+async def test_one_user_cannot_fill_a_document(relay_factory: Any, client_factory: Any) -> None:
+    r = await relay_factory(max_sessions_per_user=2)
+    tabs = [await client_factory(r, "ann") for _ in range(3)]
+    assert (await tabs[0].join(1, "d"))[0] == 33
+    assert (await tabs[1].join(1, "d"))[0] == 33
+    err = await tabs[2].join(1, "d")
+    assert err[:3] == [35, 1, 5] and "2 sessions of one user" in err[3]
+    other = await client_factory(r, "bob")
+    assert (await other.join(1, "d"))[0] == 33

@@ -21,7 +21,7 @@ NEVER = 2**63 - 1
 
 
 class DocumentFull(Exception):
-    """The document already holds `max_users_per_document` sessions."""
+    """The document cannot take this session (ERROR 5); the message names the limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,7 @@ class DocumentRules:
     """The subset of the relay's configuration the core needs (all times in ms)."""
 
     max_users_per_document: int = 1000
+    max_sessions_per_user: int = 10
     typing_debounce_ms: int = 500
     activity_timeout_ms: int = 30_000
     away_after_ms: int = 300_000
@@ -101,8 +102,7 @@ class Document:
 
     def join(self, user: UserInfo, now_ms: int, sid: int | None = None) -> Session:
         """Add a session; queue its `joined` event. Raises DocumentFull at capacity."""
-        if len(self.sessions) >= self.rules.max_users_per_document:
-            raise DocumentFull(self.doc_id)
+        check_capacity(self.rules, self.sessions, user.user_id)
         if sid is None:
             sid = self.allocate_sid()
         else:
@@ -285,6 +285,24 @@ class Document:
             s.activity = activity
             self._queue(s.sid, (p.EV_ACTIVITY, s.sid, int(activity)))
         return deadline
+
+
+def check_capacity(rules: DocumentRules, sessions: dict[int, Any], user_id: str) -> None:
+    """Raise DocumentFull when the document, or this user's share of it, is full.
+
+    Mirrored sessions of other nodes count too, so the limits hold across the cluster (as
+    far as this node's view of it is current). Both twins call this on join (cold path).
+    """
+    if len(sessions) >= rules.max_users_per_document:
+        raise DocumentFull("document is at capacity")
+    limit = rules.max_sessions_per_user
+    if limit < rules.max_users_per_document:
+        n = 0
+        for s in sessions.values():
+            if s.user.user_id == user_id:
+                n += 1
+        if n >= limit:  # one user (or one leaked token) must not fill a document
+            raise DocumentFull(f"at most {limit} sessions of one user in a document")
 
 
 def cursor_event(s: Session) -> tuple[Any, ...]:

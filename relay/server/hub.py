@@ -272,8 +272,8 @@ class Hub:
             self.broker.subscribe(doc_id)
         try:
             session = doc.join(client.user, now)
-        except DocumentFull:  # (a new document is never full: max_users_per_document >= 1)
-            raise ProtocolError(p.DOCUMENT_AT_CAPACITY, "document is at capacity", h) from None
+        except DocumentFull as exc:  # (a new document is never full: both limits are >= 1)
+            raise ProtocolError(p.DOCUMENT_AT_CAPACITY, str(exc), h) from None
         self._admit(client, h, doc, session)
 
     def new_document(self, doc_id: str) -> Document:
