@@ -131,6 +131,23 @@ async def test_store_workspace_documents_counts_users(store: PresenceStore) -> N
     assert await store.ready()
 
 
+async def test_store_workspace_counts_only_that_workspaces_users(store: PresenceStore) -> None:
+    """A document with members of two workspaces (tokens grant documents, not workspaces):
+    each workspace counts its own users only (before, memory counted everyone)."""
+    store.session_changed("shared", session(1, "ann", ws="w1"))
+    store.session_changed("shared", session(2, "bob", ws="w2"))
+    store.session_changed("shared", session(3, "cy", ws="w2"))
+    store.session_changed("w2-only", session(1, "dee", ws="w2"))
+
+    async def w2() -> Any:
+        got = await store.workspace_documents("w2")
+        return got if len(got) == 2 else None
+
+    assert await eventually(w2) == {"shared": 2, "w2-only": 1}
+    assert await store.workspace_documents("w1") == {"shared": 1}
+    assert await store.workspace_documents("w3") == {}
+
+
 async def test_broker_delivers_to_other_nodes_not_self(broker_pair: tuple[Broker, Broker]) -> None:
     a, b = broker_pair
     got_a: list[tuple[str, bytes]] = []

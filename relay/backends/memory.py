@@ -37,8 +37,13 @@ class MemoryStore(PresenceStore):
     async def workspace_documents(self, workspace_id: str) -> dict[str, int]:
         out = {}
         for doc_id, sessions in self._docs.items():
-            if any(s.user.workspace_id == workspace_id for s in sessions.values()):
-                out[doc_id] = len({s.user.user_id for s in sessions.values()})
+            # Only this workspace's users: a document may hold members of several
+            # workspaces (tokens grant documents, not workspaces), and another workspace's
+            # people are none of this one's business.
+            users = {s.user.user_id for s in sessions.values()
+                     if s.user.workspace_id == workspace_id}
+            if users:
+                out[doc_id] = len(users)
         return out
 
 
