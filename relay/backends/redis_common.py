@@ -8,7 +8,8 @@ Keys (`<doc>` is the document id itself, no braces, exactly as the seed builds t
 - `presence:user:<user>`                 hash doc_id -> last_active ms (seed)
 - `presence:channel:<doc>`               pub/sub channel: node id, `|`, one BATCH frame (seed)
 - `materi:events:presence`               stream of joined / left (seed; name configurable)
-- `presence:<doc>:members`               hash sid -> msgpack [node, workspace, MEMBER, last_cursor]
+- `presence:<doc>:members`               hash sid -> msgpack
+                                         [node, workspace, MEMBER, last_cursor, written_at]
 - `presence:<doc>:sid`                   INCR counter allocating sids (unique across nodes)
 - `presence:node:<id>`                   a node's heartbeat (string with a TTL)
 - `presence:node:<id>:sessions`          set of "<sid>:<doc>" the node owns
@@ -25,6 +26,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -32,7 +34,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from relay.core.model import ActivityType, Session, UserInfo, member_from_wire
+from relay.core.model import ActivityType, Session, UserInfo
 
 # ---------------------------------------------------------------- keys
 
@@ -154,22 +156,41 @@ def user_presence_json(doc_id: str, s: Session) -> str:
     return json.dumps(user_presence(doc_id, s), separators=(",", ":"))
 
 
-def member_record(node_id: str, s: Session) -> bytes:
-    """The value in `presence:<doc>:members`: enough to rebuild the session elsewhere."""
+def member_record(node_id: str, s: Session, written_at_ms: int) -> bytes:
+    """The value in `presence:<doc>:members`: enough to rebuild the session elsewhere.
+
+    `written_at_ms` is the owner's wall clock when it read the live session (the clock its
+    BATCH `server_ms` come from): every event the owner batched at or before that time is
+    reflected in the record, so another node can tell whether its mirror, updated by those
+    BATCHes, or the record is the newer view of a field (see `Cluster.resync`).
+    """
     return msgpack.packb(
-        [node_id, s.user.workspace_id, s.member(), s.cursor_arrived_ms], use_bin_type=True
+        [node_id, s.user.workspace_id, s.member(), s.cursor_arrived_ms, written_at_ms],
+        use_bin_type=True,
     )
 
 
+@dataclass(slots=True, eq=False)
+class StoredSession(Session):
+    """A session rebuilt from a member record: also says when its owner wrote the record."""
+
+    written_at_ms: int = 0
+
+
+def _tuple(v: Any) -> Any:
+    return tuple(v) if v is not None else None
+
+
 class MemberRecord:
-    __slots__ = ("last_cursor", "member", "node_id", "workspace_id")
+    __slots__ = ("last_cursor", "member", "node_id", "workspace_id", "written_at")
 
     def __init__(self, node_id: str, workspace_id: str, member: list[Any], last_cursor: int,
-                 ) -> None:
+                 written_at: int = 0) -> None:
         self.node_id = node_id
         self.workspace_id = workspace_id
         self.member = member
         self.last_cursor = last_cursor
+        self.written_at = written_at  # 0: a record of the older 4-element format
 
     @property
     def sid(self) -> int:
@@ -187,16 +208,32 @@ class MemberRecord:
     def activity(self) -> ActivityType:
         return ActivityType(self.member[5])
 
-    def session(self) -> Session:
-        s = member_from_wire(self.member, self.workspace_id)
-        s.cursor_arrived_ms = self.last_cursor
-        return s
+    def session(self) -> StoredSession:
+        m = self.member
+        return StoredSession(
+            sid=m[0],
+            user=user_from_record(self),
+            color=m[4],
+            connected_at_ms=m[11],
+            last_active_ms=m[12],
+            activity=ActivityType(m[5]),
+            typing=m[6],
+            focused=m[7],
+            cursor=_tuple(m[8]),
+            selection=_tuple(m[9]),
+            viewport=_tuple(m[10]),
+            cursor_arrived_ms=self.last_cursor,
+            remote=True,
+            written_at_ms=self.written_at,
+        )
 
 
 def parse_member_record(raw: bytes) -> MemberRecord | None:
     try:
-        node_id, ws, member, last_cursor = msgpack.unpackb(raw, raw=False)
-        return MemberRecord(node_id, ws, member, last_cursor)
+        # Four elements: written by a node from before `written_at`. Elements past the fifth
+        # are ignored, so a later format can add some without blinding this reader.
+        node_id, ws, member, last_cursor, *rest = msgpack.unpackb(raw, raw=False)
+        return MemberRecord(node_id, ws, member, last_cursor, int(rest[0]) if rest else 0)
     except Exception:  # a foreign or corrupt value must not break a read
         return None
 

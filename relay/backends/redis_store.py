@@ -470,7 +470,9 @@ class RedisStore(PresenceStore):
                       announce: bool) -> None:
         nid = self.node_id
         uid = s.user.user_id
-        pipe.hset(k.members_key(doc_id), str(s.sid), k.member_record(nid, s))
+        # Stamped when read from the live session (not when Redis stores it): the record
+        # holds every change this node batched up to then (see Cluster.resync).
+        pipe.hset(k.members_key(doc_id), str(s.sid), k.member_record(nid, s, now_ms()))
         best = self._best_local(doc_id, uid) or s
         pipe.hset(k.users_key(doc_id), uid, k.user_presence_json(doc_id, best))
         pipe.hset(k.user_key(uid), doc_id, str(best.last_active_ms))

@@ -100,25 +100,6 @@ class UserPresenceSummary:
         return asdict(self)
 
 
-def member_from_wire(m: list[Any] | tuple[Any, ...], workspace_id: str = "default") -> Session:
-    """Rebuild a Session from a MEMBER array (snapshots received from other nodes)."""
-    user = UserInfo(user_id=m[1], name=m[2], workspace_id=workspace_id, avatar_url=m[3])
-    return Session(
-        sid=m[0],
-        user=user,
-        color=m[4],
-        activity=ActivityType(m[5]),
-        typing=m[6],
-        focused=m[7],
-        cursor=tuple(m[8]) if m[8] is not None else None,  # type: ignore[arg-type]
-        selection=tuple(m[9]) if m[9] is not None else None,  # type: ignore[arg-type]
-        viewport=tuple(m[10]) if m[10] is not None else None,  # type: ignore[arg-type]
-        connected_at_ms=m[11],
-        last_active_ms=m[12],
-        remote=True,
-    )
-
-
 def summarize(sessions: list[Session]) -> list[UserPresenceSummary]:
     """Distinct users, each with their most recently active session's presence."""
     by_user: dict[str, Session] = {}

@@ -11,7 +11,10 @@
   joiner's JOINED snapshot include members on other nodes.
 - Resync: after the pub/sub connection comes back (frames were lost meanwhile) and every
   `presence_ttl_seconds` as anti-entropy, each document's remote members are re-read from
-  the store; differences go to this node's members as a local-only BATCH.
+  the store; differences (joins, leaves, and the fields of members both sides know) go to
+  this node's members as a local-only BATCH. A field is taken from the store only when the
+  record is at least as new as the last BATCH the mirror applied to it (both times are the
+  owner's clock): the write-behind store may be older than the mirror, never the reverse.
 
 Redis down at a join: no remote snapshot and a fallback sid (see docs/redis.md).
 """
@@ -26,12 +29,12 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-from websockets.asyncio.connection import broadcast
 
 from relay.backends.base import FALLBACK_SID_BASE
 from relay.core import protocol as p
 from relay.core.model import ActivityType, UserInfo
 from relay.core.protocol import ProtocolError
+from relay.server.fanout import fan_out
 from relay.twin import Document, DocumentFull
 from relay.twin import Session as TwinSession
 
@@ -43,6 +46,16 @@ log = logging.getLogger("relay.cluster")
 RESYNC_GRACE_MS = 3000  # a mirrored session this young is not removed by a resync
 TOMBSTONE_MS = 60_000  # how long a `left` keeps a sid out of snapshot / resync merges
 SETTLE_RESYNCS = (0.15, 1.0)  # re-reads after a node opens a document (seconds apart)
+# Re-reads after the pub/sub connection comes back (seconds after it). A member that acted
+# during the gap and then stopped is in its record about a second later (the owner's
+# write-behind sweep): the 2 s read sees it, 4 s is the margin for a slow owner; later than
+# that, the periodic anti-entropy (every presence_ttl_seconds) repairs.
+RECONNECT_RESYNCS = (0.5, 2.0, 4.0)
+
+# A mirrored session's field groups: index into its stamps (Cluster.stamps), each the
+# owner's server_ms of the last BATCH (or record) that set the group.
+F_CURSOR, F_TYPING, F_VIEWPORT, F_FOCUS, F_ACTIVITY = range(5)
+N_FIELDS = 5
 
 
 class Cluster:
@@ -52,6 +65,8 @@ class Cluster:
         self.joining: dict[str, int] = {}
         self.seen: dict[str, dict[int, int]] = {}  # doc -> remote sid -> mirrored at (ms)
         self.tombstones: dict[str, dict[int, int]] = {}  # doc -> sid -> left at (ms)
+        # doc -> remote sid -> per field group, when its owner set it (see F_CURSOR, ...)
+        self.stamps: dict[str, dict[int, list[int]]] = {}
         self.stripe = zlib.crc32(hub.broker.node_id.encode()) & 0xFF
         self._fallback = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -86,6 +101,7 @@ class Cluster:
     def forget(self, doc_id: str) -> None:
         self.seen.pop(doc_id, None)
         self.tombstones.pop(doc_id, None)
+        self.stamps.pop(doc_id, None)
 
     # ------------------------------------------------------------ joins
 
@@ -143,6 +159,7 @@ class Cluster:
         hub.documents[doc_id] = doc
         hub.local[doc_id] = {}
         self.seen[doc_id] = {}
+        self.stamps[doc_id] = {}
         self.tombstones.setdefault(doc_id, {})
         # Subscribe first, then read: an event that races the read is either in the
         # snapshot or arrives on the channel (and a `left` leaves a tombstone).
@@ -184,6 +201,7 @@ class Cluster:
         """Add remote sessions (store records) not known yet; return their `joined` events."""
         local = self.hub.local.get(doc.doc_id, {})
         seen = self.seen.setdefault(doc.doc_id, {})
+        stamps = self.stamps.setdefault(doc.doc_id, {})
         tomb = self.tombstones.setdefault(doc.doc_id, {})
         events = []
         for s in sessions:
@@ -196,6 +214,8 @@ class Cluster:
             m = twin_session(s.member(), s.user.workspace_id, s.cursor_arrived_ms)
             doc.sessions[sid] = m
             seen[sid] = now
+            # Every field is as of the record (0 for an old-format record: any later one wins).
+            stamps[sid] = [getattr(s, "written_at_ms", 0)] * N_FIELDS
             events.append((p.EV_JOINED, m.member()))
         return events
 
@@ -215,6 +235,7 @@ class Cluster:
         local = self.hub.local.get(doc_id, {})
         sessions = doc.sessions
         seen = self.seen.setdefault(doc_id, {})
+        stamps = self.stamps.setdefault(doc_id, {})
         tomb = self.tombstones.setdefault(doc_id, {})
         for ev in events:
             try:
@@ -228,6 +249,7 @@ class Cluster:
                     ws = old.user.workspace_id if old is not None else self._workspace(doc)
                     sessions[sid] = twin_session(m, ws, ts)
                     seen[sid] = ts
+                    stamps[sid] = [ts] * N_FIELDS
                     tomb.pop(sid, None)
                     continue
                 sid = ev[1]
@@ -236,12 +258,16 @@ class Cluster:
                     if s is not None and s.remote:
                         del sessions[sid]
                     seen.pop(sid, None)
+                    stamps.pop(sid, None)
                     if sid not in local:
                         tomb[sid] = ts
                     continue
                 s = sessions.get(sid)
                 if s is None or not s.remote:
                     continue
+                st = stamps.get(sid)
+                if st is None:
+                    st = stamps[sid] = [0] * N_FIELDS
                 if code == p.EV_CURSOR:
                     if len(ev) == 2:
                         s.cursor = None
@@ -251,17 +277,22 @@ class Cluster:
                         s.selection = (ev[5], ev[6], ev[7], ev[8]) if len(ev) == 9 else None
                     s.cursor_arrived_ms = ts
                     s.last_active_ms = ts
+                    st[F_CURSOR] = ts
                 elif code == p.EV_TYPING:
                     s.typing = bool(ev[2])
                     if s.typing:
                         s.last_active_ms = ts
+                    st[F_TYPING] = ts
                 elif code == p.EV_VIEWPORT:
                     s.viewport = (ev[2], ev[3], float(ev[4]))
                     s.last_active_ms = ts
+                    st[F_VIEWPORT] = ts
                 elif code == p.EV_ACTIVITY:
                     s.activity = ActivityType(ev[2])
+                    st[F_ACTIVITY] = ts
                 elif code == p.EV_FOCUS:
                     s.focused = bool(ev[2])
+                    st[F_FOCUS] = ts
             except Exception:
                 continue  # one odd event must not stop the rest
         if len(tomb) > 1024:
@@ -280,7 +311,7 @@ class Cluster:
     def on_reconnect(self) -> None:
         """The pub/sub connection is (re)established: frames may have been lost."""
         if self.hub.documents:
-            for delay in (0.5, 2.0, 4.0):
+            for delay in RECONNECT_RESYNCS:
                 self._spawn(self._resync_later(delay))
 
     async def _resync_later(self, delay: float) -> None:
@@ -314,22 +345,87 @@ class Cluster:
         now = hub.clock()
         stored = {s.sid: s for s in records}
         seen = self.seen.setdefault(doc_id, {})
+        stamps = self.stamps.setdefault(doc_id, {})
         tomb = self.tombstones.setdefault(doc_id, {})
         events: list[tuple[Any, ...]] = []
         for sid, s in list(doc.sessions.items()):
-            if s.remote and sid not in stored and now - seen.get(sid, 0) > RESYNC_GRACE_MS:
+            if not s.remote:
+                continue
+            record = stored.get(sid)
+            if record is not None:
+                self._heal(s, record, stamps, events)
+            elif now - seen.get(sid, 0) > RESYNC_GRACE_MS:
                 del doc.sessions[sid]
                 seen.pop(sid, None)
+                stamps.pop(sid, None)
                 tomb[sid] = now
                 events.append((p.EV_LEFT, sid))
         events.extend(self._merge(doc, list(stored.values()), now))
         local = hub.local.get(doc_id)
         if events and local:
+            # Same path and rules as forwarded batches (Hub.on_remote_frame): one frame,
+            # counted, and a member past the send backlog is closed.
             frame = p.encode_batch(doc_id, now, events)
-            targets = [c.ws for c in local.values()]
-            broadcast(targets, frame)
-            hub.stats.frames_out += len(targets)
-            hub.stats.bytes_out += len(frame) * len(targets)
+            slow: list[Client] = []
+            sent = fan_out(local, None, frame, hub.config.max_send_backlog, slow)
+            hub.stats.frames_out += sent
+            hub.stats.bytes_out += len(frame) * sent
+            hub._close_slow(slow)
+
+    @staticmethod
+    def _heal(m: Any, record: Any, stamps: dict[int, list[int]],
+              events: list[tuple[Any, ...]]) -> None:
+        """Take from a store record the fields the mirror `m` has not seen a newer BATCH for.
+
+        `record.written_at_ms` and the stamps are both the owner's clock: a record written at
+        or after the last BATCH that set a field reflects that BATCH (or a later change, whose
+        BATCH was lost or is still to come). A field the mirror heard about after the record
+        was built stays: the owner's next write carries it and the next resync compares again.
+        """
+        sid = m.sid
+        written = getattr(record, "written_at_ms", 0)
+        st = stamps.get(sid)
+        if st is None:
+            st = stamps[sid] = [0] * N_FIELDS
+        healed = False
+        cursor = record.cursor
+        selection = record.selection if cursor is not None else None
+        if written >= st[F_CURSOR] and (cursor, selection) != (m.cursor, m.selection):
+            m.cursor = cursor
+            m.selection = selection
+            m.cursor_arrived_ms = record.cursor_arrived_ms or written
+            st[F_CURSOR] = written
+            if cursor is None:
+                events.append((p.EV_CURSOR, sid))
+            elif selection is None:
+                events.append((p.EV_CURSOR, sid, *cursor))
+            else:
+                events.append((p.EV_CURSOR, sid, *cursor, *selection))
+            healed = True
+        if written >= st[F_TYPING] and bool(record.typing) != m.typing:
+            m.typing = bool(record.typing)
+            st[F_TYPING] = written
+            events.append((p.EV_TYPING, sid, m.typing))
+            healed = True
+        # No event clears a viewport (a client cannot either): a record without one is older.
+        vp = record.viewport
+        if vp is not None and written >= st[F_VIEWPORT] and vp != m.viewport:
+            m.viewport = (vp[0], vp[1], float(vp[2]))
+            st[F_VIEWPORT] = written
+            events.append((p.EV_VIEWPORT, sid, vp[0], vp[1], float(vp[2])))
+            healed = True
+        if written >= st[F_FOCUS] and bool(record.focused) != m.focused:
+            m.focused = bool(record.focused)
+            st[F_FOCUS] = written
+            events.append((p.EV_FOCUS, sid, m.focused))
+            healed = True
+        if written >= st[F_ACTIVITY] and int(record.activity) != int(m.activity):
+            m.activity = ActivityType(record.activity)
+            st[F_ACTIVITY] = written
+            events.append((p.EV_ACTIVITY, sid, int(m.activity)))
+            healed = True
+        if healed and record.last_active_ms > m.last_active_ms:
+            m.last_active_ms = record.last_active_ms
 
 
 def twin_session(m: Any, workspace_id: str, cursor_ms: int = 0) -> Any:
