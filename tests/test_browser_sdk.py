@@ -160,7 +160,7 @@ def ws_url(relay: Relay) -> str:
     return f"ws://127.0.0.1:{relay.port}/ws"
 
 
-async def run(page: Page, scenario: str, arg: str) -> Any:
+async def run(page: Page, scenario: str, arg: Any) -> Any:
     return await page.evaluate(f"window.scenarios.{scenario}({json.dumps(arg)})")
 
 
@@ -202,6 +202,24 @@ async def test_refusals_reach_the_caller(page: Page, relay_factory: Any) -> None
     seen = await run(page, "refusals", ws_url(r))
     assert seen["second"] == {"name": "RelayError", "code": 9, "isRelayError": True}
     assert seen["badHello"] == {"name": "ConnectionClosedError", "code": 4401}
+
+
+async def test_token_provider_renews_at_expiry(page: Page, relay_factory: Any) -> None:
+    """The relay closes a connection at its token's exp; with a token provider (here minting
+    2-second HS256 tokens in the page) the client reconnects at once with a fresh token and
+    rejoins; a refused fresh token is fatal; a provider that throws fails connect()."""
+    secret = "browser-test-secret-0123456789abcdef"  # the relay wants 32+ bytes
+    r = await relay_factory(batch_ms=20, jwt_secret=secret)
+    seen = await run(page, "tokenRenewal", {"url": ws_url(r), "secret": secret, "ttlMs": 2000})
+    assert seen["events"] == ["disconnected 4401 token expired", "reconnected", "resynced"]
+    assert seen["annCalls"] >= 2 and seen["newConnection"] and seen["user"] == "ann"
+    assert seen["renewedAfterMs"] < 1500, seen  # at once, not after the 30 s backoff
+    assert seen["bobSeesCursor"] == {"line": 7, "col": 8, "off": 9}
+    assert seen["cyClosed"]["code"] == 4401
+    assert seen["cyClosed"]["reason"].startswith("invalid token"), seen["cyClosed"]
+    assert seen["cyCalls"] == 2 and seen["cyClosedFlag"] is True
+    assert seen["brokenProvider"] == {"name": "TokenProviderError", "cause": "token service down",
+                                      "message": "token provider failed: Error"}
 
 
 def has_integral_float(value: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.typing import Subprotocol
 
 from relay.client import (
+    FATAL_CLOSE_CODES,
     Activity,
     ActivityState,
     Connection,
@@ -559,7 +561,7 @@ async def test_batches_are_applied_idempotently() -> None:
         assert c.errors[1] == ErrorEvent(7, "bad value", doc.handle)
 
 
-@pytest.mark.parametrize("code", [4400, 4401, 4429])
+@pytest.mark.parametrize("code", [1002, 1007, 1009, 4400, 4401, 4429])
 async def test_fatal_close_codes_do_not_reconnect(code: int) -> None:
     async def script(ws: ServerConnection, n: int) -> None:
         await relay.handshake(ws, n)
@@ -578,6 +580,63 @@ async def test_fatal_close_codes_do_not_reconnect(code: int) -> None:
         await asyncio.sleep(0.1)
         assert relay.connections == 1
         assert conn.closed and not doc.joined
+        await conn.close()
+
+
+def test_fatal_close_codes_match_the_browser_sdk() -> None:
+    source = (ROOT / "sdk/browser/presence.js").read_text()
+    found = re.search(r"const FATAL_CLOSES = new Set\(\[([0-9, ]+)\]\)", source)
+    assert found is not None, "FATAL_CLOSES not found in presence.js"
+    browser = {int(code) for code in found.group(1).split(",")}
+    assert browser == set(FATAL_CLOSE_CODES) == {1002, 1007, 1009, 4400, 4401, 4429}
+
+
+async def test_a_token_provider_signs_every_hello() -> None:
+    """With a provider, 4401 "token expired" after WELCOME reconnects (with the next token)
+    and rejoins; the relay's real expiry is tested in test_client_tokens.py."""
+
+    async def script(ws: ServerConnection, n: int) -> None:
+        await relay.handshake(ws, n)
+        await relay.joined(ws, n, n + 1, [])
+        if n == 0:
+            await ws.close(4401, "token expired")
+            return
+        await ws.wait_closed()
+
+    tokens = iter(["t-0", "t-1", "t-2"])
+    async with (
+        ScriptedRelay(script) as relay,
+        connect(relay.url, token=lambda: next(tokens), proxy=None) as conn,
+    ):
+        doc = await conn.join("d1")
+        assert await doc.next_event(TIMEOUT) == Resynced(2, 1)
+        assert conn.reconnects == 1 and conn.last_close == (4401, "token expired")
+    assert [frames[0] for frames in relay.received] == [
+        [1, 1, "t-0", {"sdk": "py/0.1.0"}], [1, 1, "t-1", {"sdk": "py/0.1.0"}]
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("reason", ["invalid token: InvalidSignatureError", "bye", ""])
+async def test_other_4401_closes_are_fatal_even_with_a_provider(reason: str) -> None:
+    async def script(ws: ServerConnection, n: int) -> None:
+        await relay.handshake(ws, n)
+        await relay.joined(ws, n, 1, [])
+        await ws.close(4401, reason)
+
+    calls: list[int] = []
+
+    async def provider() -> str:
+        calls.append(1)
+        return "t"
+
+    async with ScriptedRelay(script) as relay:
+        conn = await connect(relay.url, token=provider, proxy=None, backoff_base=0.01)
+        doc = await conn.join("d1")
+        with pytest.raises(ConnectionClosedError) as info:
+            await doc.next_event(TIMEOUT)
+        assert (info.value.code, info.value.reason) == (4401, reason)
+        await asyncio.sleep(0.1)
+        assert relay.connections == 1 and len(calls) == 1
         await conn.close()
 
 

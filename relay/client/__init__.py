@@ -8,11 +8,16 @@
         async for event in doc.events():
             ...
 
+Against a relay with a JWT secret pass ``token=``: a string, or a token provider (a
+callable, sync or async, returning a fresh token) that is called before every HELLO, so
+that reconnects, including the one after the relay ends a connection at the token's
+``exp``, use a new token. See `Connection`.
+
 Only `relay.core.protocol` is imported from the relay package: the SDK carries no server
 code.
 """
 
-from .connection import FATAL_CLOSE_CODES, SDK_VERSION, Connection, connect
+from .connection import FATAL_CLOSE_CODES, SDK_VERSION, Connection, TokenProvider, connect
 from .document import (
     Activity,
     ActivityState,
@@ -28,6 +33,7 @@ from .document import (
     RelayClientError,
     RelayError,
     Resynced,
+    TokenProviderError,
     Typing,
     Viewport,
 )
@@ -52,6 +58,8 @@ __all__ = [
     "RelayError",
     "Resynced",
     "Throttle",
+    "TokenProvider",
+    "TokenProviderError",
     "Typing",
     "Viewport",
     "connect",

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeAlias
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
@@ -24,6 +25,7 @@ from relay.core.protocol import (
     BATCH,
     CLOSE_PROTOCOL,
     CLOSE_RATE_LIMIT,
+    CLOSE_TOO_BIG,
     CLOSE_UNAUTHENTICATED,
     ERROR,
     HELLO,
@@ -41,18 +43,45 @@ from relay.core.protocol import (
     unpack,
 )
 
-from .document import ConnectionClosedError, Document, ErrorEvent, RelayClientError, RelayError
+from .document import (
+    ConnectionClosedError,
+    Document,
+    ErrorEvent,
+    RelayClientError,
+    RelayError,
+    TokenProviderError,
+)
 
-__all__ = ["FATAL_CLOSE_CODES", "SDK_VERSION", "Connection", "connect"]
+__all__ = ["FATAL_CLOSE_CODES", "SDK_VERSION", "Connection", "TokenProvider", "connect"]
 
 log = logging.getLogger("relay.client")
 
 SDK_VERSION = "py/0.1.0"
-FATAL_CLOSE_CODES = frozenset({CLOSE_PROTOCOL, CLOSE_UNAUTHENTICATED, CLOSE_RATE_LIMIT})
-"""Close codes after which the SDK does not reconnect (4400, 4401, 4429)."""
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+FATAL_CLOSE_CODES = frozenset({
+    CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA, CLOSE_TOO_BIG,
+    CLOSE_PROTOCOL, CLOSE_UNAUTHENTICATED, CLOSE_RATE_LIMIT,
+})  # fmt: skip
+"""Close codes after which the SDK does not reconnect, because the same client would only
+be closed again: a WebSocket protocol violation (1002, 1007 invalid UTF-8, 1009 too big),
+4400 (relay protocol violation), 4401 (unauthenticated) and 4429 (rate-limit abuse). The
+browser SDK (sdk/browser/presence.js, FATAL_CLOSES) uses the same set. One exception: with a
+token provider, 4401 "token expired" on a connection that had been welcomed is the relay
+ending it at the token's `exp`, and the SDK reconnects with a fresh token."""
+TOKEN_EXPIRED = "token expired"
+"""The close reason of 4401 when the relay ends a connection at its token's `exp`."""
 ABNORMAL_CLOSURE = 1006
 STABLE_AFTER_S = 5.0
 """A connection that lived this long resets the reconnect backoff."""
+RENEW_AT_ONCE_AFTER_S = 1.0
+"""A connection ended at its token's `exp` after living at least this long reconnects at
+once; a shorter one goes through the backoff, so a provider that hands out tokens about to
+expire cannot make the SDK reconnect in a tight loop."""
+
+TokenProvider: TypeAlias = Callable[[], str | Awaitable[str]]
+"""A callable taking no arguments that returns a token, or an awaitable of one (an ``async
+def`` works). Called before every HELLO: the first connect and every reconnect."""
 
 
 @dataclass(slots=True)
@@ -66,7 +95,7 @@ class _Session:
 
 def connect(
     url: str,
-    token: str | None = None,
+    token: str | TokenProvider | None = None,
     user_id: str | None = None,
     name: str | None = None,
     avatar: str | None = None,
@@ -78,7 +107,8 @@ def connect(
 
     Use as ``async with connect(...) as conn:`` or ``conn = await connect(...)`` (then
     ``await conn.close()``). With a `token` the identity comes from the token; without one
-    the relay must allow anonymous use and `user_id`/`name` identify the user. See
+    the relay must allow anonymous use and `user_id`/`name` identify the user. `token` is a
+    string or a `TokenProvider` (called for a fresh token before every HELLO). See
     `Connection` for the other options.
     """
     return Connection(
@@ -92,16 +122,26 @@ class Connection:
     After the handshake: `user` and `settings` (the WELCOME maps) and `connection_id`.
     `join()` opens documents, `ping()` measures the round trip, `errors` collects ERROR
     frames that belong to no call. With `reconnect=True` an unexpected close (anything but
-    a close asked for by `close()` and the fatal codes 4400/4401/4429) reconnects with
-    jittered exponential backoff, re-runs HELLO and rejoins every open document with the
-    same handles; each document then emits `Resynced`.
+    a close asked for by `close()` and the `FATAL_CLOSE_CODES` 1002/1007/1009/4400/4401/4429)
+    reconnects with jittered exponential backoff, re-runs HELLO and rejoins every open
+    document with the same handles; each document then emits `Resynced`.
+
+    `token` is a string, or a token provider: a callable with no arguments returning a
+    token or an awaitable of one, called before every HELLO, so that reconnects use a fresh
+    token. The relay ends a connection at its token's `exp` (close 4401 "token expired");
+    with a provider that is not fatal: the SDK reconnects at once with a new token and
+    rejoins. A HELLO refused with 4401 stays fatal (a fresh token did not help), as does
+    every 4401 with a string token. A provider that raises (or takes longer than
+    `open_timeout`) counts as a failed reconnect attempt; on the first connect `start()`
+    raises `TokenProviderError`. A sync provider runs on the event loop: keep it quick, or
+    make it ``async``. Tokens are never logged.
     """
 
     def __init__(
         self,
         url: str,
         *,
-        token: str | None = None,
+        token: str | TokenProvider | None = None,
         user_id: str | None = None,
         name: str | None = None,
         avatar: str | None = None,
@@ -126,6 +166,8 @@ class Connection:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_reconnect_attempts = max_reconnect_attempts
+        if token is not None and not isinstance(token, str) and not callable(token):
+            raise TypeError("token must be a string or a callable returning one")
         self._token = token
         if token is not None:
             self._info: dict[str, Any] = {"sdk": sdk}
@@ -176,8 +218,9 @@ class Connection:
 
     async def start(self) -> Connection:
         """Connect and complete HELLO/WELCOME. Raises on failure (no retry the first time):
-        `ConnectionClosedError` if the relay closed the connection, or the `OSError` /
-        `websockets` exception of the failed handshake."""
+        `ConnectionClosedError` if the relay closed the connection, `TokenProviderError` if
+        the token provider failed, or the `OSError` / `websockets` exception of the failed
+        handshake."""
         if self._supervisor is not None:
             raise RelayClientError("already started")
         self._loop = asyncio.get_running_loop()
@@ -330,7 +373,29 @@ class Connection:
 
     # ------------------------------------------------------------------ sessions
 
+    async def _next_token(self) -> str | None:
+        """The token for the next HELLO: the string, or a fresh one from the provider."""
+        source = self._token
+        if source is None or isinstance(source, str):
+            return source
+        try:
+            # Bounded: a provider that hangs (a token service down) must not stall the
+            # reconnect loop forever; it then counts as one failed attempt.
+            async with asyncio.timeout(self.open_timeout):
+                result = source()
+                token: object = await result if inspect.isawaitable(result) else result
+        except Exception as exc:  # not BaseException: close() cancels us mid-call
+            # The type only: the provider's message may quote a credential or a token.
+            raise TokenProviderError(f"token provider failed: {type(exc).__name__}") from exc
+        if not isinstance(token, str) or not token:
+            raise TokenProviderError(
+                f"token provider returned {type(token).__name__}, not a non-empty string"
+            )
+        return token
+
     async def _open_session(self) -> _Session:
+        # The token first, before the socket: the relay gives HELLO only auth_timeout_ms.
+        token = await self._next_token()
         ws = await ws_connect(
             self.url,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
@@ -338,7 +403,7 @@ class Connection:
             **self._ws_options,
         )
         try:
-            await ws.send(pack([HELLO, VERSION, self._token, self._info]))
+            await ws.send(pack([HELLO, VERSION, token, self._info]))
             async with asyncio.timeout(self.open_timeout):
                 while True:
                     data = await ws.recv()
@@ -402,15 +467,22 @@ class Connection:
                 if self._closing:
                     return
                 err = ConnectionClosedError(code, reason)
-                if code in FATAL_CLOSE_CODES or not self.reconnect:
+                renew = self._renews(code, reason)
+                if not self.reconnect or (code in FATAL_CLOSE_CODES and not renew):
                     self._shutdown(err)
                     return
-                log.info("connection lost (%s %s); reconnecting", code, reason)
-                if self._loop.time() - opened_at >= STABLE_AFTER_S:
+                lived = self._loop.time() - opened_at
+                if renew:
+                    log.info("token expired; reconnecting with a fresh token")
+                else:
+                    log.info("connection lost (%s %s); reconnecting", code, reason)
+                if lived >= STABLE_AFTER_S:
                     self._backoff_attempt = 0  # it was a healthy connection: start over
                 self._suspend()
                 try:
-                    session = await self._reconnect_loop(err)
+                    session = await self._reconnect_loop(
+                        err, at_once=renew and lived >= RENEW_AT_ONCE_AFTER_S
+                    )
                 except ConnectionClosedError as exc:
                     self._shutdown(exc)
                     return
@@ -428,6 +500,17 @@ class Connection:
             if self._closing:
                 self._shutdown(None)
 
+    def _renews(self, code: int, reason: str) -> bool:
+        """True for the relay ending a welcomed connection at its token's `exp`, when a
+        provider can give a fresh token. (A refused HELLO never gets here: it fails in
+        `_open_session`, and 4401 there is fatal.)"""
+        return (
+            code == CLOSE_UNAUTHENTICATED
+            and reason == TOKEN_EXPIRED
+            and self._token is not None
+            and not isinstance(self._token, str)
+        )
+
     async def _read(self, session: _Session) -> tuple[int, str]:
         ws = session.ws
         while True:
@@ -440,34 +523,49 @@ class Connection:
             except Exception:  # a bug or a malformed frame must not kill the reader
                 log.exception("error while handling a frame from the relay")
 
-    async def _reconnect_loop(self, last: ConnectionClosedError) -> _Session:
+    async def _reconnect_loop(
+        self, last: ConnectionClosedError, *, at_once: bool = False
+    ) -> _Session:
         """Full-jitter exponential backoff. The attempt count carries over when the previous
         connection died young, so a relay that accepts and then drops at once is not
-        hammered."""
+        hammered. `at_once`: the first attempt goes without delay (the token expired; the
+        relay is fine, and the user should not see a gap)."""
         attempt = 0
+        cause: BaseException | None = None
         while True:
-            n = min(self._backoff_attempt, 32)
-            delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**n))
-            self._backoff_attempt += 1
+            if at_once and attempt == 0:
+                delay = 0.0  # not a backoff step: the counter is left alone
+            else:
+                n = min(self._backoff_attempt, 32)
+                delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**n))
+                self._backoff_attempt += 1
             await asyncio.sleep(delay)
             if self._closing:
                 raise asyncio.CancelledError
             try:
                 return await self._open_session()
+            except TokenProviderError as exc:
+                # Like a failed attempt: back off and ask the provider again. The message
+                # names the exception's type only, never a token.
+                log.warning("reconnect attempt failed: %s", exc)
+                last, cause = ConnectionClosedError(last.code, str(exc)), exc
             except ConnectionClosedError as exc:
                 if exc.code in FATAL_CLOSE_CODES:
-                    raise
-                last = exc
+                    raise  # 4401 included: a fresh token was refused, another will not help
+                last, cause = exc, None
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if 400 <= status < 500 and status not in (408, 429):
                     raise ConnectionClosedError(None, f"handshake refused: HTTP {status}") from exc
-                last = ConnectionClosedError(None, f"handshake failed: HTTP {status}")
+                last, cause = ConnectionClosedError(None, f"handshake failed: HTTP {status}"), exc
             except (OSError, TimeoutError, WebSocketException) as exc:
                 last = ConnectionClosedError(last.code, f"reconnect failed: {exc!r}")
+                cause = exc
             attempt += 1
             if self.max_reconnect_attempts is not None and attempt >= self.max_reconnect_attempts:
-                raise ConnectionClosedError(last.code, f"gave up reconnecting: {last.reason}")
+                raise ConnectionClosedError(
+                    last.code, f"gave up reconnecting: {last.reason}"
+                ) from cause
 
     def _suspend(self) -> None:
         for doc in self.documents.values():

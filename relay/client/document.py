@@ -45,6 +45,7 @@ __all__ = [
     "RelayClientError",
     "RelayError",
     "Resynced",
+    "TokenProviderError",
     "Typing",
     "Viewport",
 ]
@@ -85,6 +86,12 @@ class ConnectionClosedError(RelayClientError):
         super().__init__(f"connection closed: {code} {reason}".rstrip())
         self.code = code
         self.reason = reason
+
+
+class TokenProviderError(RelayClientError):
+    """The token provider raised, timed out or returned something other than a non-empty
+    string. The message names only the exception's type (a provider's own message may quote
+    a credential); the provider's exception is the `__cause__`."""
 
 
 # ---------------------------------------------------------------------------- members

@@ -14,6 +14,10 @@
 // resynced {members} (after a reconnect), error {code, message}. Events of the document's
 // own sid update `doc.me` but are not dispatched. On the client: disconnected {code, reason},
 // reconnected, error {code, message}, closed {code, reason}.
+//
+// Against a relay with a JWT secret pass `token`: a string, or a token provider, a function
+// returning a token or a Promise of one, called before every HELLO so that reconnects use a
+// fresh token: `connect(url, { token: () => fetch('/presence-token').then((r) => r.text()) })`.
 
 import { decode, encode } from './msgpack.js';
 
@@ -30,8 +34,20 @@ const EV_ACTIVITY = 6, EV_FOCUS = 7;
 export const Activity = Object.freeze({ EDITING: 0, VIEWING: 1, SELECTING: 2, IDLE: 3, AWAY: 4 });
 export const ACTIVITY_NAMES = Object.freeze(['Editing', 'Viewing', 'Selecting', 'Idle', 'Away']);
 
-// Close codes after which reconnecting cannot help (bad token, protocol violation).
-const FATAL_CLOSES = new Set([1002, 1003, 1007, 1009, 4400, 4401]);
+// Close codes after which reconnecting cannot help, because the same client would only be
+// closed again: a WebSocket protocol violation (1002, 1007 invalid UTF-8, 1009 too big), 4400
+// (relay protocol violation), 4401 (unauthenticated), 4429 (rate-limit abuse). The Python SDK
+// (relay/client/connection.py, FATAL_CLOSE_CODES) uses the same set. One exception: with a
+// token provider, 4401 "token expired" on a connection that had been welcomed is the relay
+// ending it at the token's `exp`, and the client reconnects at once with a fresh token (a
+// HELLO refused with 4401 stays fatal: a fresh token did not help).
+const FATAL_CLOSES = new Set([1002, 1007, 1009, 4400, 4401, 4429]);
+const CLOSE_UNAUTHENTICATED = 4401;
+const TOKEN_EXPIRED = 'token expired';
+// A connection ended at its token's `exp` after living at least this long reconnects at
+// once; a shorter one goes through the backoff, so a provider that hands out tokens about to
+// expire cannot make the client reconnect in a tight loop.
+const RENEW_AT_ONCE_AFTER_MS = 1000;
 
 export class RelayError extends Error {
   constructor(code, message, handle = null) {
@@ -40,6 +56,15 @@ export class RelayError extends Error {
     this.code = code;
     this.relayMessage = message;
     this.handle = handle;
+  }
+}
+
+/** The token provider threw, timed out or gave no string; the original error is `cause`. */
+export class TokenProviderError extends Error {
+  constructor(cause) {
+    // The error's name only: a provider's own message may quote a credential or a token.
+    super(`token provider failed: ${cause?.name ?? typeof cause}`, { cause });
+    this.name = 'TokenProviderError';
   }
 }
 
@@ -264,14 +289,25 @@ export class PresenceDocument extends EventTarget {
   }
 }
 
-/** One connection to the relay; reconnects (and rejoins its documents) unless closed. */
+/**
+ * One connection to the relay; reconnects (and rejoins its documents) unless closed, or
+ * closed with one of FATAL_CLOSES.
+ *
+ * Options: `token` (a string, or a function returning a string or a Promise of one, called
+ * before every HELLO; with such a provider the relay ending the connection at the token's
+ * `exp` is not fatal: the client reconnects at once with a fresh token and rejoins; a
+ * provider that throws, rejects or takes longer than `tokenTimeoutMs` is a failed attempt:
+ * an `error` event, then the backoff), or `userId`/`name`/`avatar` for an anonymous relay;
+ * `reconnect`, `backoffMs`, `maxBackoffMs`, `tokenTimeoutMs`, `WebSocket`.
+ */
 export class PresenceClient extends EventTarget {
   constructor(url, options = {}) {
     super();
     this.url = url;
     this.options = {
       token: null, userId: null, name: null, avatar: null, reconnect: true,
-      backoffMs: 250, maxBackoffMs: 5000, WebSocket: globalThis.WebSocket, ...options,
+      backoffMs: 250, maxBackoffMs: 5000, tokenTimeoutMs: 10000,
+      WebSocket: globalThis.WebSocket, ...options,
     };
     this.ws = null;
     this.welcome = null;
@@ -341,19 +377,82 @@ export class PresenceClient extends EventTarget {
 
   // ---------------------------------------------------------------- the socket
 
+  get #hasProvider() {
+    return typeof this.options.token === 'function';
+  }
+
+  // `resolve`/`reject` are start()'s (the first connect); null for a reconnect.
   #open(resolve, reject) {
+    if (!this.#hasProvider) {
+      this.#openSocket(this.options.token, resolve, reject);
+      return;
+    }
+    // The token first, before the socket: the relay gives HELLO only auth_timeout_ms.
+    this.#nextToken().then((token) => {
+      if (this.closing) {
+        if (reject) reject(new ConnectionClosedError(1000, 'closed'));
+        return;
+      }
+      this.#openSocket(token, resolve, reject);
+    }, (err) => {
+      const failure = new TokenProviderError(err);
+      if (reject) { // the first connect: no retry, the caller decides
+        this.closed = true;
+        reject(failure);
+        return;
+      }
+      if (this.closing) return;
+      this.#emit('error', { code: null, message: failure.message });
+      this.#retry(false);
+    });
+  }
+
+  async #nextToken() {
+    let timer;
+    const timeout = new Promise((_, rej) => {
+      // Bounded: a token service that never answers must not stall reconnecting forever.
+      timer = setTimeout(() => rej(new DOMException('token provider timed out', 'TimeoutError')),
+        this.options.tokenTimeoutMs);
+    });
+    let token;
+    try {
+      token = await Promise.race([Promise.resolve().then(() => this.options.token()), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (typeof token !== 'string' || token === '') {
+      throw new TypeError('the token provider returned no token string');
+    }
+    return token;
+  }
+
+  // Exponential backoff with jitter (0.5x-1.5x): after a relay restart, thousands of clients
+  // must not all come back in the same millisecond. `atOnce` skips it (and leaves the attempt
+  // count alone): a token that expired is no reason to wait.
+  #retry(atOnce) {
+    let delay = 0;
+    if (!atOnce) {
+      const base = Math.min(this.options.maxBackoffMs, this.options.backoffMs * 2 ** this.attempt);
+      delay = base * (0.5 + Math.random());
+      this.attempt += 1;
+    }
+    setTimeout(() => { if (!this.closing) this.#open(null, null); }, delay);
+  }
+
+  #openSocket(token, resolve, reject) {
     const ws = new this.options.WebSocket(this.url, PROTOCOL);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
     this.welcome = null;
-    let settled = false;
+    let settled = false; // WELCOME came: this socket's HELLO succeeded
+    let welcomedAt = 0;
     ws.onopen = () => {
       const o = this.options;
       const info = { sdk: SDK };
       if (o.userId !== null) info.user_id = o.userId;
       if (o.name !== null) info.name = o.name;
       if (o.avatar !== null) info.avatar = o.avatar;
-      ws.send(encode([HELLO, 1, o.token, info]));
+      ws.send(encode([HELLO, 1, token, info]));
     };
     ws.onmessage = (event) => {
       let frame;
@@ -365,6 +464,7 @@ export class PresenceClient extends EventTarget {
       }
       if (frame[0] === WELCOME && !settled) {
         settled = true;
+        welcomedAt = performance.now();
         this.attempt = 0;
         this.welcome = { connectionId: frame[2], user: frame[3], serverMs: frame[4] };
         this.settings = frame[5];
@@ -375,8 +475,11 @@ export class PresenceClient extends EventTarget {
     };
     ws.onclose = (event) => {
       this.ws = null;
+      // The relay ended a welcomed connection at its token's `exp`: a provider can renew it.
+      const renew = settled && this.#hasProvider && event.code === CLOSE_UNAUTHENTICATED
+        && event.reason === TOKEN_EXPIRED;
       const reconnect = this.options.reconnect && !this.closing
-        && !FATAL_CLOSES.has(event.code) && (settled || !resolve);
+        && (renew || !FATAL_CLOSES.has(event.code)) && (settled || !resolve);
       const gone = new ConnectionClosedError(event.code, event.reason);
       for (const { reject: rj } of this.pendingJoins.values()) if (rj) rj(gone);
       this.pendingJoins.clear();
@@ -388,12 +491,7 @@ export class PresenceClient extends EventTarget {
       }
       if (reconnect) {
         this.#emit('disconnected', { code: event.code, reason: event.reason });
-        // Exponential backoff with jitter (0.5x-1.5x): after a relay restart, thousands of
-        // clients must not all come back in the same millisecond.
-        const base = Math.min(this.options.maxBackoffMs, this.options.backoffMs * 2 ** this.attempt);
-        const delay = base * (0.5 + Math.random());
-        this.attempt += 1;
-        setTimeout(() => { if (!this.closing) this.#open(null, null); }, delay);
+        this.#retry(renew && performance.now() - welcomedAt >= RENEW_AT_ONCE_AFTER_MS);
         return;
       }
       this.closed = true;
@@ -464,7 +562,11 @@ export class PresenceClient extends EventTarget {
   }
 }
 
-/** Connect and say HELLO: resolves with the client once WELCOME arrived. */
+/**
+ * Connect and say HELLO: resolves with the client once WELCOME arrived; rejects with
+ * ConnectionClosedError when the relay refuses (4401: bad token), TokenProviderError when
+ * the token provider fails. Options: see PresenceClient (`token` may be a provider).
+ */
 export function connect(url, options = {}) {
   return new PresenceClient(url, options).start();
 }

@@ -162,6 +162,85 @@ async function refusals(url) {
   return seen;
 }
 
+// An HS256 JWT minted in the page (WebCrypto; 127.0.0.1 is a secure context), the way the
+// relay's tokens are: a test stand-in for the application's token endpoint.
+function base64url(bytes) {
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_')
+    .replace(/=+$/, '');
+}
+
+async function mintToken(secret, claims) {
+  const utf8 = (s) => new TextEncoder().encode(s);
+  const input = `${base64url(utf8(JSON.stringify({ alg: 'HS256', typ: 'JWT' })))}.`
+    + base64url(utf8(JSON.stringify(claims)));
+  const key = await crypto.subtle.importKey('raw', utf8(secret), { name: 'HMAC', hash: 'SHA-256' },
+    false, ['sign']);
+  const signature = new Uint8Array(await crypto.subtle.sign('HMAC', key, utf8(input)));
+  return `${input}.${base64url(signature)}`;
+}
+
+async function tokenRenewal({ url, secret, ttlMs }) {
+  // Ann's provider mints a token that lives ttlMs at every call: the relay closes her
+  // connection at its exp (4401 "token expired"), and the client must come back at once with
+  // a fresh one. Cy's provider gives a bad token (another secret) on its second call: that
+  // refused HELLO is fatal, and the provider is not asked again. Both expire in the same
+  // window, so the scenario takes one ttl.
+  const claims = (sub, lifeMs) => ({ sub, name: sub[0].toUpperCase() + sub.slice(1), ws: 'acme',
+    docs: ['*'], exp: (Date.now() + lifeMs) / 1000 });
+  const annCalls = [], cyCalls = [];
+  const annToken = () => {
+    const c = claims('ann', ttlMs);
+    annCalls.push({ at: Date.now(), exp: c.exp * 1000 });
+    return mintToken(secret, c); // a Promise of the token
+  };
+  const cyToken = () => {
+    cyCalls.push(Date.now());
+    return cyCalls.length === 1 ? mintToken(secret, claims('cy', ttlMs))
+      : mintToken(`not-${secret}`, claims('cy', 600000));
+  };
+  // A backoff of 30 s: the reconnect after an expiry must not wait for it.
+  const a = await connect(url, { token: annToken, backoffMs: 30000, maxBackoffMs: 30000 });
+  const b = await connect(url, { token: await mintToken(secret, claims('bob', 600000)) });
+  const c = await connect(url, { token: cyToken, backoffMs: 50 });
+  const da = await a.join('doc-tokens');
+  const db = await b.join('doc-tokens');
+  await c.join('doc-tokens');
+  const firstConnection = a.welcome.connectionId;
+  const events = [];
+  a.addEventListener('disconnected', (e) => events.push(`disconnected ${e.detail.code} ${e.detail.reason}`));
+  a.addEventListener('reconnected', () => events.push('reconnected'));
+  da.addEventListener('resynced', () => events.push('resynced'));
+  const cyClosed = new Promise((resolve) => c.addEventListener('closed', (e) => resolve(e.detail)));
+  await until(() => events.includes('resynced'), 'ann rejoined with a fresh token', 15000);
+  const seen = {
+    events: events.slice(0, 3),
+    annCalls: annCalls.length,
+    // How long after the first token's exp the client asked for the second one.
+    renewedAfterMs: annCalls[1].at - annCalls[0].exp,
+    newConnection: a.welcome.connectionId !== firstConnection,
+    user: a.welcome.user.id,
+  };
+  // The rejoined document works: bob sees a cursor moved now.
+  da.moveCursor(7, 8, 9);
+  await until(() => [...db.members.values()].some((m) => m.userId === 'ann' && m.cursor?.line === 7),
+    'bob sees ann after the renewal', 10000);
+  seen.bobSeesCursor = [...db.members.values()].find((m) => m.userId === 'ann').cursor;
+  seen.cyClosed = await Promise.race([cyClosed,
+    new Promise((resolve) => setTimeout(() => resolve('not closed'), 10000))]);
+  await new Promise((r) => setTimeout(r, 300)); // no loop: cy's provider is not asked again
+  seen.cyCalls = cyCalls.length;
+  seen.cyClosedFlag = c.closed;
+  try {
+    await connect(url, { token: () => { throw new Error('token service down'); } });
+    seen.brokenProvider = 'connected';
+  } catch (err) {
+    seen.brokenProvider = { name: err.name, message: err.message, cause: err.cause?.message };
+  }
+  await a.close();
+  await b.close();
+  return seen;
+}
+
 async function vectors(base) {
   // The golden vectors, decoded (and re-encoded) by this browser's copy of the codec.
   const doc = await (await fetch(`${base}/tests/vectors/protocol_v1.json`)).json();
@@ -176,5 +255,5 @@ async function vectors(base) {
   return out;
 }
 
-window.scenarios = { twoMembers, reconnects, refusals, vectors };
+window.scenarios = { twoMembers, reconnects, refusals, tokenRenewal, vectors };
 window.ready = true;
