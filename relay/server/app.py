@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -19,8 +20,12 @@ from relay.server.connection import handle_connection
 from relay.server.fastpath import RelayConnection
 from relay.server.http import HttpRoutes
 from relay.server.hub import Hub
+from relay.server.outlet import abort
 
 log = logging.getLogger("relay")
+# websockets logs through this logger, never below INFO: at DEBUG it writes request lines
+# (query strings) and frames (a HELLO's token), which must never reach a log.
+WS_LOG = logging.getLogger("relay.websockets")
 
 
 def make_backends(config: PresenceConfig) -> tuple[PresenceStore, Broker]:
@@ -77,6 +82,8 @@ class Relay:
         async def handler(ws: ServerConnection) -> None:
             await handle_connection(ws, hub)
 
+        WS_LOG.setLevel(logging.INFO if cfg.log_level == "debug" else logging.WARNING)
+        routes = HttpRoutes(hub, relay.implementation)
         self.server = await serve(
             handler,
             cfg.host,
@@ -85,12 +92,21 @@ class Relay:
             compression=None,  # permessage-deflate costs ~40 % CPU and doubles memory
             max_size=cfg.max_frame_bytes,
             origins=cfg.origins,  # a listed Origin or none at all; others get HTTP 403
-            process_request=HttpRoutes(hub, relay.implementation),
+            process_request=routes,
             ping_interval=cfg.ping_interval_s or None,
             ping_timeout=cfg.ping_timeout_s or None,
-            close_timeout=2,
+            # Closes the relay starts are cut short at close_timeout_s (outlet.close_within,
+            # with SO_LINGER 0); websockets' own deadline is the backstop for the closes it
+            # starts (keepalive timeout, protocol errors).
+            close_timeout=cfg.close_timeout_s + 1.0,
+            # websockets pauses writing above this and then waits for a drain inside close()
+            # and ping(): for a peer that stopped reading, forever. The relay never awaits a
+            # drain (a member past max_send_backlog is closed), so pausing must not start
+            # below that.
+            write_limit=2 * cfg.max_send_backlog,
             server_header=f"presence-relay/{relay.__version__}",
-            create_connection=RelayConnection,
+            create_connection=functools.partial(RelayConnection, hub=hub),  # type: ignore[arg-type]
+            logger=WS_LOG,
         )
         self._ticker = asyncio.get_running_loop().create_task(hub.run_ticker())
         if hub.cluster is not None:
@@ -99,14 +115,29 @@ class Relay:
                  cfg.host, self.port, relay.implementation())
 
     async def stop(self) -> None:
-        """Stop accepting, tell members the relay is going away (1001), flush, exit."""
+        """Stop accepting, tell members the relay is going away (1001), flush, exit.
+
+        Bounded whatever the clients do: a close that has not completed after
+        `close_timeout_s` is aborted, and after one more second every socket still open
+        (a handshake that never finished, a peer that never acknowledges) is aborted too.
+        """
         hub = self.hub
         if self.server is not None:
             for client in list(hub.clients):
                 hub.close_client(client, p.CLOSE_GOING_AWAY, "server shutting down")
             hub.flush_all(hub.clock())  # publish the `left` events before the broker goes away
             self.server.close()  # stops accepting; closes the rest (mid-HELLO) with 1001
-            await self.server.wait_closed()
+            try:
+                async with asyncio.timeout(self.config.close_timeout_s + 1.0):
+                    await self.server.wait_closed()
+            except TimeoutError:
+                log.warning("shutdown: aborting %d connections that did not close in time",
+                            len(hub.sockets))
+                for conn in list(hub.sockets):
+                    abort(conn.transport)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await self.server.wait_closed()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,4 +1,9 @@
-"""One WebSocket connection: HELLO, then frames into the hub until it closes."""
+"""One WebSocket connection: HELLO, then frames into the hub until it closes.
+
+Whatever happens after the hub registered the client (an exception anywhere, a close from
+either side), the `finally` releases it: its documents, its expiry timer, its place in
+`hub.clients`. The socket itself is counted from accept to close by `RelayConnection`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from relay.core import protocol as p
 from relay.core.colors import preferred_color
 from relay.server.fastpath import RelayConnection
 from relay.server.hub import Hub
+from relay.server.outlet import close_within
 
 log = logging.getLogger("relay.connection")
 
@@ -30,7 +36,7 @@ def authenticate(hub: Hub, token: str | None, info: dict[object, object]) -> Gra
 
 async def _refuse(ws: ServerConnection, hub: Hub, code: int, reason: str) -> None:
     hub.stats.close(code)
-    await ws.close(code, reason)
+    await close_within(ws, code, reason, hub.config.close_timeout_s)
 
 
 async def handle_connection(ws: ServerConnection, hub: Hub) -> None:
@@ -54,31 +60,32 @@ async def handle_connection(ws: ServerConnection, hub: Hub) -> None:
     try:
         grant = authenticate(hub, hello[2], hello[3])
     except AuthError as exc:  # the message never includes the token itself
-        log.info("refused HELLO from %s: %s", ws.remote_address, exc)
+        if hub.refusals.allow():
+            log.info("refused HELLO from %s: %s", ws.remote_address, exc)
         return await _refuse(ws, hub, p.CLOSE_UNAUTHENTICATED, str(exc)[:120])
 
     client = hub.connect(ws, grant)
-    user = grant.user
-    client.send(
-        p.encode_welcome(
-            client.connection_id,
-            {
-                "id": user.user_id,
-                "name": user.name,
-                "avatar": user.avatar_url,
-                "color": preferred_color(user.user_id),
-                "workspace": user.workspace_id,
-            },
-            hub.clock(),
-            cfg.welcome_settings(),
-        )
-    )
-    on_frame = hub.on_frame
-    if isinstance(ws, RelayConnection):
-        # From here on, whole binary frames go straight from the socket to the hub; the loop
-        # below still gets whatever websockets delivers (text, fragmented messages).
-        ws.enable_fast_path(hub, client, cfg.max_frame_bytes)
     try:
+        user = grant.user
+        client.send(
+            p.encode_welcome(
+                client.connection_id,
+                {
+                    "id": user.user_id,
+                    "name": user.name,
+                    "avatar": user.avatar_url,
+                    "color": preferred_color(user.user_id),
+                    "workspace": user.workspace_id,
+                },
+                hub.clock(),
+                cfg.welcome_settings(),
+            )
+        )
+        on_frame = hub.on_frame
+        if isinstance(ws, RelayConnection):
+            # From here on, whole binary frames go straight from the socket to the hub; the
+            # loop below still gets whatever websockets delivers (text, fragmented messages).
+            ws.enable_fast_path(client)
         async for message in ws:
             if type(message) is bytes:
                 on_frame(client, message)
@@ -89,6 +96,8 @@ async def handle_connection(ws: ServerConnection, hub: Hub) -> None:
     except ConnectionClosed:
         pass
     finally:
+        if isinstance(ws, RelayConnection):
+            ws.enable_fast_path(None)
         hub.disconnect(client)
     if client.close_task is not None:
         await asyncio.shield(client.close_task)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from websockets.protocol import OPEN
 
+from relay.server.outlet import kernel_queue
+
 if TYPE_CHECKING:
     from relay.server.hub import Client
 
@@ -32,10 +34,13 @@ def fan_out(members: dict[int, Client], skip_sid: int | None, payload: bytes,
     """Write one BATCH, framed once, to every member but `skip_sid`; returns how many got it.
 
     A member whose unsent bytes pass `backlog_limit` gets nothing and is appended to `slow`
-    (the hub closes it with 4408). Guards per member: the connection is OPEN, no fragmented
-    send is in progress and no extension is negotiated (compression is off), so the bytes
-    websockets would write are exactly the pre-built frame; anything unusual goes through
-    websockets' own path with the bare payload.
+    (the hub closes it with 4408). Unsent bytes are the transport's buffer plus the kernel's
+    queue, which is read (one ioctl) only when the transport holds bytes: until then the
+    kernel took everything, and it holds at most the fixed `socket_send_buffer` (outlet.py).
+    Guards per member: the connection is OPEN, no fragmented send is in progress and no
+    extension is negotiated (compression is off), so the bytes websockets would write are
+    exactly the pre-built frame; anything unusual goes through websockets' own path with the
+    bare payload.
     """
     wire = binary_frame(payload)
     sent = 0
@@ -44,7 +49,8 @@ def fan_out(members: dict[int, Client], skip_sid: int | None, payload: bytes,
             continue
         ws = client.ws
         transport = ws.transport
-        if transport.get_write_buffer_size() > backlog_limit:
+        backlog = transport.get_write_buffer_size()
+        if backlog and backlog + kernel_queue(client.fd) > backlog_limit:
             slow.append(client)
             continue
         protocol = ws.protocol

@@ -1,26 +1,41 @@
-"""Inbound frames taken from the socket before websockets' per-message machinery.
+"""Inbound bytes: the relay frames the client's stream itself, from the first byte after the
+HTTP request to the close.
 
 websockets parses every frame (about 2 us), queues it, and wakes the handler task for each
 message (several more us). For a relay whose inbound traffic is tiny binary frames, that is
-most of the CPU per frame. `RelayConnection` keeps websockets for the handshake, control
-frames, fragmentation, text frames and closing, and takes only what it can take safely:
-whole, unfragmented, masked binary frames without RSV bits, within `max_frame_bytes`, while
-the connection is OPEN, no extension is negotiated, and websockets holds no partial frame,
-no fragmented message and no undelivered message (so frames are handled in arrival order).
-Those frames are unmasked and applied synchronously by `Peer.feed_wire` (one compiled call per
-read for a run of hot frames); what it does not apply goes to the hub. Every other
-frame goes to websockets unchanged and whole: its parser never sees a partial frame from
-us, so it can take over at any frame boundary.
+most of the CPU per frame. So `RelayConnection` splits the stream into WebSocket frames
+itself (`relay.core.wire`) and decides, one whole frame at a time, who takes it:
 
-Order with websockets' own path: a fragmented message keeps the fast path off from its first
-fragment (`current_size` is set) until the handler has popped its last frame from websockets'
-queue, and the handler hands it to the hub in the same step as that pop (`Assembler.get`
-returns without awaiting once the last frame is there), so a later hot frame cannot overtake
-it (`tests/test_fastpath.py::test_fragmented_message_keeps_order`).
+- hot frames (whole, unfragmented, masked binary frames without RSV bits, within
+  `max_frame_bytes`) of a client past HELLO, while websockets holds no undelivered message
+  and no fragmented one (so frames are handled in arrival order), are unmasked and applied
+  synchronously by `Peer.feed_wire` (one compiled call per read for a run of them); what it
+  does not apply goes to the hub;
+- every other frame (control, text, fragments, anything before HELLO, anything while a
+  message waits in websockets' queue or the connection closes) goes to websockets whole.
+
+websockets' parser therefore only ever receives whole frames and is always at a frame
+boundary when a read ends. (An earlier version let websockets parse until HELLO and took
+over at the first read that found websockets' buffer empty; a buffer can be empty while
+websockets' parser holds a frame header it already consumed, e.g. right after a text frame
+or a pipelined HELLO + JOIN whose next header was split across reads, and the fast path
+then parsed the middle of a frame: 1002.) The HTTP request ends at its first empty line
+(websockets refuses requests with a body), found across reads. A frame websockets must fail
+(too big: 1009; unmasked or RSV bits: 1002) hands websockets the rest of the stream.
+
+Order with websockets' own path: a fragmented message keeps hot frames in websockets' hands
+from its first fragment (`current_size` is set) until the handler has popped its last frame
+from websockets' queue, and the handler hands it to the hub in the same step as that pop
+(`Assembler.get` returns without awaiting once the last frame is there), so a later hot
+frame cannot overtake it (`tests/test_fastpath.py::test_fragmented_message_keeps_order`).
+
+The connection is counted (`hub.sockets`) from accept to close, HELLO or not, and its kernel
+send buffer is fixed at accept (`relay.server.outlet`). Anything websockets writes on its
+own (pongs, close frames) is checked against `max_send_backlog` like the hub's writes.
 
 Internals used (stable from websockets 13 to 17, pinned in pyproject): `data_received`,
-`protocol.state`, `protocol.current_size`, `protocol.extensions`, `protocol.reader.buffer`,
-`recv_messages.frames`.
+`connection_made`/`connection_lost`, `protocol.state`, `protocol.current_size`,
+`protocol.extensions`, `recv_messages.frames`.
 """
 
 from __future__ import annotations
@@ -28,96 +43,167 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
-from websockets.protocol import OPEN
+from websockets.protocol import CONNECTING, OPEN
 
+from relay.core import protocol as p
 from relay.core.wire import FRAME, frame_header, next_frame
+from relay.server.outlet import prepare_socket, unsent_bytes
 from relay.twin import NEED_MORE, NOT_OURS
 
 if TYPE_CHECKING:
     from relay.server.hub import Client, Hub
 
+REQUEST_END = b"\r\n\r\n"
+HOLD_LIMIT = 65536  # bytes a client may send before its handshake completes (then: paused)
+
 
 class RelayConnection(ServerConnection):
-    """A ServerConnection whose hot inbound frames skip the asyncio message queue."""
+    """A ServerConnection that frames its inbound stream and applies hot frames directly."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, hub: Hub, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fast_hub: Hub | None = None
+        self.hub = hub
         self.fast_client: Client | None = None
-        self.fast_max_payload = 0
-        self._active = False  # our scanner owns the byte stream
+        self.max_payload = hub.config.max_frame_bytes
+        self.fd = -1
+        self._clear = False  # websockets was idle when last asked and got nothing since
+        self._framing = False  # the HTTP request is over: the stream is frames now
+        self._handed_over = False  # websockets failed the stream and owns the rest
+        self._tail = b""  # the request's last bytes so far (its end may span two reads)
         self._pending = b""  # a partial frame carried to the next read
+        self._paused = False  # reading paused: too much sent before the handshake completed
+        self.bytes_in = 0  # every byte received (tests wait on it)
         self.fast_bytes = 0  # bytes of frames taken by the fast path (for tests)
 
-    def enable_fast_path(self, hub: Hub, client: Client, max_payload: int) -> None:
-        """Start taking frames (after HELLO). Takes effect at the next clean frame boundary."""
-        self.fast_hub = hub
+    # ------------------------------------------------------------ lifecycle
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.fd = prepare_socket(transport, self.hub.config.socket_send_buffer)
+        self.hub.sockets.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hub.sockets.discard(self)
+        super().connection_lost(exc)
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().handshake(*args, **kwargs)
+        finally:
+            self._handshake_done()
+
+    def _handshake_done(self) -> None:
+        """Frames that came with the request are handled once the handshake is answered
+        (websockets alone would parse them at once, and could answer a pipelined ping
+        before the 101 response)."""
+        held, self._pending = self._pending, b""
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        if held and self.protocol.state is OPEN:
+            self._frames(held)
+
+    def enable_fast_path(self, client: Client | None) -> None:
+        """After HELLO: this client's hot frames may skip websockets from the next frame on
+        (None once the handler is done: what still arrives goes to websockets)."""
         self.fast_client = client
-        self.fast_max_payload = max_payload
+
+    # ------------------------------------------------------------ inbound
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self._framing:
+            self._frames(self._pending + data if self._pending else data)
+        elif self._handed_over:
+            self._to_websockets(data)
+        else:
+            self._request(data)
+
+    def _request(self, data: bytes) -> None:
+        """HTTP request bytes go to websockets as they come; frames start after its end."""
+        seen = self._tail + data
+        i = seen.find(REQUEST_END)
+        if i < 0:
+            self._tail = seen[-3:]
+            super().data_received(data)
+            return
+        end = i + len(REQUEST_END) - len(self._tail)
+        self._tail = b""
+        self._framing = True
+        super().data_received(data[:end])
+        if end < len(data):
+            self._frames(data[end:])
 
     def _websockets_idle(self) -> bool:
+        """No message in websockets' hands (asked again only after it was given a frame)."""
         protocol = self.protocol
-        return (
+        self._clear = (
             protocol.state is OPEN
             and protocol.current_size is None
             and not protocol.extensions
             and not self.recv_messages.frames.queue
         )
+        return self._clear
 
-    def data_received(self, data: bytes) -> None:
-        if not self._active:
-            if (self.fast_client is None or self.protocol.reader.buffer
-                    or not self._websockets_idle()):
-                super().data_received(data)
-                return
-            self._active = True
-        buf = self._pending + data if self._pending else data
+    def _frames(self, buf: bytes) -> None:
+        if self.protocol.state is CONNECTING:  # handled once the handshake is answered
+            self._pending = buf
+            if len(buf) > HOLD_LIMIT and not self._paused:
+                self._paused = True
+                self.transport.pause_reading()
+            return
         self._pending = b""
-        hub = self.fast_hub
-        client = self.fast_client
-        assert hub is not None and client is not None
-        limit = self.fast_max_payload
-        now = hub.clock()
+        limit = self.max_payload
         n = len(buf)
         i = 0
-        while True:
-            start = i
-            if client.closing or client.held is not None:
-                # The hub's per-frame path: it drops frames once a close has begun and holds
-                # them (in order) while a clustered JOIN completes.
-                i, kind, payload = next_frame(buf, i, limit)
-                if kind == FRAME:
+        while i < n:
+            client = self.fast_client
+            if (client is not None and not client.closing
+                    and (self._clear or self._websockets_idle())):
+                hub = self.hub
+                now = hub.clock()
+                start = i
+                if client.held is not None:
+                    # A clustered JOIN is completing: the hub holds frames, in order.
+                    i, kind, payload = next_frame(buf, i, limit)
+                    if kind == FRAME:
+                        self.fast_bytes += i - start
+                        hub.on_frame(client, payload)  # type: ignore[arg-type]
+                        continue
+                else:
+                    # The common case: one compiled call applies every hot frame here.
+                    i, kind, payload = client.peer.feed_wire(buf, i, limit, now)
                     self.fast_bytes += i - start
-                    hub.on_frame(client, payload)  # type: ignore[arg-type]
-                    continue
-            else:
-                # The common case: one compiled call applies every hot frame of this read.
-                i, kind, payload = client.peer.feed_wire(buf, i, limit, now)
-                self.fast_bytes += i - start
-                if kind != NEED_MORE and kind != NOT_OURS:
-                    hub.on_unapplied(client, payload, kind, now)  # type: ignore[arg-type]
-                    continue
-            if kind == NEED_MORE:
-                break
-            # Not ours (control, text, fragment, RSV bits, unmasked, too big): it goes to
-            # websockets whole. A frame too big (1009) or malformed ends the fast path:
-            # websockets fails the connection and owns the rest of the stream.
+                    if kind != NEED_MORE and kind != NOT_OURS:
+                        hub.on_unapplied(client, payload, kind, now)  # type: ignore[arg-type]
+                        continue
+                if kind == NEED_MORE:
+                    break
+            # websockets' turn: one whole frame (or, for a frame it must fail, the rest).
             header = frame_header(buf, i)
-            assert header is not None
+            if header is None:
+                break
             head, length = header
             if length > limit or not buf[i + 1] & 0x80 or buf[i] & 0x70:
-                self._active = False
-                super().data_received(buf[i:])
+                self._framing = False
+                self._handed_over = True
+                self._to_websockets(buf[i:])
                 return
             end = i + head + 4 + length
             if end > n:
                 break
-            super().data_received(buf[i:end])
+            self._to_websockets(buf[i:end])
             i = end
-            if not self._websockets_idle():
-                self._active = False  # closing, or a message is now in websockets' hands
-                if i < n:
-                    super().data_received(buf[i:])
-                return
         if i < n:
             self._pending = buf[i:]
+
+    def _to_websockets(self, data: bytes) -> None:
+        self._clear = False
+        super().data_received(data)
+        # websockets may have answered (a pong, a close frame): the backlog rule holds for
+        # what it writes too, or a client that pings without reading grows our buffer.
+        client = self.fast_client
+        if client is not None and not client.closing:
+            limit = self.hub.config.max_send_backlog
+            if unsent_bytes(self.transport, self.fd) > limit:
+                self.hub.close_client(client, p.CLOSE_TOO_SLOW, "send backlog exceeded")

@@ -19,6 +19,10 @@ from relay.server.hub import Hub
 from relay.server.metrics import make_registry, render
 
 WS_PATH = "/ws"
+# Headers a reverse proxy adds. Trust in "the caller is on loopback" (anonymous HELLO, and
+# /internal/* and /metrics without a key) is void when one is present: a proxy on the same
+# host makes every remote caller look local.
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
 def _response(status: int, body: bytes, content_type: str) -> Response:
@@ -47,6 +51,10 @@ def _is_loopback(conn: ServerConnection) -> bool:
         return False
 
 
+def _proxied(request: Request) -> bool:
+    return any(h in request.headers for h in PROXY_HEADERS)
+
+
 def _offered_subprotocols(request: Request) -> list[str]:
     out = []
     for value in request.headers.get_all("Sec-WebSocket-Protocol"):
@@ -66,8 +74,12 @@ class HttpRoutes:
                 return text(405, "method not allowed\n")
             if p.SUBPROTOCOL not in _offered_subprotocols(request):
                 return text(400, f"unsupported subprotocol; this relay speaks: {p.SUBPROTOCOL}\n")
-            if len(self.hub.clients) >= self.hub.config.max_connections:
+            # Every open socket counts, this one included (HELLO or not: hub.sockets).
+            if len(self.hub.sockets) > self.hub.config.max_connections:
                 return text(503, "too many connections\n")
+            if self.hub.config.jwt_secret is None and _proxied(request):
+                return text(403, "anonymous mode (no jwt_secret) serves direct loopback "
+                                 "connections only, not a proxy's\n")
             return None  # proceed with the WebSocket handshake
         if path not in ("/healthz", "/readyz", "/metrics") and not path.startswith("/internal/"):
             return text(404, "not found\n")
@@ -99,7 +111,9 @@ class HttpRoutes:
     def _check_internal(self, conn: ServerConnection, request: Request) -> Response | None:
         key = self.hub.config.internal_api_key
         if key is None:
-            return None if _is_loopback(conn) else text(403, "forbidden: loopback only\n")
+            if _is_loopback(conn) and not _proxied(request):
+                return None
+            return text(403, "forbidden: loopback only (set internal_api_key)\n")
         given = request.headers.get("Authorization", "")
         if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
             return None

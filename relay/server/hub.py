@@ -29,7 +29,9 @@ from relay.core.model import UserInfo
 from relay.core.protocol import ProtocolError
 from relay.server.cluster import Cluster
 from relay.server.fanout import fan_out
+from relay.server.logbudget import LogBudget
 from relay.server.metrics import Stats
+from relay.server.outlet import close_within, unsent_bytes
 from relay.twin import (
     FALLBACK,
     NEVER,
@@ -54,14 +56,15 @@ def wall_ms() -> int:
 class Client:
     """One authenticated WebSocket connection."""
 
-    __slots__ = ("bad_frames", "close_task", "closing", "connection_id", "grant", "handles",
-                 "held", "peer", "ws")
+    __slots__ = ("bad_frames", "close_task", "closing", "connection_id", "expiry", "fd",
+                 "grant", "handles", "held", "peer", "ws")
 
     def __init__(
         self, ws: ServerConnection, connection_id: str, grant: Grant, cfg: PresenceConfig,
         now_ms: int, counts: HotCounts,
     ) -> None:
         self.ws = ws
+        self.fd: int = getattr(ws, "fd", -1)  # the socket, for its kernel send queue
         self.connection_id = connection_id
         self.grant = grant
         self.peer = Peer(TokenBucket(
@@ -76,6 +79,8 @@ class Client:
         # While a clustered JOIN waits for Redis, this client's later frames wait here
         # (in order) and are handled when it completes.
         self.held: deque[bytes] | None = None
+        # Closes the connection (4401) when the token expires.
+        self.expiry: asyncio.TimerHandle | None = None
 
     @property
     def user(self) -> UserInfo:
@@ -109,7 +114,10 @@ class Hub:
         self.stats = Stats()
         self.documents: dict[str, Document] = {}
         self.local: dict[str, dict[int, Client]] = {}  # doc_id -> sid -> client on this node
-        self.clients: set[Client] = set()
+        self.clients: set[Client] = set()  # past HELLO
+        # Every accepted TCP connection until it is closed, HELLO or not (added and removed
+        # by RelayConnection): what max_connections counts and what a shutdown must end.
+        self.sockets: set[Any] = set()
         # Documents are spread over `flush_groups` groups that flush one after another, each
         # every `batch_ms` (so every document still gets one BATCH per interval): the writes
         # of one tick are a group's, not every member's at once, so a member's batch does
@@ -124,6 +132,9 @@ class Hub:
         self._seq = itertools.count()
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._failure_log = LogBudget(log, 10, 60.0)
+        # Refused HELLOs (logged by the connection handler), at most 20 lines per 10 s.
+        self.refusals = LogBudget(logging.getLogger("relay.connection"), 20, 10.0)
         broker.set_callback(self.on_remote_frame)
         # Shared presence (Redis): async joins and the mirror of other nodes' members.
         self.cluster = Cluster(self) if store.clustered else None
@@ -136,6 +147,11 @@ class Hub:
                         self.stats.hot)
         self.clients.add(client)
         self.stats.connections_total += 1
+        exp = grant.expires_at_ms
+        if exp is not None:  # the token's `exp` holds for the whole connection
+            client.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, (exp - now) / 1000.0), self._expired, client
+            )
         return client
 
     def disconnect(self, client: Client) -> None:
@@ -143,18 +159,30 @@ class Hub:
         if client not in self.clients:
             return
         self.clients.discard(client)
+        if client.expiry is not None:
+            client.expiry.cancel()
+            client.expiry = None
         now = self.clock()
         for h in list(client.handles):
             self._leave(client, h, now)
 
     def close_client(self, client: Client, code: int, reason: str) -> None:
-        """Leave every document at once, then close the socket in the background."""
+        """Leave every document at once, then close the socket in the background: the
+        closing handshake, cut short by an abort after `close_timeout_s`."""
         if client.closing:
             return
         client.closing = True
         self.stats.close(code)
         self.disconnect(client)
-        client.close_task = self._spawn(client.ws.close(code, reason))
+        client.close_task = self._spawn(
+            close_within(client.ws, code, reason, self.config.close_timeout_s)
+        )
+
+    def _expired(self, client: Client) -> None:
+        client.expiry = None
+        if client in self.clients:
+            log.info("closing %s: token expired", client.connection_id)
+            self.close_client(client, p.CLOSE_UNAUTHENTICATED, "token expired")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A background task the hub keeps a reference to until it ends."""
@@ -164,8 +192,9 @@ class Hub:
         return task
 
     def _backlogged(self, client: Client) -> bool:
-        """True when the client's unsent bytes pass max_send_backlog (it gets 4408)."""
-        return client.ws.transport.get_write_buffer_size() > self.config.max_send_backlog
+        """True when the client's unsent bytes (ours and the kernel's) pass max_send_backlog
+        (it gets 4408)."""
+        return unsent_bytes(client.ws.transport, client.fd) > self.config.max_send_backlog
 
     def send(self, client: Client, frame: bytes) -> None:
         """A direct reply (JOINED, ERROR, PONG): same backlog rule as batches."""
@@ -249,6 +278,9 @@ class Hub:
 
     def _join(self, client: Client, frame: list[Any], now: int) -> None:
         h, doc_id = frame[1], frame[2]
+        if client.grant.expired(now):  # checked against the token as it stands now
+            self.close_client(client, p.CLOSE_UNAUTHENTICATED, "token expired")
+            return
         p.check_ranges(frame)
         if h in client.handles:
             raise ProtocolError(p.ALREADY_JOINED, f"handle {h} is already in use", h)

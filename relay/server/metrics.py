@@ -68,6 +68,7 @@ class Stats:
         "connections_total",
         "cursor_latency",
         "errors",
+        "flush_failures",
         "frames_other",
         "frames_out",
         "hot",
@@ -83,6 +84,7 @@ class Stats:
         self.frames_out = 0
         self.bytes_out = 0
         self.connections_total = 0
+        self.flush_failures = 0
         self.updates = {"joined": 0, "left": 0}
         self.errors: dict[int, int] = {}
         self.closes: dict[int, int] = {}
@@ -138,6 +140,16 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             "presence_relay_connections", "Accepted WebSocket connections",
             value=st.connections_total,
+        )
+        yield GaugeMetricFamily(
+            "presence_relay_sockets",
+            "Open TCP connections, past HELLO or not (what max_connections counts)",
+            value=len(hub.sockets),
+        )
+        yield CounterMetricFamily(
+            "presence_relay_flush_failures",
+            "Documents whose flush failed (the others of that tick still flushed)",
+            value=st.flush_failures,
         )
         yield GaugeMetricFamily(
             "presence_relay_documents", "Documents with members on this node",

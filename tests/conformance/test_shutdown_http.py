@@ -97,11 +97,11 @@ async def test_internal_workspace_documents(server, client_factory, doc_id):
 
 
 def test_internal_api_key_required_when_configured(fresh_server_factory):
-    srv = fresh_server_factory({"batch_ms": 50}, ["--internal-api-key", "k3y-conformance"])
+    srv = fresh_server_factory({"batch_ms": 50}, ["--internal-api-key", "k3y-conformance-0123"])
     url = f"{srv.http_base}/internal/presence/some-doc"
     status, _, _ = http_get(url)
     assert status in (401, 403), f"no bearer key must be refused, got {status}"
     status, _, _ = http_get(url, headers={"Authorization": "Bearer wrong"})
     assert status in (401, 403), f"a wrong bearer key must be refused, got {status}"
-    status, _, body = http_get(url, headers={"Authorization": "Bearer k3y-conformance"})
+    status, _, body = http_get(url, headers={"Authorization": "Bearer k3y-conformance-0123"})
     assert status == 200, body
