@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from relay.backends.memory import MemoryBroker, MemoryStore
+from relay.config import PresenceConfig
 from relay.server.app import Relay
 
 pytestmark = pytest.mark.timeout(30)
@@ -132,3 +134,51 @@ async def test_flush_all_flushes_every_group(relay_factory: Any, client_factory:
     for watcher, _ in pairs:
         batches = [f for f in await watcher.quiet(0.1) if f[0] == 34]
         assert len(batches) == 1 and batches[0][3][0][0] == 3  # the mover's `left`
+
+
+class FaultyBroker(MemoryBroker):
+    """A broker whose publish raises for one document (a backend bug, say): the failure
+    the hub must keep inside that document."""
+
+    def __init__(self, bad_doc: str) -> None:
+        super().__init__()
+        self.bad_doc = bad_doc
+
+    def publish(self, doc_id: str, frame: bytes) -> None:
+        if doc_id == self.bad_doc:
+            raise RuntimeError("publish failed")
+        super().publish(doc_id, frame)
+
+
+async def test_a_failing_document_does_not_silence_the_others(client_factory: Any) -> None:
+    """Before: the exception left the tick, and every document after the failing one in
+    that tick was neither flushed nor dropped, and never flushed again."""
+    r = Relay(PresenceConfig(port=0, batch_ms=20, flush_groups=1),
+              backends=(MemoryStore(), FaultyBroker("doc-bad")))
+    await r.start()
+    try:
+        await stop_ticker(r)
+        pairs = await documents_with_members(r, client_factory, 10)
+        bad_w, bad_m = await client_factory(r, "bw"), await client_factory(r, "bm")
+        await bad_w.join(1, "doc-bad")
+        await bad_m.join(1, "doc-bad")
+        for turn in range(5):
+            for _, mover in [*pairs, (bad_w, bad_m)]:
+                await mover.send([4, 1, turn, 0, turn])
+            await asyncio.sleep(0.05)  # the frames are in
+            r.hub.tick(r.hub.clock())
+            for i, (watcher, _) in enumerate(pairs):
+                got = await watcher.recv_until(lambda f: f[0] == 34, timeout=1)
+                assert [1, 2, turn, 0, turn] in got[3], f"doc-{i} silent at turn {turn}"
+            # the failing document's own members still got their batch (fan-out came first)
+            got = await bad_w.recv_until(lambda f: f[0] == 34 and f[1] == "doc-bad", timeout=1)
+            assert any(e[0] == 1 for e in got[3])
+        assert r.hub.stats.flush_failures >= 5
+        # ...and an emptied document is dropped, failure or not
+        await bad_m.ws.close()
+        await bad_w.ws.close()
+        await asyncio.sleep(0.1)
+        r.hub.tick(r.hub.clock())
+        assert "doc-bad" not in r.hub.documents
+    finally:
+        await r.stop()

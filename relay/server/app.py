@@ -61,10 +61,11 @@ def check_security(config: PresenceConfig) -> None:
 class Relay:
     """A running relay (used by the CLI and by tests that need one in-process)."""
 
-    def __init__(self, config: PresenceConfig) -> None:
+    def __init__(self, config: PresenceConfig,
+                 backends: tuple[PresenceStore, Broker] | None = None) -> None:
         check_security(config)
         self.config = config
-        store, broker = make_backends(config)
+        store, broker = backends if backends is not None else make_backends(config)
         self.hub = Hub(config, store, broker)
         self.server: Server | None = None
         self._ticker: asyncio.Task[None] | None = None

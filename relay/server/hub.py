@@ -387,16 +387,32 @@ class Hub:
                 continue  # stale entry: the document re-armed or went away
             del self._armed[doc]
             before = doc.dirty
-            doc.advance(now)
-            self._arm(doc)
+            try:
+                doc.advance(now)
+                self._arm(doc)
+            except Exception:
+                self._flush_failed(doc)
             if doc.dirty and not before and self._group_of.get(doc) == g:
                 dirty.add(doc)  # (a document of another group flushes on its group's turn)
         for doc in dirty:
-            batch = doc.flush(now)
-            if batch is not None:
-                self._deliver(doc, batch, now)
+            # One document's failure (a bug, a backend that raises) stays in that document:
+            # the others of this turn still flush, and it flushes again once it changes.
+            try:
+                batch = doc.flush(now)
+                if batch is not None:
+                    self._deliver(doc, batch, now)
+            except Exception:
+                self._flush_failed(doc)
             if doc.empty or (self.cluster is not None and self.cluster.unused(doc)):
                 self._drop_document(doc)
+
+    def _flush_failed(self, doc: Document) -> None:
+        self.stats.flush_failures += 1
+        if self._failure_log.allow():
+            log.exception("flushing %s failed; its members may miss this batch", doc.doc_id)
+        g = self._group_of.get(doc)
+        if g is not None and doc.dirty:
+            self.groups[g].add(doc)  # what it still holds goes out on its next turn
 
     def flush_all(self, now: int) -> None:
         """Every group's turn at once (shutdown: every document's pending events go out now,
