@@ -100,13 +100,14 @@ async def test_internal_presence_counts_distinct_users(relay: Relay, client_fact
 
 
 async def test_internal_requires_bearer_key_when_configured(relay_factory: Any) -> None:
-    r = await relay_factory(internal_api_key="k3y")
+    key = "k3y-k3y-k3y-k3y-k3y"
+    r = await relay_factory(internal_api_key=key)
     assert (await http(r, "GET", "/internal/presence/d"))[0] == 401
     wrong = await http(r, "GET", "/internal/presence/d", {"Authorization": "Bearer nope"})
     assert wrong[0] == 401
-    ok = await http(r, "GET", "/internal/presence/d", {"Authorization": "Bearer k3y"})
+    ok = await http(r, "GET", "/internal/presence/d", {"Authorization": f"Bearer {key}"})
     assert ok[0] == 200
-    assert (await http(r, "GET", "/healthz"))[0] == 200  # only /internal/* is guarded
+    assert (await http(r, "GET", "/healthz"))[0] == 200  # health is never guarded
 
 
 async def test_internal_without_key_answers_loopback_only(relay: Relay) -> None:
@@ -127,3 +128,48 @@ async def test_internal_without_key_answers_loopback_only(relay: Relay) -> None:
     assert routes._check_internal(Peer("::1"), req) is None  # type: ignore[arg-type]
     denied = routes._check_internal(Peer("203.0.113.9"), req)  # type: ignore[arg-type]
     assert denied is not None and denied.status_code == 403
+
+
+async def test_metrics_is_guarded_like_internal(relay_factory: Any, client_factory: Any,
+                                                ) -> None:
+    """With per-document labels /metrics names documents and workspaces: with a key set it
+    wants the key (before: it answered anyone), and without one loopback only."""
+    key = "metrics-key-0123456789"
+    r = await relay_factory(internal_api_key=key, metrics_per_document=True)
+    c = await client_factory(r, "ann")
+    await c.join(1, "secret-plans")
+    status, _, body = await http(r, "GET", "/metrics")
+    assert status == 401 and b"secret-plans" not in body
+    status, _, body = await http(r, "GET", "/metrics", {"Authorization": f"Bearer {key}"})
+    assert status == 200 and b'document_id="secret-plans"' in body
+
+
+async def test_without_a_key_proxied_requests_are_refused(relay: Relay) -> None:
+    """Loopback is trusted only for direct callers: a same-host proxy makes every remote
+    caller look local."""
+    for path in ("/metrics", "/internal/presence/d"):
+        assert (await http(relay, "GET", path))[0] == 200
+        assert (await http(relay, "GET", path, {"X-Forwarded-For": "203.0.113.9"}))[0] == 403
+        assert (await http(relay, "GET", path, {"Forwarded": "for=203.0.113.9"}))[0] == 403
+    assert (await http(relay, "GET", "/healthz", {"X-Real-IP": "203.0.113.9"}))[0] == 200
+
+
+async def test_metrics_on_their_own_port(relay_factory: Any) -> None:
+    r = await relay_factory(metrics_port=0, internal_api_key="metrics-key-0123456789")
+    assert (await http(r, "GET", "/metrics"))[0] == 404  # not on the main port any more
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.metrics_port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 200") and b"presence_relay_sockets" in raw
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.metrics_port)
+    writer.write(b"GET /internal/presence/d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 404")
+
+
+async def test_reserved_document_ids_are_400(relay: Relay) -> None:
+    for doc in ("user:bob", "node", "workspace:acme"):
+        status, _, body = await http(relay, "GET", f"/internal/presence/{doc}")
+        assert status == 400 and b"reserved" in body

@@ -18,7 +18,7 @@ from relay.config import ConfigError, PresenceConfig
 from relay.core import protocol as p
 from relay.server.connection import handle_connection
 from relay.server.fastpath import RelayConnection
-from relay.server.http import HttpRoutes
+from relay.server.http import HttpRoutes, MetricsRoutes
 from relay.server.hub import Hub
 from relay.server.outlet import abort
 
@@ -68,12 +68,18 @@ class Relay:
         store, broker = backends if backends is not None else make_backends(config)
         self.hub = Hub(config, store, broker)
         self.server: Server | None = None
+        self.metrics_server: Server | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]  # type: ignore[no-any-return]
+
+    @property
+    def metrics_port(self) -> int:
+        assert self.metrics_server is not None
+        return self.metrics_server.sockets[0].getsockname()[1]  # type: ignore[no-any-return]
 
     async def start(self) -> None:
         cfg, hub = self.config, self.hub
@@ -109,6 +115,12 @@ class Relay:
             create_connection=functools.partial(RelayConnection, hub=hub),  # type: ignore[arg-type]
             logger=WS_LOG,
         )
+        if cfg.metrics_port is not None:
+            self.metrics_server = await serve(
+                handler, cfg.metrics_host, cfg.metrics_port,
+                process_request=MetricsRoutes(routes), logger=WS_LOG,
+                server_header=f"presence-relay/{relay.__version__}",
+            )
         self._ticker = asyncio.get_running_loop().create_task(hub.run_ticker())
         if hub.cluster is not None:
             hub.cluster.start()
@@ -123,6 +135,9 @@ class Relay:
         (a handshake that never finished, a peer that never acknowledges) is aborted too.
         """
         hub = self.hub
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            await self.metrics_server.wait_closed()
         if self.server is not None:
             for client in list(hub.clients):
                 hub.close_client(client, p.CLOSE_GOING_AWAY, "server shutting down")

@@ -15,6 +15,7 @@ from websockets.http11 import Request, Response
 
 from relay.backends.base import BackendUnavailable
 from relay.core import protocol as p
+from relay.core.ids import doc_id_problem
 from relay.server.hub import Hub
 from relay.server.metrics import make_registry, render
 
@@ -81,7 +82,9 @@ class HttpRoutes:
                 return text(403, "anonymous mode (no jwt_secret) serves direct loopback "
                                  "connections only, not a proxy's\n")
             return None  # proceed with the WebSocket handshake
-        if path not in ("/healthz", "/readyz", "/metrics") and not path.startswith("/internal/"):
+        metrics_here = self.hub.config.metrics_port is None
+        if (path not in ("/healthz", "/readyz") and not (path == "/metrics" and metrics_here)
+                and not path.startswith("/internal/")):
             return text(404, "not found\n")
         if request.method != "GET":
             return text(405, "method not allowed\n")
@@ -89,14 +92,17 @@ class HttpRoutes:
             return text(200, "ok\n")
         if path == "/readyz":
             return await self.readyz()
+        # /metrics names documents and workspaces when per-document labels are on: it is
+        # guarded like /internal/* (or served on its own metrics_port, see MetricsRoutes).
+        denied = self._check_internal(conn, request)
+        if denied is not None:
+            return denied
         if path == "/metrics":
-            return _response(200, render(self.registry), "text/plain; version=0.0.4")
-        if path.startswith("/internal/"):
-            denied = self._check_internal(conn, request)
-            if denied is not None:
-                return denied
-            return await self.internal(path)
-        return text(404, "not found\n")  # unreachable: every known path returned above
+            return self.metrics()
+        return await self.internal(path)
+
+    def metrics(self) -> Response:
+        return _response(200, render(self.registry), "text/plain; version=0.0.4")
 
     async def readyz(self) -> Response:
         problems = []
@@ -129,6 +135,9 @@ class HttpRoutes:
         parts = [unquote(x) for x in path.split("/")[2:]]
         if len(parts) == 2 and parts[0] == "presence" and parts[1]:
             doc_id = parts[1]
+            problem = doc_id_problem(doc_id)
+            if problem is not None:
+                return text(400, problem + "\n")
             users = await self.hub.store.document_users(doc_id)
             return as_json(200, {
                 "document_id": doc_id,
@@ -148,3 +157,19 @@ class HttpRoutes:
                 "timestamp": int(time.time() * 1000),
             })
         return text(404, "not found\n")
+
+
+class MetricsRoutes:
+    """The `metrics_port` listener: /metrics without a key (its address is its guard:
+    bind it to an interface only the scraper reaches), nothing else."""
+
+    def __init__(self, routes: HttpRoutes) -> None:
+        self.routes = routes
+
+    def __call__(self, conn: ServerConnection, request: Request) -> Response:
+        path = request.path.partition("?")[0]
+        if path != "/metrics":
+            return text(404, "not found\n")
+        if request.method != "GET":
+            return text(405, "method not allowed\n")
+        return self.routes.metrics()
