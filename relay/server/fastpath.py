@@ -112,7 +112,22 @@ class RelayConnection(ServerConnection):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        if self._framing:
+        client = self.fast_client
+        if (client is not None and self._clear and self._framing and not client.closing
+                and client.held is None):
+            # The common case, kept to one compiled call: every hot frame of this read. (A
+            # client is set only after HELLO, so the handshake is over: no state to check.)
+            buf = self._pending + data if self._pending else data
+            now = self.hub.clock()
+            i, kind, payload = client.peer.feed_wire(buf, 0, self.max_payload, now)
+            self.fast_bytes += i
+            if kind == NEED_MORE:
+                self._pending = buf[i:] if i < len(buf) else b""
+                return
+            if kind != NOT_OURS:
+                self.hub.on_unapplied(client, payload, kind, now)  # type: ignore[arg-type]
+            self._frames(buf, i)
+        elif self._framing:
             self._frames(self._pending + data if self._pending else data)
         elif self._handed_over:
             self._to_websockets(data)
@@ -145,17 +160,17 @@ class RelayConnection(ServerConnection):
         )
         return self._clear
 
-    def _frames(self, buf: bytes) -> None:
+    def _frames(self, buf: bytes, i: int = 0) -> None:
+        """Every frame of `buf` from `i` on, each to the fast path or to websockets."""
         if self.protocol.state is CONNECTING:  # handled once the handshake is answered
-            self._pending = buf
-            if len(buf) > HOLD_LIMIT and not self._paused:
+            self._pending = buf[i:]
+            if len(self._pending) > HOLD_LIMIT and not self._paused:
                 self._paused = True
                 self.transport.pause_reading()
             return
         self._pending = b""
         limit = self.max_payload
         n = len(buf)
-        i = 0
         while i < n:
             client = self.fast_client
             if (client is not None and not client.closing
