@@ -160,6 +160,15 @@ class PresenceConfig:
         return [None, *_origin_list(self.allowed_origins)]
 
     @property
+    def tcp_user_timeout_ms(self) -> int:
+        """How long the kernel may wait for a peer to acknowledge data (TCP_USER_TIMEOUT):
+        as long as the keepalive would (a peer silent longer fails it anyway); 0 = the
+        kernel's default, when keepalive is off."""
+        if not (self.ping_interval_s and self.ping_timeout_s):
+            return 0
+        return int((self.ping_interval_s + self.ping_timeout_s) * 1000)
+
+    @property
     def loopback(self) -> bool:
         """True when the server listens on loopback only (anonymous mode is allowed)."""
         if self.host == "localhost":

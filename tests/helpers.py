@@ -237,3 +237,16 @@ class RelayProcess:
             self.proc.kill()
             self.proc.wait(5)
         self.log.close()
+
+
+def kernel_has_socket(local_port: int, peer_port: int) -> bool:
+    """Whether the kernel still has a TCP socket from `local_port` to `peer_port` (in any
+    state but TIME_WAIT), e.g. one a process closed with bytes still queued."""
+    want_local, want_peer = f":{local_port:04X}", f":{peer_port:04X}"
+    with open("/proc/net/tcp") as fh:
+        next(fh)
+        for line in fh:
+            f = line.split()
+            if f[1].endswith(want_local) and f[2].endswith(want_peer) and f[3] != "06":
+                return True
+    return False

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import RawSocket, eventually, pk, ws_frame
+from helpers import RawSocket, eventually, kernel_has_socket, pk, ws_frame
 
 from relay.core import protocol as p
 from relay.server.app import Relay
@@ -154,3 +154,25 @@ async def test_close_of_a_peer_that_never_reads_completes_in_time(relay_factory:
         assert time.monotonic() - t0 < 2.0
     finally:
         raw.close()
+
+
+async def test_a_keepalive_timeout_leaves_no_socket_in_the_kernel(relay_factory: Any,
+                                                                client_factory: Any) -> None:
+    """A member that stops reading in a quiet-enough document is found by keepalive, which
+    websockets ends with a plain abort; the kernel then kept the socket and its queue for
+    minutes against the zero window. TCP_USER_TIMEOUT (ping interval + timeout) ends it."""
+    r = await relay_factory(ping_interval_s=1.0, ping_timeout_s=1.0, close_timeout_s=0.5,
+                            max_frames_per_s=100_000, max_frames_burst=100_000)
+    stalled = await RawSocket.open(r.port, rcvbuf=4096)
+    await stalled.hello("stalled")
+    assert (await stalled.join(1, "busy"))[0] == 33
+    peer = stalled.sock.getsockname()[1]
+    stop = asyncio.Event()
+    flood = asyncio.ensure_future(flood_viewports(r, client_factory, "busy", 15.0, stop))
+    try:
+        assert await eventually(lambda: not kernel_has_socket(r.port, peer), 10.0), (
+            "the kernel still holds the stalled member's socket")
+    finally:
+        stop.set()
+        await flood
+        stalled.close()

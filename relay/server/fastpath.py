@@ -79,7 +79,8 @@ class RelayConnection(ServerConnection):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self.fd = prepare_socket(transport, self.hub.config.socket_send_buffer)
+        cfg = self.hub.config
+        self.fd = prepare_socket(transport, cfg.socket_send_buffer, cfg.tcp_user_timeout_ms)
         self.hub.sockets.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -54,13 +54,20 @@ def unsent_bytes(transport: Any, fd: int) -> int:
     return n
 
 
-def prepare_socket(transport: Any, send_buffer: int) -> int:
-    """At accept: fix the kernel send buffer; return the socket's fd (-1 if there is none)."""
+def prepare_socket(transport: Any, send_buffer: int, user_timeout_ms: int) -> int:
+    """At accept: fix the kernel send buffer, and (when > 0) the time the kernel waits for
+    the peer to acknowledge data before it drops the connection (TCP_USER_TIMEOUT, which
+    also covers a zero window): a socket websockets aborts (keepalive timeout) with bytes
+    still queued is then not kept by the kernel for minutes. Returns the socket's fd (-1 if
+    there is none)."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return -1
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    if user_timeout_ms > 0 and hasattr(socket, "TCP_USER_TIMEOUT"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
     try:
         return int(sock.fileno())
     except (OSError, ValueError):
