@@ -32,7 +32,7 @@ from typing import Any
 from bench import stats as st
 from bench.relay_proc import (
     RelayProcess,
-    cpu_seconds,
+    cpu_split,
     cpu_times,
     fetch_metrics,
     pinning_cpus,
@@ -318,7 +318,8 @@ class Run:
         }
         if self.relay_pid is not None:
             with contextlib.suppress(OSError):
-                snap["relay_cpu"] = cpu_seconds(self.relay_pid)
+                user, system = cpu_split(self.relay_pid)
+                snap["relay_cpu"], snap["relay_sys"] = user + system, system
         for role, cpu in zip(("relay_core", "gen_core"), self.cpus, strict=True):
             t = cpu_times(cpu) if cpu is not None else None
             if t is not None:
@@ -504,6 +505,8 @@ class Run:
         if "relay_cpu" in a and "relay_cpu" in b:
             cpu = b["relay_cpu"] - a["relay_cpu"]
             out["server_cpu_s"] = round(cpu, 3)
+            # The kernel's share (syscalls, loopback): what socket options change.
+            out["server_cpu_sys_s"] = round(b["relay_sys"] - a["relay_sys"], 3)
             out["server_cpu_frac"] = round(cpu / window, 4)
             out["server_cpu_s_per_million"] = (
                 round(cpu / delivered * 1e6, 3) if delivered else None)

@@ -5,8 +5,10 @@
 
 `nonreader`: 39 members move their cursors (with selections) at 20 Hz; the 40th joined with
 a 4 KiB receive buffer and never reads again. Every 0.25 s the relay's RSS and the kernel's
-send queue of the stalled member's socket (`/proc/net/tcp`, tx_queue) are sampled, until the
-relay has closed that socket (or `--seconds` pass). `shutdown`: 100 members that never read
+send queue of the stalled member's socket (`/proc/net/tcp`, tx_queue) are sampled: when the
+relay let go of the socket (no fd of its process links to it) and when the kernel did (a
+socket closed with unsent data lingers in the kernel until it gives up on the peer), or
+until `--seconds` pass. `shutdown`: 100 members that never read
 (4 KiB receive buffers, long names), three more that JOIN and LEAVE in a loop without
 reading (each JOINED a 30 KB snapshot), three seconds of traffic, then SIGTERM; the time to
 exit. Both run the relay with its defaults unless flags say otherwise (`--relay-args`), and
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -62,8 +65,9 @@ async def stalled_member(port: int, user: str, doc: str | None, name: str | None
     return s
 
 
-def tx_queue(relay_port: int, peer_port: int) -> int | None:
-    """The relay side's send queue for one connection (None: the socket is gone)."""
+def tcp_entry(relay_port: int, peer_port: int) -> tuple[int, str] | None:
+    """(send queue, inode) of the relay side of one connection (None: the kernel has no
+    such socket any more)."""
     want_local = f"{relay_port:04X}"
     want_peer = f"{peer_port:04X}"
     with open("/proc/net/tcp") as fh:
@@ -74,8 +78,19 @@ def tx_queue(relay_port: int, peer_port: int) -> int | None:
             if local.endswith(":" + want_local) and remote.endswith(":" + want_peer):
                 if state == "06":  # TIME_WAIT: closed
                     return None
-                return int(f[4].split(":")[0], 16)
+                return int(f[4].split(":")[0], 16), f[9]
     return None
+
+
+def holds(pid: int, inode: str) -> bool:
+    """Whether the process still has the socket open (an fd links to it)."""
+    want = f"socket:[{inode}]"
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == want:
+                return True
+    return False
 
 
 async def nonreader(ns: argparse.Namespace, relay: RelayProcess) -> dict[str, Any]:
@@ -113,14 +128,20 @@ async def nonreader(ns: argparse.Namespace, relay: RelayProcess) -> dict[str, An
     peer = s.getsockname()[1]
     t0 = time.monotonic()
     peak_q = peak_rss = 0
-    gone_at = None
+    released_at = gone_at = None  # the relay closed its fd; the kernel dropped the socket
+    inode = None
     while time.monotonic() - t0 < ns.seconds:
-        q = tx_queue(relay.port, peer)
-        if q is None:
+        entry = tcp_entry(relay.port, peer)
+        if entry is None:
             gone_at = time.monotonic() - t0
+            released_at = released_at or gone_at
             break
+        q, inode = entry
         peak_q = max(peak_q, q)
-        peak_rss = max(peak_rss, status_kib(relay.pid, "VmRSS") - rss0)
+        if released_at is None:
+            if not holds(relay.pid, inode):
+                released_at = time.monotonic() - t0
+            peak_rss = max(peak_rss, status_kib(relay.pid, "VmRSS") - rss0)
         await asyncio.sleep(0.25)
     metrics = fetch_metrics(relay.port)
     stop.set()
@@ -131,7 +152,8 @@ async def nonreader(ns: argparse.Namespace, relay: RelayProcess) -> dict[str, An
             await asyncio.wait_for(ws.close(), 2)
     s.close()
     return {
-        "stalled_lifetime_s": None if gone_at is None else round(gone_at, 2),
+        "released_by_relay_s": None if released_at is None else round(released_at, 2),
+        "gone_from_kernel_s": None if gone_at is None else round(gone_at, 2),
         "peak_kernel_send_queue_bytes": peak_q,
         "peak_relay_rss_growth_kib": peak_rss,
         "closes": {k: v for k, v in metrics.items() if k.startswith("presence_relay_closes")},
