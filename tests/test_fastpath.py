@@ -6,37 +6,15 @@ split anywhere, coalesced, fragmented, interleaved with text and control frames.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
-import msgpack
 import pytest
+from helpers import pk, ws_frame
 from websockets.exceptions import ConnectionClosed
-from websockets.speedups import apply_mask
 
 from relay.server.app import Relay
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def ws_frame(payload: bytes, opcode: int = 2, fin: bool = True, mask: bool = True) -> bytes:
-    b0 = (0x80 if fin else 0) | opcode
-    m = 0x80 if mask else 0
-    n = len(payload)
-    if n < 126:
-        head = bytes([b0, m | n])
-    elif n < 65536:
-        head = bytes([b0, m | 126]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([b0, m | 127]) + n.to_bytes(8, "big")
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + apply_mask(payload, key)
-
-
-def pk(value: Any) -> bytes:
-    return msgpack.packb(value)
 
 
 async def pair(relay: Relay, client_factory: Any) -> tuple[Any, Any, int]:
