@@ -40,6 +40,7 @@ browser-deps:
 # then the pure twin on the stock asyncio loop.
 test: $(STAMP) redis-server browser-deps
 	$(BIN)/ruff check relay tests bench
+	$(BIN)/ruff format --check relay tests bench
 	node --test sdk/browser/test/msgpack.test.mjs
 	$(BIN)/python -m pytest -q
 	RELAY_NO_EXTENSIONS=1 RELAY_TEST_LOOP=asyncio $(BIN)/python -m pytest -q -p no:cacheprovider
@@ -81,6 +82,7 @@ test-debug: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check relay tests bench
+	$(BIN)/ruff format --check relay tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info relay/*.so relay/_fast.c

@@ -45,13 +45,18 @@ def _build() -> None:
         f" {str(HERE / 'build')!r}])\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=str(HERE.parent), capture_output=True, text=True,
-        timeout=300, check=False,
+        [sys.executable, "-c", script],
+        cwd=str(HERE.parent),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     if proc.returncode != 0 or not _built_path().exists():
         raise BuildError(
             "could not compile bench/_wsgen.pyx (needs Cython and a C compiler):\n"
-            + proc.stdout[-2000:] + proc.stderr[-4000:]
+            + proc.stdout[-2000:]
+            + proc.stderr[-4000:]
         )
 
 

@@ -44,8 +44,8 @@ HERE = Path(__file__).resolve().parent
 TARGETS_FILE = HERE / "targets.toml"
 RESULTS_DIR = HERE / "results"
 HANDLE = 1
-DRAIN_S = 1.5       # senders keep going this long after the window (not counted)
-SETTLE_S = 0.5      # then stop and wait this long for the last batches
+DRAIN_S = 1.5  # senders keep going this long after the window (not counted)
+SETTLE_S = 0.5  # then stop and wait this long for the last batches
 SETUP_CONCURRENCY = 64
 # A generator is saturated when it uses more than this share of its core, when more than
 # 1 % of its sends went out over 5 ms late, or when it offered < 97 % of the requested rate.
@@ -78,35 +78,63 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seconds", type=float, help="measured window, s (default 10)")
     ap.add_argument("--warmup", type=float, help="load before the window, s (default 3)")
     ap.add_argument("--batch-ms", type=int, help="relay batch interval (default 50)")
-    ap.add_argument("--jitter", type=float, default=0.2,
-                    help="send-time jitter, fraction of the period, +/- (default 0.2)")
+    ap.add_argument(
+        "--jitter",
+        type=float,
+        default=0.2,
+        help="send-time jitter, fraction of the period, +/- (default 0.2)",
+    )
     ap.add_argument("--url", help="ws://127.0.0.1:PORT/ws of a running relay (not started)")
-    ap.add_argument("--relay-pid", type=int,
-                    help="with --url: the relay's PID, for CPU and RSS from /proc")
+    ap.add_argument(
+        "--relay-pid", type=int, help="with --url: the relay's PID, for CPU and RSS from /proc"
+    )
     ap.add_argument("--redis-url", help="passed to the relay it starts (--redis-url)")
-    ap.add_argument("--relay-src", type=Path, metavar="DIR",
-                    help="start the relay from this checkout (e.g. an older commit's worktree)")
-    ap.add_argument("--relay-arg", action="append", default=[], metavar="ARG",
-                    help="extra argument for `relay serve` (repeatable), e.g. "
-                         "--relay-arg=--max-frames-per-s=500")
+    ap.add_argument(
+        "--relay-src",
+        type=Path,
+        metavar="DIR",
+        help="start the relay from this checkout (e.g. an older commit's worktree)",
+    )
+    ap.add_argument(
+        "--relay-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `relay serve` (repeatable), e.g. "
+        "--relay-arg=--max-frames-per-s=500",
+    )
     ap.add_argument("--no-pin", action="store_true", help="do not pin relay / generator")
-    ap.add_argument("--nice", type=int, default=-15,
-                    help="niceness for relay and generator when permitted (default -15: "
-                         "other jobs on the machine disturb less; 0 to leave it)")
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=-15,
+        help="niceness for relay and generator when permitted (default -15: "
+        "other jobs on the machine disturb less; 0 to leave it)",
+    )
     ap.add_argument("--json", help="report path (default bench/results/<name>-<time>.json)")
     ap.add_argument("--png", help="image path (default: next to the JSON)")
     ap.add_argument("--no-png", action="store_true", help="do not draw the image")
     ap.add_argument("--seed", type=int, default=1, help="schedule / mask seed")
-    ap.add_argument("--setup-timeout", type=float, default=180.0,
-                    help="seconds allowed to open and join every connection")
+    ap.add_argument(
+        "--setup-timeout",
+        type=float,
+        default=180.0,
+        help="seconds allowed to open and join every connection",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return ap
 
 
 def resolve(ns: argparse.Namespace) -> tuple[dict[str, Any], dict[str, float], list[str]]:
     """The load settings, the targets and the names of settings overriding the scenario."""
-    defaults = {"docs": 10, "users": 5, "rate": 10.0, "seconds": 10.0, "warmup": 3.0,
-                "batch_ms": 50}
+    defaults = {
+        "docs": 10,
+        "users": 5,
+        "rate": 10.0,
+        "seconds": 10.0,
+        "warmup": 3.0,
+        "batch_ms": 50,
+    }
     targets: dict[str, float] = {}
     overrides: list[str] = []
     cfg = dict(defaults)
@@ -170,16 +198,32 @@ def relay_version(relay_src: Path | None = None) -> dict[str, Any]:
             out["relay_core"] = relay.implementation()
     else:
         out["relay_src"] = str(relay_src)
-        out["relay_core"] = ("pure" if os.environ.get("RELAY_NO_EXTENSIONS") == "1"
-                             or not list((relay_src / "relay").glob("_fast*.so"))
-                             else "compiled")
+        out["relay_core"] = (
+            "pure"
+            if os.environ.get("RELAY_NO_EXTENSIONS") == "1"
+            or not list((relay_src / "relay").glob("_fast*.so"))
+            else "compiled"
+        )
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-            timeout=10, check=False).stdout.strip() or None
+        out["commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+            or None
+        )
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--", "relay"], cwd=root, capture_output=True,
-            text=True, timeout=10, check=False).stdout
+            ["git", "status", "--porcelain", "--", "relay"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
         out["relay_dirty"] = bool(status.strip())
     return out
 
@@ -187,9 +231,17 @@ def relay_version(relay_src: Path | None = None) -> dict[str, Any]:
 class Run:
     """One load run in this process (the generator)."""
 
-    def __init__(self, wsgen: Any, cfg: dict[str, Any], url: str, relay_pid: int | None,
-                 seed: int, quiet: bool, setup_timeout: float,
-                 cpus: tuple[int | None, int | None] = (None, None)) -> None:
+    def __init__(
+        self,
+        wsgen: Any,
+        cfg: dict[str, Any],
+        url: str,
+        relay_pid: int | None,
+        seed: int,
+        quiet: bool,
+        setup_timeout: float,
+        cpus: tuple[int | None, int | None] = (None, None),
+    ) -> None:
         self.w = wsgen
         self.cpus = cpus  # (relay CPU, generator CPU) when pinned
         self.cfg = cfg
@@ -204,8 +256,9 @@ class Run:
         self.sh = wsgen.Shared(self.n, users, int(self.total_s) + 3)
         period_ns = int(1e9 / cfg["rate"])
         self.period_ns = period_ns
-        self.sender = wsgen.Sender(self.sh, self.n, period_ns, int(period_ns * cfg["jitter"]),
-                                   seed * 2654435761 + 12345)
+        self.sender = wsgen.Sender(
+            self.sh, self.n, period_ns, int(period_ns * cfg["jitter"]), seed * 2654435761 + 12345
+        )
         self.conns: list[Any] = [None] * self.n
         self.run_id = f"{os.getpid():x}{int(time.time()) % 100000:x}"
         self.stopping = False
@@ -264,8 +317,15 @@ class Run:
         async with sem:
             try:
                 transport, proto, _sid = await asyncio.wait_for(
-                    open_joined(self.host, self.port, self.path, f"u{idx}", doc_id, HANDLE,
-                                self.w.client_frame),
+                    open_joined(
+                        self.host,
+                        self.port,
+                        self.path,
+                        f"u{idx}",
+                        doc_id,
+                        HANDLE,
+                        self.w.client_frame,
+                    ),
                     timeout=30.0,
                 )
             except (OSError, SetupError, TimeoutError) as exc:
@@ -298,22 +358,33 @@ class Run:
             if t.exception() is not None:
                 raise t.exception()  # type: ignore[misc]
         if pending:
-            raise BenchError(f"setup did not finish in {self.setup_timeout} s "
-                             f"({len(done)}/{self.n} connections)")
-        log(self.quiet, f"{self.n - self.setup_failed}/{self.n} connections joined in "
-                        f"{time.monotonic() - started:.1f} s")
+            raise BenchError(
+                f"setup did not finish in {self.setup_timeout} s ({len(done)}/{self.n} connections)"
+            )
+        log(
+            self.quiet,
+            f"{self.n - self.setup_failed}/{self.n} connections joined in "
+            f"{time.monotonic() - started:.1f} s",
+        )
         if self.setup_failed:
-            raise BenchError(f"{self.setup_failed} connections failed to set up: "
-                             f"{self.setup_errors}")
+            raise BenchError(
+                f"{self.setup_failed} connections failed to set up: {self.setup_errors}"
+            )
 
     # ------------------------------------------------------------ measuring
 
     def _snapshot(self, name: str) -> None:
         sh, se = self.sh, self.sender
         snap = {
-            "mono": time.monotonic(), "gen_cpu": gen_cpu(), "gen_sys": gen_sys_cpu(),
-            "frames_in": sh.frames_in, "bytes_in": sh.bytes_in, "batches": sh.batches,
-            "events": sh.events_total, "frames_out": se.frames_out, "bytes_out": se.bytes_out,
+            "mono": time.monotonic(),
+            "gen_cpu": gen_cpu(),
+            "gen_sys": gen_sys_cpu(),
+            "frames_in": sh.frames_in,
+            "bytes_in": sh.bytes_in,
+            "batches": sh.batches,
+            "events": sh.events_total,
+            "frames_out": se.frames_out,
+            "bytes_out": se.bytes_out,
             "sent": se.sent,
         }
         if self.relay_pid is not None:
@@ -366,8 +437,11 @@ class Run:
                 loop.call_later(0.001, tick)
 
         loop.call_later(0.0, tick)
-        log(self.quiet, f"load on: {self.n} connections x {cfg['rate']} Hz; warmup "
-                        f"{cfg['warmup']} s, window {cfg['seconds']} s")
+        log(
+            self.quiet,
+            f"load on: {self.n} connections x {cfg['rate']} Hz; warmup "
+            f"{cfg['warmup']} s, window {cfg['seconds']} s",
+        )
         sh.t0, sh.t1 = t0, t1
         await self._sleep_until(t0)
         self._snapshot("t0")
@@ -413,7 +487,8 @@ class Run:
             if role + "_busy" in a and role + "_busy" in b:
                 core[role + "_busy"] = round((b[role + "_busy"] - a[role + "_busy"]) / window, 4)
                 core[role + "_softirq"] = round(
-                    (b[role + "_softirq"] - a[role + "_softirq"]) / window, 4)
+                    (b[role + "_softirq"] - a[role + "_softirq"]) / window, 4
+                )
         gen_core = core.get("gen_core_busy")
         reasons = []
         if gen_frac > SATURATED_CPU:
@@ -421,11 +496,14 @@ class Run:
         if gen_core is not None and gen_core > SATURATED_CPU:
             reasons.append(f"generator's core {gen_core:.0%} busy > {SATURATED_CPU:.0%}")
         if late_share > SATURATED_LATE_SHARE:
-            reasons.append(f"{late_share:.1%} of sends > 5 ms behind schedule (the generator "
-                           "was CPU-starved: saturated, or another process on its core)")
+            reasons.append(
+                f"{late_share:.1%} of sends > 5 ms behind schedule (the generator "
+                "was CPU-starved: saturated, or another process on its core)"
+            )
         if offered < SATURATED_OFFERED * requested:
-            reasons.append(f"offered {offered:.0f}/s < {SATURATED_OFFERED:.0%} of "
-                           f"requested {requested:.0f}/s")
+            reasons.append(
+                f"offered {offered:.0f}/s < {SATURATED_OFFERED:.0%} of requested {requested:.0f}/s"
+            )
         timeline = []
         for s in range(sh.nsec):
             c = sh.second_histogram(s)
@@ -433,15 +511,18 @@ class Run:
             sent_s, late_s, gap_ns = se.second_stats(s)
             if not total and not sent_s:
                 continue
-            timeline.append({
-                "t_s": s, "in_window": cfg["warmup"] <= s < cfg["warmup"] + cfg["seconds"],
-                "count": total,
-                "p50_ms": st.percentile_ms(c, edges, 0.5),
-                "p99_ms": st.percentile_ms(c, edges, 0.99),
-                "sent": sent_s,
-                "sends_late_5ms": late_s,
-                "max_tick_gap_ms": round(gap_ns / 1e6, 2),
-            })
+            timeline.append(
+                {
+                    "t_s": s,
+                    "in_window": cfg["warmup"] <= s < cfg["warmup"] + cfg["seconds"],
+                    "count": total,
+                    "p50_ms": st.percentile_ms(c, edges, 0.5),
+                    "p99_ms": st.percentile_ms(c, edges, 0.99),
+                    "sent": sent_s,
+                    "sends_late_5ms": late_s,
+                    "max_tick_gap_ms": round(gap_ns / 1e6, 2),
+                }
+            )
         out: dict[str, Any] = {
             "connections": self.n - self.setup_failed,
             "window_s": round(window, 3),
@@ -473,12 +554,17 @@ class Run:
                 "out_per_s": round((b["bytes_out"] - a["bytes_out"]) / window, 1),
                 "in_per_s": round((b["bytes_in"] - a["bytes_in"]) / window, 1),
             },
-            "events_per_batch": round((b["events"] - a["events"])
-                                      / max(1, b["batches"] - a["batches"]), 2),
+            "events_per_batch": round(
+                (b["events"] - a["events"]) / max(1, b["batches"] - a["batches"]), 2
+            ),
             "anomalies": {
-                "duplicates": sh.dup, "stale": sh.stale, "foreign": sh.foreign,
-                "parse_errors": sh.parse_errors, "unexpected_frames": self.slow_other,
-                "send_blocked": se.blocked, "send_errors": se.errors,
+                "duplicates": sh.dup,
+                "stale": sh.stale,
+                "foreign": sh.foreign,
+                "parse_errors": sh.parse_errors,
+                "unexpected_frames": self.slow_other,
+                "send_blocked": se.blocked,
+                "send_errors": se.errors,
                 "disconnected": self.disconnected,
             },
             "server_closes": self.closes,
@@ -489,10 +575,14 @@ class Run:
             "generator_cpu_frac": round(gen_frac, 4),
             "generator_us_per_user_tick": None,
             "schedule_slip": {
-                "late_over_1ms": se.late_1ms, "late_over_2ms": se.late_2ms,
-                "late_over_5ms": se.late_5ms, "late_over_10ms": se.late_10ms,
-                "late_over_25ms": se.late_25ms, "max_ms": round(se.max_late_ns / 1e6, 3),
-                "window_share_over_5ms": round(late_share, 5), "skipped_periods": se.skipped,
+                "late_over_1ms": se.late_1ms,
+                "late_over_2ms": se.late_2ms,
+                "late_over_5ms": se.late_5ms,
+                "late_over_10ms": se.late_10ms,
+                "late_over_25ms": se.late_25ms,
+                "max_ms": round(se.max_late_ns / 1e6, 3),
+                "window_share_over_5ms": round(late_share, 5),
+                "skipped_periods": se.skipped,
                 "ticks": se.ticks,
             },
             "cores": core,
@@ -508,13 +598,13 @@ class Run:
             # The kernel's share (syscalls, loopback): what socket options change.
             out["server_cpu_sys_s"] = round(b["relay_sys"] - a["relay_sys"], 3)
             out["server_cpu_frac"] = round(cpu / window, 4)
-            out["server_cpu_s_per_million"] = (
-                round(cpu / delivered * 1e6, 3) if delivered else None)
+            out["server_cpu_s_per_million"] = round(cpu / delivered * 1e6, 3) if delivered else None
             us_tick = cpu * 1e6 / user_ticks
             out["server_cpu_us_per_user_tick"] = round(us_tick, 3)
             # One core's worth of user-ticks at this batch interval, in users.
             out["server_projected_users_per_core"] = (
-                int(1e6 / us_tick / (1000.0 / cfg["batch_ms"])) if us_tick > 0 else None)
+                int(1e6 / us_tick / (1000.0 / cfg["batch_ms"])) if us_tick > 0 else None
+            )
         else:
             out["server_cpu_s"] = out["server_cpu_frac"] = None
             out["server_cpu_s_per_million"] = out["server_cpu_us_per_user_tick"] = None
@@ -525,9 +615,16 @@ class Run:
             with contextlib.suppress(OSError):
                 out["server_vmhwm_mib"] = round(status_kib(self.relay_pid, "VmHWM") / 1024, 1)
         out["relay_metrics"] = {
-            k: v for k, v in metrics.items()
-            if k.startswith(("presence_relay_errors", "presence_relay_closes",
-                             "presence_relay_frames", "presence_relay_bytes"))
+            k: v
+            for k, v in metrics.items()
+            if k.startswith(
+                (
+                    "presence_relay_errors",
+                    "presence_relay_closes",
+                    "presence_relay_frames",
+                    "presence_relay_bytes",
+                )
+            )
         }
         return out
 
@@ -548,9 +645,15 @@ def check_targets(result: dict[str, Any], targets: dict[str, float]) -> list[dic
     return checks
 
 
-async def run_async(wsgen: Any, cfg: dict[str, Any], url: str, relay_pid: int | None,
-                    ns: argparse.Namespace, port_for_metrics: int | None,
-                    cpus: tuple[int | None, int | None]) -> dict[str, Any]:
+async def run_async(
+    wsgen: Any,
+    cfg: dict[str, Any],
+    url: str,
+    relay_pid: int | None,
+    ns: argparse.Namespace,
+    port_for_metrics: int | None,
+    cpus: tuple[int | None, int | None],
+) -> dict[str, Any]:
     run = Run(wsgen, cfg, url, relay_pid, ns.seed, ns.quiet, ns.setup_timeout, cpus)
     try:
         await run.setup()
@@ -563,8 +666,9 @@ async def run_async(wsgen: Any, cfg: dict[str, Any], url: str, relay_pid: int | 
             await run.drive()
         finally:
             gc.enable()
-        metrics = (await asyncio.to_thread(fetch_metrics, port_for_metrics)
-                   if port_for_metrics else {})
+        metrics = (
+            await asyncio.to_thread(fetch_metrics, port_for_metrics) if port_for_metrics else {}
+        )
         return run.result(metrics)
     finally:
         await run.close_all()
@@ -615,9 +719,11 @@ def main(argv: list[str] | None = None) -> int:
     if ns.list:
         for name, sc in load_scenarios().items():
             tg = ", ".join(f"{k} {v}" for k, v in sc.get("targets", {}).items())
-            print(f"{name:12} {sc['docs']} x {sc['users']} @ {sc['rate']} Hz, "
-                  f"{sc.get('batch_ms', 50)} ms batches, {sc['seconds']} s: {tg}"
-                  f"{'  (CI)' if sc.get('ci') else ''}")
+            print(
+                f"{name:12} {sc['docs']} x {sc['users']} @ {sc['rate']} Hz, "
+                f"{sc.get('batch_ms', 50)} ms batches, {sc['seconds']} s: {tg}"
+                f"{'  (CI)' if sc.get('ci') else ''}"
+            )
         return 0
     try:
         cfg, targets, overrides = resolve(ns)
@@ -637,15 +743,20 @@ def main(argv: list[str] | None = None) -> int:
     relay: RelayProcess | None = None
     cpus = None if ns.no_pin else pinning_cpus()
     report: dict[str, Any] = {
-        "scenario": ns.scenario, "overrides": overrides,
-        "config": {**{k: cfg[k] for k in LOAD_KEYS}, "jitter": cfg["jitter"],
-                   "relay_args": cfg["relay_args"], "redis_url": bool(ns.redis_url),
-                   "url": ns.url},
-        "command": " ".join(["python -m bench.load", *(argv if argv is not None
-                                                        else sys.argv[1:])]),
+        "scenario": ns.scenario,
+        "overrides": overrides,
+        "config": {
+            **{k: cfg[k] for k in LOAD_KEYS},
+            "jitter": cfg["jitter"],
+            "relay_args": cfg["relay_args"],
+            "redis_url": bool(ns.redis_url),
+            "url": ns.url,
+        },
+        "command": " ".join(
+            ["python -m bench.load", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "pinned": None,
-                    "loadavg_before": loadavg()},
+        "machine": {"cpus": os.cpu_count(), "pinned": None, "loadavg_before": loadavg()},
         "generator": "raw asyncio protocols on uvloop + compiled bench/_wsgen",
         "version": relay_version(ns.relay_src),
     }
@@ -654,18 +765,29 @@ def main(argv: list[str] | None = None) -> int:
         if ns.url:
             url, relay_pid, mport = ns.url, ns.relay_pid, parse_url(ns.url)[1]
         else:
-            log(ns.quiet, f"starting relay (batch {cfg['batch_ms']} ms"
-                          f"{f', pinned to CPU {cpus[0]}' if cpus else ''})")
+            log(
+                ns.quiet,
+                f"starting relay (batch {cfg['batch_ms']} ms"
+                f"{f', pinned to CPU {cpus[0]}' if cpus else ''})",
+            )
             logpath = jpath.with_suffix(".relay.log")
-            relay = RelayProcess(cfg["batch_ms"], cpus[0] if cpus else None, cfg["relay_args"],
-                                 logpath, ns.redis_url, ns.relay_src)
+            relay = RelayProcess(
+                cfg["batch_ms"],
+                cpus[0] if cpus else None,
+                cfg["relay_args"],
+                logpath,
+                ns.redis_url,
+                ns.relay_src,
+            )
             relay.wait_ready()
             url, relay_pid, mport = relay.url, relay.pid, relay.port
         report["machine"]["nice"] = set_nice(ns.nice, [relay.pid] if relay else [])
         if cpus:
             os.sched_setaffinity(0, {cpus[1]})
-            report["machine"]["pinned"] = {"relay_cpu": cpus[0] if relay else None,
-                                           "generator_cpu": cpus[1]}
+            report["machine"]["pinned"] = {
+                "relay_cpu": cpus[0] if relay else None,
+                "generator_cpu": cpus[1],
+            }
         import uvloop
 
         pins = (cpus[0] if relay else None, cpus[1]) if cpus else (None, None)
@@ -697,8 +819,11 @@ def main(argv: list[str] | None = None) -> int:
     print(rp.table(report))
     print(f"report: {jpath}" + (f"  image: {ppath}" if report.get("image") else ""))
     if result["generator_saturated"]:
-        print("GENERATOR SATURATED: this run does not count ("
-              + "; ".join(result["generator_saturation_reasons"]) + ")")
+        print(
+            "GENERATOR SATURATED: this run does not count ("
+            + "; ".join(result["generator_saturation_reasons"])
+            + ")"
+        )
         return 2
     if checks and not met:
         return 1

@@ -33,9 +33,8 @@ def cpu_split(pid: int) -> tuple[float, float]:
     """(utime, stime) of a process in seconds, from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat", "rb") as fh:
         data = fh.read()
-    fields = data[data.rindex(b")") + 2:].split()
+    fields = data[data.rindex(b")") + 2 :].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # fields 14 and 15 of stat
-
 
 
 def cpu_times(cpu: int) -> dict[str, float] | None:
@@ -46,8 +45,7 @@ def cpu_times(cpu: int) -> dict[str, float] | None:
             for line in fh:
                 if line.startswith(tag):
                     v = [int(x) / CLK_TCK for x in line.split()[1:]]
-                    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq",
-                             "steal")
+                    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
                     d = dict(zip(names, v, strict=False))
                     d["busy"] = sum(d[k] for k in names if k not in ("idle", "iowait"))
                     return d
@@ -78,14 +76,29 @@ class RelayProcess:
     """`python -m relay serve` on 127.0.0.1:free port, optionally pinned with taskset."""
 
     def __init__(
-        self, batch_ms: int, cpu: int | None, extra_args: list[str], log_path: Path,
-        redis_url: str | None = None, relay_src: Path | None = None,
+        self,
+        batch_ms: int,
+        cpu: int | None,
+        extra_args: list[str],
+        log_path: Path,
+        redis_url: str | None = None,
+        relay_src: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.cpu = cpu
         cmd = [
-            sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1",
-            "--port", str(self.port), "--batch-ms", str(batch_ms), "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--batch-ms",
+            str(batch_ms),
+            "--log-level",
+            "warning",
         ]
         if redis_url:
             cmd += ["--redis-url", redis_url]
@@ -104,8 +117,9 @@ class RelayProcess:
             # `python -m relay` imports from its working directory first: run it there.
             cwd = str(relay_src)
             env["PYTHONPATH"] = str(relay_src)
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=cwd)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
         self.pid = self.proc.pid
 
     @property

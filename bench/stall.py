@@ -37,22 +37,31 @@ HERE = Path(__file__).resolve().parent
 
 def mask_frame(payload: bytes, opcode: int = 2) -> bytes:
     n = len(payload)
-    head = bytes([0x80 | opcode, 0x80 | n]) if n < 126 else (
-        bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big"))
+    head = (
+        bytes([0x80 | opcode, 0x80 | n])
+        if n < 126
+        else (bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big"))
+    )
     return head + b"\0\0\0\0" + payload  # a zero mask is a valid mask
 
 
-async def stalled_member(port: int, user: str, doc: str | None, name: str | None = None,
-                         ) -> socket.socket:
+async def stalled_member(
+    port: int,
+    user: str,
+    doc: str | None,
+    name: str | None = None,
+) -> socket.socket:
     """A raw socket that says HELLO (and JOIN), then never reads again."""
     loop = asyncio.get_running_loop()
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.setblocking(False)
     await loop.sock_connect(s, ("127.0.0.1", port))
-    req = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-           b"Sec-WebSocket-Protocol: presence.v1\r\n\r\n")
+    req = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Protocol: presence.v1\r\n\r\n"
+    )
     await loop.sock_sendall(s, req)
     info = {"sdk": "bench/stall", "user_id": user, "name": name or user}
     frames = mask_frame(msgpack.packb([1, 1, None, info]))
@@ -97,10 +106,14 @@ async def nonreader(ns: argparse.Namespace, relay: RelayProcess) -> dict[str, An
     doc = "stall-doc"
     movers = []
     for i in range(39):
-        ws = await connect(relay.url, subprotocols=["presence.v1"],  # type: ignore[list-item]
-                           compression=None)
-        await ws.send(msgpack.packb([1, 1, None, {"sdk": "b", "user_id": f"m{i}",
-                                                  "name": f"Mover {i}"}]))
+        ws = await connect(
+            relay.url,
+            subprotocols=["presence.v1"],  # type: ignore[list-item]
+            compression=None,
+        )
+        await ws.send(
+            msgpack.packb([1, 1, None, {"sdk": "b", "user_id": f"m{i}", "name": f"Mover {i}"}])
+        )
         await ws.recv()
         await ws.send(msgpack.packb([2, 1, doc]))
         await ws.recv()
@@ -161,8 +174,10 @@ async def nonreader(ns: argparse.Namespace, relay: RelayProcess) -> dict[str, An
 
 
 async def shutdown(ns: argparse.Namespace, relay: RelayProcess) -> dict[str, Any]:
-    stalled = [await stalled_member(relay.port, f"u{i}", "busy", f"{i:03d}" + "n" * 200)
-               for i in range(100)]
+    stalled = [
+        await stalled_member(relay.port, f"u{i}", "busy", f"{i:03d}" + "n" * 200)
+        for i in range(100)
+    ]
     pumps = [await stalled_member(relay.port, f"pump{i}", None) for i in range(3)]
     burst = b"".join(mask_frame(msgpack.packb([6, 1, n, n + 40, 50.0])) for n in range(10))
     churn = (mask_frame(msgpack.packb([2, 2, "busy"])) + mask_frame(msgpack.packb([3, 2]))) * 20
@@ -183,8 +198,11 @@ async def shutdown(ns: argparse.Namespace, relay: RelayProcess) -> dict[str, Any
         await asyncio.sleep(0.02)
     for s in stalled + pumps:
         s.close()
-    return {"sigterm_to_exit_s": None if exited is None else round(exited, 2),
-            "exit_code": relay.proc.poll(), "relay_rss_before_kib": rss}
+    return {
+        "sigterm_to_exit_s": None if exited is None else round(exited, 2),
+        "exit_code": relay.proc.poll(),
+        "relay_rss_before_kib": rss,
+    }
 
 
 def main() -> None:
@@ -202,8 +220,11 @@ def main() -> None:
         result = asyncio.run(run(ns, relay))
     finally:
         relay.stop()
-    print(json.dumps({"what": ns.what, "relay_src": str(ns.relay_src or HERE.parent),
-                      **result}, indent=2))
+    print(
+        json.dumps(
+            {"what": ns.what, "relay_src": str(ns.relay_src or HERE.parent), **result}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

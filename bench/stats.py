@@ -13,8 +13,34 @@ from collections.abc import Sequence
 # Cumulative "<= edge" buckets reported in the JSON: the seed's 5/10/25/50/100 ms plus finer.
 # Every edge is a bucket boundary of the compiled histogram, so the counts are exact.
 REPORT_EDGES_MS = (
-    0.1, 0.2, 0.5, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 100, 150, 200,
-    300, 500, 1000, 2000, 5000,
+    0.1,
+    0.2,
+    0.5,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    8,
+    10,
+    12,
+    15,
+    20,
+    25,
+    30,
+    40,
+    50,
+    60,
+    75,
+    100,
+    150,
+    200,
+    300,
+    500,
+    1000,
+    2000,
+    5000,
 )
 
 
@@ -34,7 +60,9 @@ def percentile_ms(
 
 
 def summary(
-    counts: Sequence[int], edges_us: Sequence[tuple[int, int | None]], max_ns: int,
+    counts: Sequence[int],
+    edges_us: Sequence[tuple[int, int | None]],
+    max_ns: int,
     sum_us: int,
 ) -> dict[str, float | None]:
     total = sum(counts)
@@ -63,8 +91,13 @@ def cumulative(
         while i < len(counts) and edges_us[i][1] is not None and edges_us[i][1] <= edge_us:
             running += counts[i]
             i += 1
-        out.append({"le_ms": edge, "count": running,
-                    "fraction": round(running / total, 6) if total else 0.0})
+        out.append(
+            {
+                "le_ms": edge,
+                "count": running,
+                "fraction": round(running / total, 6) if total else 0.0,
+            }
+        )
     out.append({"le_ms": "+Inf", "count": total, "fraction": 1.0 if total else 0.0})
     return out
 

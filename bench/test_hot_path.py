@@ -22,9 +22,10 @@ try:
 except ImportError:  # pragma: no cover
     _fast = None
 
-TWINS = [pytest.param(_fast, id="fast", marks=pytest.mark.skipif(_fast is None,
-                                                                    reason="not built")),
-         pytest.param(pure, id="pure")]
+TWINS = [
+    pytest.param(_fast, id="fast", marks=pytest.mark.skipif(_fast is None, reason="not built")),
+    pytest.param(pure, id="pure"),
+]
 RULES = DocumentRules()
 NOW = 1_800_000_000_000
 

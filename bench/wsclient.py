@@ -53,8 +53,8 @@ def split_frames(buf: bytearray) -> list[tuple[int, bytes]]:
             raise SetupError("the server sent a masked frame")
         if len(buf) < hl + n:
             break
-        out.append((b0, bytes(buf[hl:hl + n])))
-        del buf[:hl + n]
+        out.append((b0, bytes(buf[hl : hl + n])))
+        del buf[: hl + n]
     return out
 
 
@@ -131,7 +131,13 @@ async def _read_message(proto: SetupProtocol, frame: Any, want: int) -> list[Any
 
 
 async def open_joined(
-    host: str, port: int, path: str, user_id: str, doc_id: str, handle: int, frame: Any,
+    host: str,
+    port: int,
+    path: str,
+    user_id: str,
+    doc_id: str,
+    handle: int,
+    frame: Any,
 ) -> tuple[asyncio.Transport, SetupProtocol, int]:
     """Connect, upgrade, HELLO, JOIN. Returns (transport, setup protocol, sid)."""
     loop = asyncio.get_running_loop()

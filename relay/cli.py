@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name", required=True, help="display name")
     token.add_argument("--workspace", default="default", help="workspace id (the `ws` claim)")
     token.add_argument(
-        "--docs", required=True,
+        "--docs",
+        required=True,
         help="comma-separated document ids or prefixes ending in * ('*' for all): the "
-             "documents the token may join; the boundary between workspaces",
+        "documents the token may join; the boundary between workspaces",
     )
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     token.add_argument("--avatar", default=None, help="http(s) avatar URL")
@@ -92,21 +93,26 @@ def main(argv: list[str] | None = None) -> int:
         if _flags(ns).get(name) is not None:
             logging.getLogger("relay").warning(
                 "--%s on the command line is visible to every local user (ps); prefer "
-                "--%s-file or PRESENCE_%s", name.replace("_", "-"), name.replace("_", "-"),
-                name.upper())
+                "--%s-file or PRESENCE_%s",
+                name.replace("_", "-"),
+                name.replace("_", "-"),
+                name.upper(),
+            )
     if ns.command == "token":
         from relay.auth import mint_token
 
         if not config.jwt_secret:
-            print("presence-relay: token needs --jwt-secret or PRESENCE_JWT_SECRET",
-                  file=sys.stderr)
+            print(
+                "presence-relay: token needs --jwt-secret or PRESENCE_JWT_SECRET", file=sys.stderr
+            )
             return 2
         docs = [d.strip() for d in ns.docs.split(",") if d.strip()]
         if not docs:
             print("presence-relay: --docs names no document", file=sys.stderr)
             return 2
-        print(mint_token(config.jwt_secret, ns.user, ns.name, ns.workspace, docs, ns.ttl,
-                         ns.avatar))
+        print(
+            mint_token(config.jwt_secret, ns.user, ns.name, ns.workspace, docs, ns.ttl, ns.avatar)
+        )
         return 0
     try:
         return _run_serve(config)
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"presence-relay: invalid configuration: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"presence-relay: cannot listen on {config.host}:{config.port}: {exc}",
-              file=sys.stderr)
+        print(
+            f"presence-relay: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr
+        )
         return 1

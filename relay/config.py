@@ -29,8 +29,13 @@ def _origin_list(value: str) -> list[str]:
     return [o.strip() for o in value.split(",") if o.strip()]
 
 
-def _opt(default: Any, help: str, lo: float | None = None, hi: float | None = None,
-         kind: type | None = None) -> Any:
+def _opt(
+    default: Any,
+    help: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    kind: type | None = None,
+) -> Any:
     """A setting: its default, its help line, its inclusive range, and (for a setting whose
     default is None) the type a value given for it must have (str when not said)."""
     return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "kind": kind})
@@ -55,6 +60,8 @@ def _read_secret(setting: str, path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PresenceConfig:
+    # One setting per line (the format is off here: a table reads better than wrapped calls).
+    # fmt: off
     # The seed's PresenceConfig
     cursor_throttle_ms: int = _opt(50, "client-side cursor throttle announced to SDKs", 0, 10_000)
     typing_debounce_ms: int = _opt(500, "typing stops this long after the last keystroke", 1, 60_000)
@@ -114,6 +121,7 @@ class PresenceConfig:
     # Redis stream
     presence_stream: str = _opt("materi:events:presence", "Redis stream of joined/left events")
     presence_stream_maxlen: int = _opt(100_000, "approximate MAXLEN of the presence stream", 1, 10**9)
+    # fmt: on
 
     def __post_init__(self) -> None:
         # Secrets kept in files are read here, so every way of building a config gets them.
@@ -123,8 +131,10 @@ class PresenceConfig:
                 if getattr(self, name) is not None:
                     raise ConfigError(f"{name}_file: set {name} or {name}_file, not both")
                 object.__setattr__(self, name, _read_secret(name + "_file", path))
-        for name, least in (("jwt_secret", MIN_SECRET_BYTES),
-                            ("internal_api_key", MIN_API_KEY_BYTES)):
+        for name, least in (
+            ("jwt_secret", MIN_SECRET_BYTES),
+            ("internal_api_key", MIN_API_KEY_BYTES),
+        ):
             value = getattr(self, name)
             if value is not None and len(value.encode()) < least:
                 raise ConfigError(

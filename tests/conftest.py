@@ -52,10 +52,17 @@ class RawClient:
             if pred(frame):
                 return frame
 
-    async def hello(self, user_id: str, name: str | None = None, token: str | None = None,
-                    ) -> list[Any]:
-        info = {"sdk": "test/0"} if token else {"sdk": "test/0", "user_id": user_id,
-                                                 "name": name or user_id}
+    async def hello(
+        self,
+        user_id: str,
+        name: str | None = None,
+        token: str | None = None,
+    ) -> list[Any]:
+        info = (
+            {"sdk": "test/0"}
+            if token
+            else {"sdk": "test/0", "user_id": user_id, "name": name or user_id}
+        )
         await self.send([1, 1, token, info])
         return await self.recv()
 

@@ -21,8 +21,9 @@ from websockets.speedups import apply_mask
 SUBPROTOCOL = "presence.v1"
 
 
-def ws_frame(payload: bytes, opcode: int = 2, fin: bool = True, mask: bool = True,
-             key: bytes | None = None) -> bytes:
+def ws_frame(
+    payload: bytes, opcode: int = 2, fin: bool = True, mask: bool = True, key: bytes | None = None
+) -> bytes:
     """One client frame (masked with `key`, or a random key)."""
     b0 = (0x80 if fin else 0) | opcode
     m = 0x80 if mask else 0
@@ -45,10 +46,12 @@ def pk(value: Any) -> bytes:
 
 def handshake_request(port: int, path: str = "/ws", extra: str = "") -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
-            f"{extra}\r\n").encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
+        f"{extra}\r\n"
+    ).encode()
 
 
 def take_server_frame(buf: bytearray) -> tuple[int, bytes] | None:
@@ -67,8 +70,8 @@ def take_server_frame(buf: bytearray) -> tuple[int, bytes] | None:
         n, i = int.from_bytes(buf[2:10], "big"), 10
     if len(buf) < i + n:
         return None
-    frame = (buf[0] & 0x0F, bytes(buf[i:i + n]))
-    del buf[:i + n]
+    frame = (buf[0] & 0x0F, bytes(buf[i : i + n]))
+    del buf[: i + n]
     return frame
 
 
@@ -81,8 +84,12 @@ class RawSocket:
         self.loop = asyncio.get_running_loop()
 
     @classmethod
-    async def open(cls, port: int, rcvbuf: int | None = None, extra_headers: str = "",
-                   ) -> RawSocket:
+    async def open(
+        cls,
+        port: int,
+        rcvbuf: int | None = None,
+        extra_headers: str = "",
+    ) -> RawSocket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:  # before connect, so the window is small from the start
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -119,8 +126,9 @@ class RawSocket:
                 return frame
             await self._fill(max(0.01, deadline - time.monotonic()))
 
-    async def recv_msg(self, pred: Callable[[Any], bool] = lambda m: True,
-                       timeout: float = 3.0) -> Any:
+    async def recv_msg(
+        self, pred: Callable[[Any], bool] = lambda m: True, timeout: float = 3.0
+    ) -> Any:
         """The next binary message matching `pred` (pings answered, others skipped)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -135,8 +143,9 @@ class RawSocket:
                 raise ConnectionError(f"close frame {data[:2].hex()} {data[2:]!r}")
 
     async def hello(self, user_id: str, token: str | None = None) -> Any:
-        info = {"sdk": "test/0"} if token else {"sdk": "test/0", "user_id": user_id,
-                                                 "name": user_id}
+        info = (
+            {"sdk": "test/0"} if token else {"sdk": "test/0", "user_id": user_id, "name": user_id}
+        )
         await self.send_msg([1, 1, token, info])
         return await self.recv_msg()
 
@@ -148,8 +157,7 @@ class RawSocket:
         self.sock.close()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0,
-                     interval: float = 0.02) -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
     """Poll `check` (sync or async) until it returns something true, or the time is up."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -172,8 +180,11 @@ def free_port() -> int:
             return port
 
 
-async def http_get(port: int, path: str, headers: dict[str, str] | None = None,
-                   ) -> tuple[int, bytes]:
+async def http_get(
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
     """One HTTP/1.1 GET on loopback: (status, body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
@@ -196,7 +207,8 @@ class RelayProcess:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by kill()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve", "--port", str(self.port), *args],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     async def ready(self, timeout: float = 15.0) -> None:

@@ -16,8 +16,11 @@ JOINED = 33
 EV_CURSOR, EV_JOINED, EV_LEFT = 1, 2, 3
 
 
-async def wait_event(c: RawClient, pred: Callable[[list[Any]], bool], timeout: float = 3.0,
-                     ) -> tuple[float, list[Any]]:
+async def wait_event(
+    c: RawClient,
+    pred: Callable[[list[Any]], bool],
+    timeout: float = 3.0,
+) -> tuple[float, list[Any]]:
     """The first BATCH event matching `pred`: (monotonic arrival time, event)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -32,8 +35,9 @@ async def wait_event(c: RawClient, pred: Callable[[list[Any]], bool], timeout: f
                     return time.monotonic(), ev
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 5.0,
-                     interval: float = 0.05) -> Any:
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 5.0, interval: float = 0.05
+) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:

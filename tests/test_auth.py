@@ -44,7 +44,7 @@ def b64url(data: bytes) -> str:
 
 def unsigned(c: dict[str, Any], header: dict[str, Any] | None = None) -> str:
     h = header or {"alg": "none", "typ": "JWT"}
-    return (b64url(json.dumps(h).encode()) + "." + b64url(json.dumps(c).encode()) + ".")
+    return b64url(json.dumps(h).encode()) + "." + b64url(json.dumps(c).encode()) + "."
 
 
 def refused(token: str, secret: str = SECRET) -> AuthError:
@@ -65,8 +65,12 @@ class TestVerify:
     def test_valid_token_gives_grant_with_user_fields(self) -> None:
         g = verify_token(sign(claims()), SECRET)
         assert isinstance(g, Grant)
-        assert g.user == UserInfo(user_id="user-1", name="Ada Lovelace", workspace_id="team-42",
-                                  avatar_url="https://example.com/ada.png")
+        assert g.user == UserInfo(
+            user_id="user-1",
+            name="Ada Lovelace",
+            workspace_id="team-42",
+            avatar_url="https://example.com/ada.png",
+        )
         assert g.docs == ("doc-a", "notes/*")
 
     def test_optional_claims_default(self) -> None:
@@ -83,8 +87,15 @@ class TestVerify:
         assert g.user.avatar_url == "http://example.com/a.png"
 
     def test_minted_token_round_trips(self) -> None:
-        tok = mint_token(SECRET, "u7", "Grace", workspace="w", docs=["x", "y*"], ttl_s=120,
-                         avatar="https://e.com/g.png")
+        tok = mint_token(
+            SECRET,
+            "u7",
+            "Grace",
+            workspace="w",
+            docs=["x", "y*"],
+            ttl_s=120,
+            avatar="https://e.com/g.png",
+        )
         g = verify_token(tok, SECRET)
         assert g.user == UserInfo("u7", "Grace", "w", "https://e.com/g.png")
         assert g.docs == ("x", "y*")
@@ -113,9 +124,15 @@ class TestVerify:
         forged = b64url(json.dumps(claims(sub="admin", docs=["*"])).encode())
         refused(f"{h}.{forged}.{s}")
 
-    @pytest.mark.parametrize("header", [{"alg": "none", "typ": "JWT"}, {"alg": "none"},
-                                        {"alg": "None", "typ": "JWT"},
-                                        {"alg": "NONE", "typ": "JWT"}])
+    @pytest.mark.parametrize(
+        "header",
+        [
+            {"alg": "none", "typ": "JWT"},
+            {"alg": "none"},
+            {"alg": "None", "typ": "JWT"},
+            {"alg": "NONE", "typ": "JWT"},
+        ],
+    )
     def test_alg_none_is_refused(self, header: dict[str, Any]) -> None:
         refused(unsigned(claims(), header))
 
@@ -136,9 +153,18 @@ class TestVerify:
     def test_bad_sub(self, sub: Any) -> None:
         refused(sign(claims(sub=sub)))
 
-    @pytest.mark.parametrize("avatar", ["javascript:alert(1)", "ftp://e.com/a.png",
-                                        "data:image/png;base64,AAAA", "//e.com/a.png",
-                                        "e.com/a.png", 5, ""])
+    @pytest.mark.parametrize(
+        "avatar",
+        [
+            "javascript:alert(1)",
+            "ftp://e.com/a.png",
+            "data:image/png;base64,AAAA",
+            "//e.com/a.png",
+            "e.com/a.png",
+            5,
+            "",
+        ],
+    )
     def test_avatar_must_be_http_url(self, avatar: Any) -> None:
         refused(sign(claims(avatar=avatar)))
 
@@ -147,13 +173,15 @@ class TestVerify:
         e = refused(sign(claims(docs=docs)))
         assert "docs" in str(e)
 
-    @pytest.mark.parametrize("key,value", [("name", ""), ("name", 3), ("ws", ""),
-                                           ("ws", ["w"]), ("name", "n" * 257)])
+    @pytest.mark.parametrize(
+        "key,value", [("name", ""), ("name", 3), ("ws", ""), ("ws", ["w"]), ("name", "n" * 257)]
+    )
     def test_bad_optional_text_claims(self, key: str, value: Any) -> None:
         refused(sign(claims(**{key: value})))
 
-    @pytest.mark.parametrize("garbage", ["", "not-a-token", "a.b.c", "....",
-                                         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0"])
+    @pytest.mark.parametrize(
+        "garbage", ["", "not-a-token", "a.b.c", "....", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0"]
+    )
     def test_garbage(self, garbage: str) -> None:
         refused(garbage)
 
@@ -219,8 +247,14 @@ class TestGrantAllows:
 
 class TestAnonymous:
     def test_needs_user_id(self) -> None:
-        for info in ({}, {"name": "N"}, {"user_id": ""}, {"user_id": 5}, {"user_id": None},
-                     {"user_id": "x" * 257}):
+        for info in (
+            {},
+            {"name": "N"},
+            {"user_id": ""},
+            {"user_id": 5},
+            {"user_id": None},
+            {"user_id": "x" * 257},
+        ):
             with pytest.raises(AuthError):
                 anonymous_grant(info)
 
@@ -239,8 +273,10 @@ class TestAnonymous:
             anonymous_grant({"user_id": "dev", "name": name})
 
     def test_avatar_kept_only_if_http(self) -> None:
-        assert anonymous_grant({"user_id": "d", "avatar": "https://e.com/a.png"}
-                               ).user.avatar_url == "https://e.com/a.png"
+        assert (
+            anonymous_grant({"user_id": "d", "avatar": "https://e.com/a.png"}).user.avatar_url
+            == "https://e.com/a.png"
+        )
         assert anonymous_grant({"user_id": "d", "avatar": "javascript:x"}).user.avatar_url is None
         assert anonymous_grant({"user_id": "d", "avatar": 3}).user.avatar_url is None
 

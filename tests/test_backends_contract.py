@@ -18,8 +18,13 @@ from relay.core.model import ActivityType, Session, UserInfo
 
 
 def session(sid: int, user_id: str, ws: str = "w1", last_active: int = 1000) -> Session:
-    return Session(sid=sid, user=UserInfo(user_id, user_id.title(), ws), color="hsl(0, 70%, 50%)",
-                   connected_at_ms=1000, last_active_ms=last_active)
+    return Session(
+        sid=sid,
+        user=UserInfo(user_id, user_id.title(), ws),
+        color="hsl(0, 70%, 50%)",
+        connected_at_ms=1000,
+        last_active_ms=last_active,
+    )
 
 
 async def _until_ready(*backends: PresenceStore | Broker) -> None:
@@ -109,8 +114,7 @@ async def test_store_forgets_left_sessions_and_empty_documents(store: PresenceSt
     store.session_left("doc", b)
 
     async def gone() -> Any:
-        return await store.document_users("doc") == [] and not await store.workspace_documents(
-            "w2")
+        return await store.document_users("doc") == [] and not await store.workspace_documents("w2")
 
     assert await eventually(gone)
     store.session_left("never-seen", a)  # idempotent, no error

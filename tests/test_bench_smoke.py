@@ -17,10 +17,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 REQUIRED = (
-    "connections", "offered_per_s", "delivered_per_s", "delivered_ratio", "latency_ms",
-    "histogram", "timeline", "frames", "bytes", "server_cpu_s_per_million",
-    "server_cpu_us_per_user_tick", "server_rss_peak_mib", "generator_cpu_s",
-    "generator_saturated", "targets_met",
+    "connections",
+    "offered_per_s",
+    "delivered_per_s",
+    "delivered_ratio",
+    "latency_ms",
+    "histogram",
+    "timeline",
+    "frames",
+    "bytes",
+    "server_cpu_s_per_million",
+    "server_cpu_us_per_user_tick",
+    "server_rss_peak_mib",
+    "generator_cpu_s",
+    "generator_saturated",
+    "targets_met",
 )
 
 
@@ -28,13 +39,31 @@ REQUIRED = (
 def test_load_bench_tiny_run(tmp_path: Path) -> None:
     out = tmp_path / "tiny.json"
     cmd = [
-        sys.executable, "-m", "bench.load", "--docs", "4", "--users", "3", "--rate", "10",
-        "--seconds", "2", "--warmup", "1", "--json", str(out), "--png", str(tmp_path / "t.png"),
-        "--quiet", "--nice", "0",
+        sys.executable,
+        "-m",
+        "bench.load",
+        "--docs",
+        "4",
+        "--users",
+        "3",
+        "--rate",
+        "10",
+        "--seconds",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        str(out),
+        "--png",
+        str(tmp_path / "t.png"),
+        "--quiet",
+        "--nice",
+        "0",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=80, env=env,
-                          check=False)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=80, env=env, check=False
+    )
     # 0: fine (no targets in an ad hoc run); 2: the generator looked starved on a busy
     # machine, which this test does not judge. Anything else is a broken tool.
     assert proc.returncode in (0, 2), proc.stdout + proc.stderr
@@ -47,8 +76,7 @@ def test_load_bench_tiny_run(tmp_path: Path) -> None:
     assert report["offered_per_s"] > 100  # 12 users x 10 Hz
     assert report["delivered_ratio"] > 0.9
     assert 0 < report["latency_ms"]["p50"] < 100
-    assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"][
-        "max"]
+    assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"]["max"]
     # Each update reaches the 2 other members of its document.
     assert report["delivered_per_s"] > 1.5 * report["offered_per_s"]
     edges = [b["le_ms"] for b in report["histogram"]["cumulative"]]

@@ -65,11 +65,24 @@ def chromium() -> Iterator[str]:
     """A headless Chromium; yields the DevTools HTTP endpoint."""
     profile = tempfile.mkdtemp(prefix="relay-chromium-")
     proc = subprocess.Popen(
-        [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-         "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            chromium_binary(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--remote-debugging-address=127.0.0.1",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     port_file = Path(profile) / "DevToolsActivePort"
     deadline = time.monotonic() + 30
@@ -107,8 +120,9 @@ class Page:
                 self.replies.pop(msg["id"]).set_result(msg)
             elif msg.get("method") == "Runtime.consoleAPICalled":
                 args = msg["params"].get("args", [])
-                self.console.append(" ".join(str(a.get("value", a.get("description")))
-                                             for a in args))
+                self.console.append(
+                    " ".join(str(a.get("value", a.get("description"))) for a in args)
+                )
             elif msg.get("method") == "Runtime.exceptionThrown":
                 self.console.append(json.dumps(msg["params"]["exceptionDetails"])[:2000])
 
@@ -123,8 +137,9 @@ class Page:
         return reply["result"]  # type: ignore[no-any-return]
 
     async def evaluate(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", expression=expression, awaitPromise=True,
-                                 returnByValue=True)
+        result = await self.call(
+            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
+        )
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
             text = details.get("exception", {}).get("description") or details.get("text")
@@ -218,8 +233,11 @@ async def test_token_provider_renews_at_expiry(page: Page, relay_factory: Any) -
     assert seen["cyClosed"]["code"] == 4401
     assert seen["cyClosed"]["reason"].startswith("invalid token"), seen["cyClosed"]
     assert seen["cyCalls"] == 2 and seen["cyClosedFlag"] is True
-    assert seen["brokenProvider"] == {"name": "TokenProviderError", "cause": "token service down",
-                                      "message": "token provider failed: Error"}
+    assert seen["brokenProvider"] == {
+        "name": "TokenProviderError",
+        "cause": "token service down",
+        "message": "token provider failed: Error",
+    }
 
 
 def has_integral_float(value: Any) -> bool:
@@ -239,7 +257,8 @@ async def test_golden_vectors_in_the_browser(page: Page, static_site: str) -> No
     vectors = json.loads((ROOT / "tests/vectors/protocol_v1.json").read_text())["vectors"]
     valued = [v for v in vectors if "value" in v]
     expected_not_reencoded = [
-        v["name"] for v in valued
+        v["name"]
+        for v in valued
         if msgpack.packb(v["value"]).hex() != v["hex"] or has_integral_float(v["value"])
     ]
     seen = await run(page, "vectors", static_site)

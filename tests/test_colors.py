@@ -88,7 +88,10 @@ class TestStable:
         for seed in ("1", "2", "12345"):
             out = subprocess.run(
                 [sys.executable, "-c", code],
-                capture_output=True, text=True, check=True, timeout=60,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
                 env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
             ).stdout.strip()
             assert out.split("|") == here

@@ -78,20 +78,34 @@ class TestDefaults:
 
     def test_document_rules_carry_the_settings(self) -> None:
         c = load_config(
-            flags={"typing_debounce_ms": "700", "max_users_per_document": "7",
-                   "activity_timeout_ms": "1234", "away_after_ms": "5678",
-                   "away_after_blur_ms": "910"},
+            flags={
+                "typing_debounce_ms": "700",
+                "max_users_per_document": "7",
+                "activity_timeout_ms": "1234",
+                "away_after_ms": "5678",
+                "away_after_blur_ms": "910",
+            },
             env={},
         )
         assert c.document_rules() == DocumentRules(
-            max_users_per_document=7, typing_debounce_ms=700, activity_timeout_ms=1234,
-            away_after_ms=5678, away_after_blur_ms=910,
+            max_users_per_document=7,
+            typing_debounce_ms=700,
+            activity_timeout_ms=1234,
+            away_after_ms=5678,
+            away_after_blur_ms=910,
         )
 
     def test_welcome_settings_has_the_protocol_keys(self) -> None:
         s = load_config(flags={"batch_ms": "20"}, env={}).welcome_settings()
-        for key in ("batch_ms", "cursor_throttle_ms", "typing_debounce_ms", "max_frame_bytes",
-                    "max_documents", "max_frames_per_s", "max_frames_burst"):
+        for key in (
+            "batch_ms",
+            "cursor_throttle_ms",
+            "typing_debounce_ms",
+            "max_frame_bytes",
+            "max_documents",
+            "max_frames_per_s",
+            "max_frames_burst",
+        ):
             assert key in s
         assert s["batch_ms"] == 20
         assert "jwt_secret" not in s
@@ -141,8 +155,10 @@ class TestPrecedence:
         assert c.port == 8765 and c.batch_ms == 50
 
     def test_relay_table(self, tmp_path: Path) -> None:
-        path = write(tmp_path, "[relay]\nbatch_ms = 25\nmetrics_per_document = true\n"
-                               "rate_limit_close_after_s = 2.5\n")
+        path = write(
+            tmp_path,
+            "[relay]\nbatch_ms = 25\nmetrics_per_document = true\nrate_limit_close_after_s = 2.5\n",
+        )
         c = load_config(env={}, config_path=path)
         assert c.batch_ms == 25
         assert c.metrics_per_document is True
@@ -150,8 +166,7 @@ class TestPrecedence:
 
     def test_relay_table_below_env_and_flags(self, tmp_path: Path) -> None:
         path = write(tmp_path, "[relay]\nbatch_ms = 25\nport = 7000\nhost = '::1'\n")
-        c = load_config(flags={"port": "7001"}, env={"PRESENCE_BATCH_MS": "26"},
-                        config_path=path)
+        c = load_config(flags={"port": "7001"}, env={"PRESENCE_BATCH_MS": "26"}, config_path=path)
         assert (c.batch_ms, c.port, c.host) == (26, 7001, "::1")
 
     def test_kebab_case_keys_in_toml(self, tmp_path: Path) -> None:
@@ -176,16 +191,28 @@ class TestPrecedence:
         assert load_config().batch_ms == 17
 
     def test_native_toml_types_accepted(self, tmp_path: Path) -> None:
-        path = write(tmp_path, "ping_interval_s = 3\nmetrics_per_document = false\n"
-                               f"jwt_secret = '{SECRET}' \n")
+        path = write(
+            tmp_path,
+            f"ping_interval_s = 3\nmetrics_per_document = false\njwt_secret = '{SECRET}' \n",
+        )
         c = load_config(env={}, config_path=path)
         assert c.ping_interval_s == 3.0 and isinstance(c.ping_interval_s, float)
         assert c.metrics_per_document is False
         assert c.jwt_secret == SECRET
 
-    @pytest.mark.parametrize("raw,want", [("1", True), ("true", True), ("YES", True),
-                                          ("on", True), ("0", False), ("false", False),
-                                          ("No", False), ("off", False)])
+    @pytest.mark.parametrize(
+        "raw,want",
+        [
+            ("1", True),
+            ("true", True),
+            ("YES", True),
+            ("on", True),
+            ("0", False),
+            ("false", False),
+            ("No", False),
+            ("off", False),
+        ],
+    )
     def test_bool_spellings(self, raw: str, want: bool) -> None:
         c = load_config(env={"PRESENCE_METRICS_PER_DOCUMENT": raw})
         assert c.metrics_per_document is want
@@ -199,9 +226,15 @@ def _valid_value(name: str) -> tuple[str, Any]:
     f = FIELDS[name]
     default = f.default
     lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
-    special = {"host": "::1", "log_level": "debug", "allowed_origins": "https://app.example",
-               "jwt_secret": SECRET, "jwt_secret_file": str(SECRET_FILE),
-               "internal_api_key_file": str(SECRET_FILE), "metrics_host": "::1"}
+    special = {
+        "host": "::1",
+        "log_level": "debug",
+        "allowed_origins": "https://app.example",
+        "jwt_secret": SECRET,
+        "jwt_secret_file": str(SECRET_FILE),
+        "internal_api_key_file": str(SECRET_FILE),
+        "metrics_host": "::1",
+    }
     if name in special:
         return special[name], special[name]
     if name == "metrics_port":
@@ -231,8 +264,11 @@ def test_every_field_is_settable_from_env(name: str) -> None:
 def test_every_field_is_settable_from_flags_and_toml(name: str, tmp_path: Path) -> None:
     raw, want = _valid_value(name)
     assert getattr(load_config(flags={name: raw}, env={}), name) == want
-    toml_value = repr(want).lower() if isinstance(want, bool) else (
-        f'"{want}"' if isinstance(want, str) else repr(want))
+    toml_value = (
+        repr(want).lower()
+        if isinstance(want, bool)
+        else (f'"{want}"' if isinstance(want, str) else repr(want))
+    )
     path = write(tmp_path, f"{name} = {toml_value}\n")
     assert getattr(load_config(env={}, config_path=path), name) == want
 
@@ -246,42 +282,48 @@ def test_fields_cover_the_dataclass() -> None:
 
 
 class TestInvalid:
-    @pytest.mark.parametrize("name,raw", [
-        ("port", "70000"),
-        ("port", "-1"),
-        ("batch_ms", "0"),
-        ("batch_ms", "1001"),
-        ("typing_debounce_ms", "0"),
-        ("max_users_per_document", "0"),
-        ("max_frame_bytes", "10"),
-        ("rate_limit_close_after_s", "0.05"),
-        ("ping_interval_s", "-1"),
-        ("ping_timeout_s", "inf"),
-    ])
+    @pytest.mark.parametrize(
+        "name,raw",
+        [
+            ("port", "70000"),
+            ("port", "-1"),
+            ("batch_ms", "0"),
+            ("batch_ms", "1001"),
+            ("typing_debounce_ms", "0"),
+            ("max_users_per_document", "0"),
+            ("max_frame_bytes", "10"),
+            ("rate_limit_close_after_s", "0.05"),
+            ("ping_interval_s", "-1"),
+            ("ping_timeout_s", "inf"),
+        ],
+    )
     def test_out_of_range_names_the_setting(self, name: str, raw: str) -> None:
         with pytest.raises(ConfigError) as ei:
             load_config(env={"PRESENCE_" + name.upper(): raw})
         assert name in str(ei.value)
         assert "range" in str(ei.value)
 
-    @pytest.mark.parametrize("name", sorted(n for n, f in FIELDS.items()
-                                            if f.metadata.get("lo") is not None))
+    @pytest.mark.parametrize(
+        "name", sorted(n for n, f in FIELDS.items() if f.metadata.get("lo") is not None)
+    )
     def test_every_bounded_field_rejects_below_its_lower_bound(self, name: str) -> None:
         lo = FIELDS[name].metadata["lo"]
         below = lo - 1 if isinstance(FIELDS[name].default, int) else lo - 0.01
         with pytest.raises(ConfigError, match=name):
             load_config(flags={name: str(below)}, env={})
 
-    @pytest.mark.parametrize("name", sorted(n for n, f in FIELDS.items()
-                                            if f.metadata.get("hi") is not None))
+    @pytest.mark.parametrize(
+        "name", sorted(n for n, f in FIELDS.items() if f.metadata.get("hi") is not None)
+    )
     def test_every_bounded_field_rejects_above_its_upper_bound(self, name: str) -> None:
         hi = FIELDS[name].metadata["hi"]
         above = hi + 1 if isinstance(FIELDS[name].default, int) else hi + 0.5
         with pytest.raises(ConfigError, match=name):
             load_config(flags={name: str(above)}, env={})
 
-    @pytest.mark.parametrize("name", sorted(n for n, f in FIELDS.items()
-                                            if f.metadata.get("lo") is not None))
+    @pytest.mark.parametrize(
+        "name", sorted(n for n, f in FIELDS.items() if f.metadata.get("lo") is not None)
+    )
     def test_bounds_are_inclusive(self, name: str) -> None:
         f = FIELDS[name]
         for bound in (f.metadata["lo"], f.metadata["hi"]):
@@ -290,9 +332,16 @@ class TestInvalid:
             c = load_config(flags={name: raw}, env={})
             assert getattr(c, name) == bound
 
-    @pytest.mark.parametrize("name,raw", [("port", "abc"), ("batch_ms", "1.5"),
-                                          ("batch_ms", "ten"), ("ping_interval_s", "fast"),
-                                          ("max_documents", "")])
+    @pytest.mark.parametrize(
+        "name,raw",
+        [
+            ("port", "abc"),
+            ("batch_ms", "1.5"),
+            ("batch_ms", "ten"),
+            ("ping_interval_s", "fast"),
+            ("max_documents", ""),
+        ],
+    )
     def test_not_a_number_names_the_setting(self, name: str, raw: str) -> None:
         with pytest.raises(ConfigError) as ei:
             load_config(flags={name: raw}, env={})
@@ -311,8 +360,9 @@ class TestInvalid:
         with pytest.raises(ConfigError, match="log_level"):
             load_config(env={"PRESENCE_LOG_LEVEL": "verbose"})
 
-    @pytest.mark.parametrize("name", ["ping_interval_s", "rate_limit_close_after_s",
-                                      "bad_frames_window_s"])
+    @pytest.mark.parametrize(
+        "name", ["ping_interval_s", "rate_limit_close_after_s", "bad_frames_window_s"]
+    )
     def test_nan_is_out_of_range(self, name: str) -> None:
         with pytest.raises(ConfigError, match=name):
             load_config(env={"PRESENCE_" + name.upper(): "nan"})
@@ -346,8 +396,10 @@ class TestInvalid:
         with pytest.raises(ConfigError, match=r"from-env\.toml"):
             load_config(env={"PRESENCE_CONFIG": missing})
 
-    @pytest.mark.parametrize("text", ["port = \n", "[relay\nport = 1\n", "port = 1\nport = 2\n",
-                                      "host = 'unterminated\n"])
+    @pytest.mark.parametrize(
+        "text",
+        ["port = \n", "[relay\nport = 1\n", "port = 1\nport = 2\n", "host = 'unterminated\n"],
+    )
     def test_invalid_toml(self, tmp_path: Path, text: str) -> None:
         path = write(tmp_path, text)
         with pytest.raises(ConfigError) as ei:
@@ -355,23 +407,33 @@ class TestInvalid:
         assert "TOML" in str(ei.value)
         assert "relay.toml" in str(ei.value)
 
-    @pytest.mark.parametrize("line,name", [("host = 5", "host"), ("port = 80.5", "port"),
-                                           ("port = true", "port"), ("port = '80x'", "port"),
-                                           ("ping_interval_s = false", "ping_interval_s"),
-                                           ("log_level = ['info']", "log_level"),
-                                           ("metrics_per_document = 'maybe'",
-                                            "metrics_per_document")])
-    def test_wrong_toml_types_name_the_setting(self, tmp_path: Path, line: str,
-                                               name: str) -> None:
+    @pytest.mark.parametrize(
+        "line,name",
+        [
+            ("host = 5", "host"),
+            ("port = 80.5", "port"),
+            ("port = true", "port"),
+            ("port = '80x'", "port"),
+            ("ping_interval_s = false", "ping_interval_s"),
+            ("log_level = ['info']", "log_level"),
+            ("metrics_per_document = 'maybe'", "metrics_per_document"),
+        ],
+    )
+    def test_wrong_toml_types_name_the_setting(self, tmp_path: Path, line: str, name: str) -> None:
         path = write(tmp_path, line + "\n")
         with pytest.raises(ConfigError, match=name):
             load_config(env={}, config_path=path)
 
-    @pytest.mark.parametrize("line,name", [("port = [1]", "port"),
-                                           ("port = 1979-05-27", "port"),
-                                           ("batch_ms = {a = 1}", "batch_ms"),
-                                           ("ping_interval_s = [2.0]", "ping_interval_s"),
-                                           ("ping_timeout_s = 07:32:00", "ping_timeout_s")])
+    @pytest.mark.parametrize(
+        "line,name",
+        [
+            ("port = [1]", "port"),
+            ("port = 1979-05-27", "port"),
+            ("batch_ms = {a = 1}", "batch_ms"),
+            ("ping_interval_s = [2.0]", "ping_interval_s"),
+            ("ping_timeout_s = 07:32:00", "ping_timeout_s"),
+        ],
+    )
     def test_non_scalar_toml_values_for_numbers_name_the_setting(
         self, tmp_path: Path, line: str, name: str
     ) -> None:
@@ -413,8 +475,10 @@ class TestLoopback:
     def test_loopback(self, host: str) -> None:
         assert load_config(flags={"host": host}, env={}).loopback is True
 
-    @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.1", "192.168.1.5",
-                                      "example.com", "localhost.evil.com", ""])
+    @pytest.mark.parametrize(
+        "host",
+        ["0.0.0.0", "::", "10.0.0.1", "192.168.1.5", "example.com", "localhost.evil.com", ""],
+    )
     def test_not_loopback(self, host: str) -> None:
         assert load_config(flags={"host": host}, env={}).loopback is False
 
@@ -427,8 +491,21 @@ class TestCli:
     def test_token_prints_a_verifiable_token(self, capsys: pytest.CaptureFixture[str]) -> None:
         from relay.cli import main
 
-        rc = main(["token", "--jwt-secret", SECRET, "--user", "u", "--name", "N",
-                   "--docs", "a,b*", "--ttl", "60"])
+        rc = main(
+            [
+                "token",
+                "--jwt-secret",
+                SECRET,
+                "--user",
+                "u",
+                "--name",
+                "N",
+                "--docs",
+                "a,b*",
+                "--ttl",
+                "60",
+            ]
+        )
         out = capsys.readouterr().out.strip()
         assert rc == 0
         assert out.count(".") == 2 and "\n" not in out
@@ -441,8 +518,9 @@ class TestCli:
         assert claims["exp"] - claims["iat"] == 60
         assert jwt.get_unverified_header(out)["alg"] == "HS256"
 
-    def test_token_secret_from_env(self, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+    def test_token_secret_from_env(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         from relay.cli import main
 
         monkeypatch.setenv("PRESENCE_JWT_SECRET", "env-secret-env-secret-env-secret!")
@@ -459,8 +537,10 @@ class TestCli:
             main(["token", "--jwt-secret", SECRET, "--user", "u", "--name", "N"])
         assert ei.value.code == 2
         assert "--docs" in capsys.readouterr().err
-        assert main(["token", "--jwt-secret", SECRET, "--user", "u", "--name", "N",
-                     "--docs", " , "]) == 2
+        assert (
+            main(["token", "--jwt-secret", SECRET, "--user", "u", "--name", "N", "--docs", " , "])
+            == 2
+        )
         assert "--docs" in capsys.readouterr().err
 
     def test_token_without_secret_fails(self, capsys: pytest.CaptureFixture[str]) -> None:
@@ -471,8 +551,9 @@ class TestCli:
         assert "jwt-secret" in err.err or "JWT_SECRET" in err.err
         assert err.out == ""
 
-    def test_serve_rejects_batch_ms_zero(self, capsys: pytest.CaptureFixture[str],
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_serve_rejects_batch_ms_zero(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         from relay import cli
 
         _refuse_to_serve(monkeypatch)
@@ -493,9 +574,9 @@ class TestCli:
         err = capsys.readouterr().err
         assert "jwt_secret" in err
 
-    def test_serve_with_invalid_toml_file(self, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_serve_with_invalid_toml_file(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         from relay import cli
 
         _refuse_to_serve(monkeypatch)
@@ -503,9 +584,9 @@ class TestCli:
         assert cli.main(["serve", "--config", path]) == 2
         assert "batch_ms" in capsys.readouterr().err
 
-    def test_serve_with_non_scalar_toml_value(self, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_serve_with_non_scalar_toml_value(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         from relay import cli
 
         _refuse_to_serve(monkeypatch)
@@ -513,8 +594,9 @@ class TestCli:
         assert cli.main(["serve", "--config", path]) == 2
         assert "port" in capsys.readouterr().err
 
-    def test_config_command_hides_secrets(self, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+    def test_config_command_hides_secrets(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         from relay.cli import main
 
         monkeypatch.setenv("PRESENCE_JWT_SECRET", "hunter2-hunter2-hunter2-hunter2-hunter2")
@@ -564,8 +646,9 @@ def test_allowed_origins() -> None:
 
 class TestSecrets:
     @pytest.mark.parametrize("name,least", [("jwt_secret", 32), ("internal_api_key", 16)])
-    def test_a_short_secret_refuses_to_start_naming_the_setting(self, name: str,
-                                                                least: int) -> None:
+    def test_a_short_secret_refuses_to_start_naming_the_setting(
+        self, name: str, least: int
+    ) -> None:
         for bad in ("", "x", "s" * (least - 1), "é" * (least // 2 - 1) + "x"):
             with pytest.raises(ConfigError, match=name):
                 load_config(flags={name: bad}, env={})
@@ -583,8 +666,9 @@ class TestSecrets:
         jwt_file.write_text(SECRET + "\n")
         key_file = tmp_path / "key"
         key_file.write_text("k" * 20)
-        c = load_config(flags={"jwt_secret_file": str(jwt_file),
-                               "internal_api_key_file": str(key_file)}, env={})
+        c = load_config(
+            flags={"jwt_secret_file": str(jwt_file), "internal_api_key_file": str(key_file)}, env={}
+        )
         assert c.jwt_secret == SECRET and c.internal_api_key == "k" * 20
 
     def test_secret_file_problems_name_the_setting(self, tmp_path: Path) -> None:

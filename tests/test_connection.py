@@ -44,17 +44,31 @@ async def test_connections_before_hello_count_toward_max_connections(
 
 def surrogate_token(claim: str, value: str) -> str:
     """A correctly signed token whose claim holds a lone surrogate (JSON allows "\\ud800")."""
-    claims: dict[str, Any] = {"sub": "mallory", "name": "Mallory", "ws": "w", "docs": ["*"],
-                              "exp": int(time.time()) + 600}
+    claims: dict[str, Any] = {
+        "sub": "mallory",
+        "name": "Mallory",
+        "ws": "w",
+        "docs": ["*"],
+        "exp": int(time.time()) + 600,
+    }
     claims[claim] = value
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
-@pytest.mark.parametrize("claim,value", [("name", "bad\ud800"), ("sub", "\udfffx"),
-                                         ("ws", "w\ud83d"),
-                                         ("avatar", "https://x.example/\ud800.png")])
+@pytest.mark.parametrize(
+    "claim,value",
+    [
+        ("name", "bad\ud800"),
+        ("sub", "\udfffx"),
+        ("ws", "w\ud83d"),
+        ("avatar", "https://x.example/\ud800.png"),
+    ],
+)
 async def test_a_token_whose_claims_cannot_be_carried_is_refused_and_frees_its_slot(
-    relay_factory: Any, client_factory: Any, claim: str, value: str,
+    relay_factory: Any,
+    client_factory: Any,
+    claim: str,
+    value: str,
 ) -> None:
     """Five replays of such a token against max_connections 5 used to lock everyone out
     (WELCOME failed after the slot was taken, and the slot was never released)."""
@@ -74,7 +88,9 @@ async def test_a_token_whose_claims_cannot_be_carried_is_refused_and_frees_its_s
 
 
 async def test_an_exception_after_hello_releases_the_client(
-    relay_factory: Any, client_factory: Any, monkeypatch: pytest.MonkeyPatch,
+    relay_factory: Any,
+    client_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Whatever raises once the hub registered the client, the client is released (its
     documents, its place in hub.clients, its socket)."""
@@ -94,7 +110,8 @@ async def test_an_exception_after_hello_releases_the_client(
 
 
 async def test_the_connection_closes_4401_when_its_token_expires(
-    relay_factory: Any, client_factory: Any,
+    relay_factory: Any,
+    client_factory: Any,
 ) -> None:
     r = await relay_factory(jwt_secret=SECRET)
     watcher = await client_factory(r)
@@ -102,8 +119,9 @@ async def test_the_connection_closes_4401_when_its_token_expires(
     await watcher.join(1, "d")
     c = await client_factory(r)
     exp = time.time() + 1.5
-    token = jwt.encode({"sub": "ann", "docs": ["*"], "exp": int(exp) + 1}, SECRET,
-                       algorithm="HS256")
+    token = jwt.encode(
+        {"sub": "ann", "docs": ["*"], "exp": int(exp) + 1}, SECRET, algorithm="HS256"
+    )
     deadline = int(exp) + 1
     assert (await c.hello("ignored", token=token))[0] == p.WELCOME
     sid = (await c.join(1, "d"))[3]
@@ -117,7 +135,8 @@ async def test_the_connection_closes_4401_when_its_token_expires(
 
 
 async def test_join_is_checked_against_the_token_as_it_stands(
-    relay_factory: Any, client_factory: Any,
+    relay_factory: Any,
+    client_factory: Any,
 ) -> None:
     """A JOIN after `exp` is refused even if the expiry timer has not fired yet (here the
     relay's clock runs ahead of the timer)."""
@@ -137,8 +156,11 @@ async def test_join_is_checked_against_the_token_as_it_stands(
 async def test_anonymous_mode_refuses_proxied_handshakes(relay: Any) -> None:
     """Without a secret the relay trusts "the caller is on loopback"; a proxy on the same
     host would make every remote caller look local."""
-    for header in ("Forwarded: for=203.0.113.9", "X-Forwarded-For: 203.0.113.9",
-                   "X-Real-IP: 203.0.113.9"):
+    for header in (
+        "Forwarded: for=203.0.113.9",
+        "X-Forwarded-For: 203.0.113.9",
+        "X-Real-IP: 203.0.113.9",
+    ):
         s = await RawSocket.open(relay.port, extra_headers=header + "\r\n")
         assert s.status == 403, header
         s.close()
@@ -153,7 +175,9 @@ async def test_proxied_handshakes_are_fine_with_tokens(relay_factory: Any) -> No
 
 
 async def test_refused_hellos_are_logged_at_a_bounded_rate(
-    relay_factory: Any, client_factory: Any, caplog: pytest.LogCaptureFixture,
+    relay_factory: Any,
+    client_factory: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     r = await relay_factory(jwt_secret=SECRET)
     with caplog.at_level("INFO", logger="relay.connection"):
@@ -167,7 +191,8 @@ async def test_refused_hellos_are_logged_at_a_bounded_rate(
 
 
 async def test_no_token_or_query_string_is_logged_at_debug(
-    relay_factory: Any, caplog: pytest.LogCaptureFixture,
+    relay_factory: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """At log_level debug too: websockets' own debug lines (request lines, frames) would
     carry them, so websockets never logs below INFO."""
@@ -179,15 +204,17 @@ async def test_no_token_or_query_string_is_logged_at_debug(
     with caplog.at_level("DEBUG"):
         for token in (good, bad):
             # in the HELLO, and in the query string (the way some clients send it)
-            async with connect(f"ws://127.0.0.1:{r.port}/ws?token={token}",
-                               subprotocols=["presence.v1"]) as ws:  # type: ignore[list-item]
+            async with connect(
+                f"ws://127.0.0.1:{r.port}/ws?token={token}", subprotocols=["presence.v1"]
+            ) as ws:  # type: ignore[list-item]
                 await ws.send(p.pack([1, 1, token, {"sdk": "t"}]))
                 with pytest.raises((ConnectionClosed, TimeoutError)):
                     while True:
                         await asyncio.wait_for(ws.recv(), 0.5)
     # (the test's own client logs its request line: only the relay's lines count)
-    relay_lines = "\n".join(rec.getMessage() for rec in caplog.records
-                            if not rec.name.startswith("websockets.client"))
+    relay_lines = "\n".join(
+        rec.getMessage() for rec in caplog.records if not rec.name.startswith("websockets.client")
+    )
     assert "connection open" in relay_lines, "the relay logged nothing at all?"
     for token in (good, bad):
         for part in token.split("."):

@@ -32,8 +32,9 @@ RULES = DocumentRules(
 
 
 def user(uid: str, name: str | None = None, avatar: str | None = None) -> UserInfo:
-    return UserInfo(user_id=uid, name=name or uid.capitalize(), workspace_id="ws1",
-                    avatar_url=avatar)
+    return UserInfo(
+        user_id=uid, name=name or uid.capitalize(), workspace_id="ws1", avatar_url=avatar
+    )
 
 
 def decode(batch: Batch) -> list[Any]:
@@ -246,7 +247,7 @@ class TestLeave:
         b_ = doc.flush(20)
         evs = events(b_)
         left_at = evs.index([p.EV_LEFT, a.sid])
-        assert all(e[1] != a.sid for e in evs[left_at + 1:])
+        assert all(e[1] != a.sid for e in evs[left_at + 1 :])
         assert [e for e in evs if e[0] == p.EV_CURSOR] == [[p.EV_CURSOR, b.sid, 4, 5, 6]]
         assert b_ is not None and b_.cursor_arrivals == [11]
 
@@ -526,8 +527,9 @@ class TestFocus:
         assert doc.snapshot()[0][7] is False
 
     def test_away_after_blur(self) -> None:
-        rules = DocumentRules(activity_timeout_ms=30_000, away_after_ms=300_000,
-                              away_after_blur_ms=10_000)
+        rules = DocumentRules(
+            activity_timeout_ms=30_000, away_after_ms=300_000, away_after_blur_ms=10_000
+        )
         doc, a = self._doc(rules)
         doc.set_focus(a, False, 1000)
         drain(doc, 1000)
@@ -795,8 +797,9 @@ class TestFlush:
     @pytest.mark.parametrize("doc_id", ["d", "x" * 31, "y" * 32, "z" * 128])
     @pytest.mark.parametrize("n_events", [1, 15, 16])
     @pytest.mark.parametrize("now", [0, 127, 2**31, 2**40 + 3])
-    def test_frame_is_the_canonical_batch_encoding(self, doc_id: str, n_events: int,
-                                                   now: int) -> None:
+    def test_frame_is_the_canonical_batch_encoding(
+        self, doc_id: str, n_events: int, now: int
+    ) -> None:
         """Whatever way the frame is assembled, it is the BATCH array's msgpack encoding
         (header sizes change at 16 events / 65536 events and with the doc_id length)."""
         self._check_canonical(doc_id, n_events, now)
@@ -899,8 +902,14 @@ class TestFlush:
         kinds_b = [e[0] for e in evs if e[0] != p.EV_JOINED and e[1] == b]
         assert evs[0][0] == p.EV_JOINED and evs[0][1][0] == b
         # queued events of b keep their order; the coalesced cursor comes after them
-        assert kinds_b == [p.EV_VIEWPORT, p.EV_ACTIVITY, p.EV_FOCUS, p.EV_TYPING,
-                           p.EV_ACTIVITY, p.EV_CURSOR]
+        assert kinds_b == [
+            p.EV_VIEWPORT,
+            p.EV_ACTIVITY,
+            p.EV_FOCUS,
+            p.EV_TYPING,
+            p.EV_ACTIVITY,
+            p.EV_CURSOR,
+        ]
         first_of = {}
         for i, e in enumerate(evs):
             sid = e[1][0] if e[0] == p.EV_JOINED else e[1]
@@ -937,8 +946,14 @@ def _apply(mirror: dict[int, dict[str, Any]], ev: list[Any]) -> None:
     code = ev[0]
     if code == p.EV_JOINED:
         m = ev[1]
-        mirror[m[0]] = {"activity": m[5], "typing": m[6], "focused": m[7], "cursor": m[8],
-                        "selection": m[9], "viewport": m[10]}
+        mirror[m[0]] = {
+            "activity": m[5],
+            "typing": m[6],
+            "focused": m[7],
+            "cursor": m[8],
+            "selection": m[9],
+            "viewport": m[10],
+        }
         return
     sid = ev[1]
     if sid not in mirror:
@@ -966,8 +981,14 @@ def _state(doc: Document) -> dict[int, dict[str, Any]]:
     out = {}
     for m in doc.snapshot():
         m = _as_lists(m)
-        out[m[0]] = {"activity": m[5], "typing": m[6], "focused": m[7], "cursor": m[8],
-                     "selection": m[9], "viewport": m[10]}
+        out[m[0]] = {
+            "activity": m[5],
+            "typing": m[6],
+            "focused": m[7],
+            "cursor": m[8],
+            "selection": m[9],
+            "viewport": m[10],
+        }
     return out
 
 
@@ -975,12 +996,20 @@ _pos = st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 2000))
 _op = st.one_of(
     st.tuples(st.just("join"), st.integers(0, 4)),
     st.tuples(st.just("leave"), st.integers(0, 8)),
-    st.tuples(st.just("cursor"), st.integers(0, 8), st.none() | _pos,
-              st.none() | st.tuples(st.integers(0, 50), st.integers(0, 50),
-                                    st.integers(0, 2000), st.booleans())),
+    st.tuples(
+        st.just("cursor"),
+        st.integers(0, 8),
+        st.none() | _pos,
+        st.none()
+        | st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 2000), st.booleans()),
+    ),
     st.tuples(st.just("typing"), st.integers(0, 8), st.booleans()),
-    st.tuples(st.just("viewport"), st.integers(0, 8), st.integers(0, 100),
-              st.floats(0, 100, allow_nan=False)),
+    st.tuples(
+        st.just("viewport"),
+        st.integers(0, 8),
+        st.integers(0, 100),
+        st.floats(0, 100, allow_nan=False),
+    ),
     st.tuples(st.just("focus"), st.integers(0, 8), st.booleans()),
     st.tuples(st.just("wait"), st.integers(0, 70_000)),
     st.tuples(st.just("flush")),
@@ -993,9 +1022,13 @@ def test_batches_keep_a_mirror_in_sync_and_follow_the_rules(ops: list[tuple[Any,
     """An SDK that applies every BATCH ends with the document's state; per batch, at most one
     cursor event per sid, `joined` before anything of its sid, nothing of a sid after its
     `left`, skip_sid only when one sid authored every event."""
-    rules = DocumentRules(max_users_per_document=6, typing_debounce_ms=500,
-                          activity_timeout_ms=20_000, away_after_ms=100_000,
-                          away_after_blur_ms=40_000)
+    rules = DocumentRules(
+        max_users_per_document=6,
+        typing_debounce_ms=500,
+        activity_timeout_ms=20_000,
+        away_after_ms=100_000,
+        away_after_blur_ms=40_000,
+    )
     doc = fresh(rules)
     mirror: dict[int, dict[str, Any]] = {}
     now = 0

@@ -65,8 +65,11 @@ async def test_fragmented_message_keeps_order(relay: Relay, client_factory: Any)
     """A JOIN sent in two fragments, then a CURSOR for it in the same write: no ERROR 3."""
     watcher, raw, _ = await pair(relay, client_factory)
     join = pk([2, 5, "d"])
-    data = (ws_frame(join[:2], opcode=2, fin=False) + ws_frame(join[2:], opcode=0, fin=True)
-            + ws_frame(pk([4, 5, 1, 1, 1])))
+    data = (
+        ws_frame(join[:2], opcode=2, fin=False)
+        + ws_frame(join[2:], opcode=0, fin=True)
+        + ws_frame(pk([4, 5, 1, 1, 1]))
+    )
     raw.ws.transport.write(data)
     joined = await raw.recv_until(lambda f: f[0] in (33, 35))
     assert joined[0] == 33
@@ -82,8 +85,12 @@ async def test_fragmented_message_keeps_order(relay: Relay, client_factory: Any)
 async def test_text_and_ping_frames_between_binary(relay: Relay, client_factory: Any) -> None:
     watcher, raw, _ = await pair(relay, client_factory)
     sid = (await raw.join(1, "d"))[3]
-    raw.ws.transport.write(ws_frame(pk([4, 1, 1, 1, 1])) + ws_frame(b"hello", opcode=1)
-                           + ws_frame(b"p", opcode=9) + ws_frame(pk([4, 1, 3, 3, 3])))
+    raw.ws.transport.write(
+        ws_frame(pk([4, 1, 1, 1, 1]))
+        + ws_frame(b"hello", opcode=1)
+        + ws_frame(b"p", opcode=9)
+        + ws_frame(pk([4, 1, 3, 3, 3]))
+    )
     err = await raw.recv_until(lambda f: f[0] == 35)
     assert err[2] == 1  # text frame: BAD_FRAME, connection stays
     await watcher.recv_until(lambda f: f[0] == 34 and [1, sid, 3, 3, 3] in f[3])

@@ -129,7 +129,7 @@ async def play(relay: Relay, observer: Any, doc: str, stream: Stream, cuts: list
         replies: list[tuple[int, int]] = []
         pongs: list[bytes] = []
         deadline = time.monotonic() + 5
-        while (len(replies) < len(stream.replies) or len(pongs) < len(stream.pongs)):
+        while len(replies) < len(stream.replies) or len(pongs) < len(stream.pongs):
             assert time.monotonic() < deadline, (replies, pongs)
             frame = take_server_frame(buf) if head is None else None
             if frame is None:
@@ -173,8 +173,19 @@ async def play(relay: Relay, observer: Any, doc: str, stream: Stream, cuts: list
 
 _docs = itertools.count()
 
-TRICKY = ["text", "viewport", "ping", "viewport", "fragmented", "viewport", "PING", "text",
-          "text", "viewport", "long"]
+TRICKY = [
+    "text",
+    "viewport",
+    "ping",
+    "viewport",
+    "fragmented",
+    "viewport",
+    "PING",
+    "text",
+    "text",
+    "viewport",
+    "long",
+]
 
 
 async def observer_in(relay: Relay, client_factory: Any, doc: str) -> Any:
@@ -194,15 +205,25 @@ async def test_every_cut_of_one_stream(relay: Relay, client_factory: Any) -> Non
         await play(relay, obs, doc, stream, [cut])
 
 
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(items=st.lists(st.sampled_from(["viewport", "fragmented", "text", "ping", "PING",
-                                       "long"]), min_size=1, max_size=12),
-       cut_fractions=st.lists(st.floats(0, 1), min_size=1, max_size=6),
-       masks=st.lists(st.one_of(st.binary(min_size=4, max_size=4), st.sampled_from(ADVERSARIAL)),
-                      min_size=1, max_size=8))
-def test_any_stream_cut_anywhere(relay_loop: Any, items: list[str],
-                                 cut_fractions: list[float], masks: list[bytes]) -> None:
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    items=st.lists(
+        st.sampled_from(["viewport", "fragmented", "text", "ping", "PING", "long"]),
+        min_size=1,
+        max_size=12,
+    ),
+    cut_fractions=st.lists(st.floats(0, 1), min_size=1, max_size=6),
+    masks=st.lists(
+        st.one_of(st.binary(min_size=4, max_size=4), st.sampled_from(ADVERSARIAL)),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_any_stream_cut_anywhere(
+    relay_loop: Any, items: list[str], cut_fractions: list[float], masks: list[bytes]
+) -> None:
     relay, client_factory, run = relay_loop
 
     async def case() -> None:
@@ -236,8 +257,9 @@ def relay_loop() -> Any:
         from conftest import RawClient
         from websockets.asyncio.client import connect
 
-        ws = await connect(f"ws://127.0.0.1:{relay.port}/ws", subprotocols=["presence.v1"],
-                           compression=None)  # type: ignore[list-item]
+        ws = await connect(
+            f"ws://127.0.0.1:{relay.port}/ws", subprotocols=["presence.v1"], compression=None
+        )  # type: ignore[list-item]
         opened.append(ws)
         c = RawClient(ws)
         await c.hello(user_id)

@@ -82,8 +82,9 @@ async def test_groups_take_turns(relay_factory: Any, client_factory: Any) -> Non
     assert await batches_seen(pairs) == []
 
 
-async def test_one_group_flushes_everything_at_once(relay_factory: Any,
-                                                    client_factory: Any) -> None:
+async def test_one_group_flushes_everything_at_once(
+    relay_factory: Any, client_factory: Any
+) -> None:
     r = await relay_factory(batch_ms=1000, flush_groups=1)
     await stop_ticker(r)
     pairs = await documents_with_members(r, client_factory, 4)
@@ -153,8 +154,10 @@ class FaultyBroker(MemoryBroker):
 async def test_a_failing_document_does_not_silence_the_others(client_factory: Any) -> None:
     """Before: the exception left the tick, and every document after the failing one in
     that tick was neither flushed nor dropped, and never flushed again."""
-    r = Relay(PresenceConfig(port=0, batch_ms=20, flush_groups=1),
-              backends=(MemoryStore(), FaultyBroker("doc-bad")))
+    r = Relay(
+        PresenceConfig(port=0, batch_ms=20, flush_groups=1),
+        backends=(MemoryStore(), FaultyBroker("doc-bad")),
+    )
     await r.start()
     try:
         await stop_ticker(r)

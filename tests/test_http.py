@@ -10,8 +10,12 @@ from relay import implementation
 from relay.server.app import Relay
 
 
-async def http(r: Relay, method: str, path: str, headers: dict[str, str] | None = None,
-               ) -> tuple[int, dict[str, str], bytes]:
+async def http(
+    r: Relay,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
@@ -38,15 +42,26 @@ async def test_unknown_path_404_and_wrong_method_405(relay: Relay) -> None:
 
 
 async def test_ws_path_without_subprotocol_is_400_naming_versions(relay: Relay) -> None:
-    status, _, body = await http(relay, "GET", "/ws", {
-        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Protocol": "chat.v9"})
+    status, _, body = await http(
+        relay,
+        "GET",
+        "/ws",
+        {
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Protocol": "chat.v9",
+        },
+    )
     assert status == 400
     assert b"presence.v1" in body
 
 
-async def test_metrics_expose_seed_metrics_and_implementation(relay: Relay, client_factory: Any,
-                                                              ) -> None:
+async def test_metrics_expose_seed_metrics_and_implementation(
+    relay: Relay,
+    client_factory: Any,
+) -> None:
     a = await client_factory(relay, "ann")
     b = await client_factory(relay, "bob")
     await a.join(1, "doc-1")
@@ -130,8 +145,10 @@ async def test_internal_without_key_answers_loopback_only(relay: Relay) -> None:
     assert denied is not None and denied.status_code == 403
 
 
-async def test_metrics_is_guarded_like_internal(relay_factory: Any, client_factory: Any,
-                                                ) -> None:
+async def test_metrics_is_guarded_like_internal(
+    relay_factory: Any,
+    client_factory: Any,
+) -> None:
     """With per-document labels /metrics names documents and workspaces: with a key set it
     wants the key (before: it answered anyone), and without one loopback only."""
     key = "metrics-key-0123456789"

@@ -17,8 +17,26 @@ from relay.backends import redis_common as k
 from relay.config import PresenceConfig
 from relay.core.ids import doc_id_problem
 
-PIECES = ["user", "users", "workspace", "documents", "node", "sessions", "registry", "sid",
-          "members", "presence", "channel", "materi", "events", "bob", "acme", "x", "", "0"]
+PIECES = [
+    "user",
+    "users",
+    "workspace",
+    "documents",
+    "node",
+    "sessions",
+    "registry",
+    "sid",
+    "members",
+    "presence",
+    "channel",
+    "materi",
+    "events",
+    "bob",
+    "acme",
+    "x",
+    "",
+    "0",
+]
 
 
 def candidate_ids(max_parts: int = 3) -> list[str]:
@@ -68,15 +86,29 @@ def test_without_the_rule_the_enumeration_finds_the_collision() -> None:
     assert "user:bob" in clashes
 
 
-@pytest.mark.parametrize("doc", ["user", "user:bob", "user:", "node", "node:abc",
-                                 "workspace", "workspace:acme:documents"])
+@pytest.mark.parametrize(
+    "doc",
+    ["user", "user:bob", "user:", "node", "node:abc", "workspace", "workspace:acme:documents"],
+)
 def test_reserved_document_ids_are_refused(doc: str) -> None:
     problem = doc_id_problem(doc)
     assert problem is not None and "reserved" in problem
 
 
-@pytest.mark.parametrize("doc", ["users:bob", "username", "User:bob", "bob:user", "a:user:b",
-                                 "nodes", "channel:general", "presence:x", "doc-1"])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        "users:bob",
+        "username",
+        "User:bob",
+        "bob:user",
+        "a:user:b",
+        "nodes",
+        "channel:general",
+        "presence:x",
+        "doc-1",
+    ],
+)
 def test_other_document_ids_are_fine(doc: str) -> None:
     assert doc_id_problem(doc) is None
 

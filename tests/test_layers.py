@@ -6,8 +6,18 @@ import ast
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parent.parent / "relay" / "core"
-FORBIDDEN_IMPORTS = {"asyncio", "websockets", "redis", "socket", "uvloop", "prometheus_client",
-                     "time", "datetime", "selectors", "threading"}
+FORBIDDEN_IMPORTS = {
+    "asyncio",
+    "websockets",
+    "redis",
+    "socket",
+    "uvloop",
+    "prometheus_client",
+    "time",
+    "datetime",
+    "selectors",
+    "threading",
+}
 
 
 def _imports(path: Path) -> set[str]:

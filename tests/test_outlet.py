@@ -31,8 +31,9 @@ def server_side(relay: Relay, raw: RawSocket) -> Any:
     return None
 
 
-async def flood_viewports(relay: Relay, client_factory: Any, doc: str, seconds: float,
-                          stop: asyncio.Event) -> None:
+async def flood_viewports(
+    relay: Relay, client_factory: Any, doc: str, seconds: float, stop: asyncio.Event
+) -> None:
     """Two members fill `doc` with viewport events (queued, never coalesced) for a while;
     they read (and drop) everything, so only the stalled member backs up."""
     movers = []
@@ -60,15 +61,21 @@ async def flood_viewports(relay: Relay, client_factory: Any, doc: str, seconds: 
 
 
 async def test_a_member_that_stops_reading_is_closed_and_released(
-    relay_factory: Any, client_factory: Any,
+    relay_factory: Any,
+    client_factory: Any,
 ) -> None:
     """Its unsent bytes (the relay's buffer plus the kernel's queue) pass max_send_backlog:
     4408, and the socket is gone within close_timeout_s, though the peer never reads the
     close frame (before: the kernel hid the backlog, and a 4408 close waited forever on a
     drain)."""
-    r = await relay_factory(max_send_backlog=64 * 1024, socket_send_buffer=4096,
-                            close_timeout_s=0.5, max_frames_per_s=100_000,
-                            max_frames_burst=100_000, ping_interval_s=0)
+    r = await relay_factory(
+        max_send_backlog=64 * 1024,
+        socket_send_buffer=4096,
+        close_timeout_s=0.5,
+        max_frames_per_s=100_000,
+        max_frames_burst=100_000,
+        ping_interval_s=0,
+    )
     stalled = await RawSocket.open(r.port, rcvbuf=4096)
     await stalled.hello("stalled")
     assert (await stalled.join(1, "busy"))[0] == 33
@@ -93,8 +100,9 @@ async def test_a_member_that_stops_reading_is_closed_and_released(
 async def test_websocket_pings_without_reading_are_bounded(relay_factory: Any) -> None:
     """A client that floods WebSocket pings and never reads the pongs: websockets' replies
     obey max_send_backlog too (before: they grew the relay's buffer without limit)."""
-    r = await relay_factory(max_send_backlog=16 * 1024, socket_send_buffer=4096,
-                            close_timeout_s=0.5, ping_interval_s=0)
+    r = await relay_factory(
+        max_send_backlog=16 * 1024, socket_send_buffer=4096, close_timeout_s=0.5, ping_interval_s=0
+    )
     raw = await RawSocket.open(r.port, rcvbuf=4096)
     await raw.hello("pinger")
     conn = server_side(r, raw)
@@ -135,8 +143,9 @@ async def test_unsent_bytes_count_the_kernel_queue(relay_factory: Any) -> None:
         raw.close()
 
 
-async def test_close_of_a_peer_that_never_reads_completes_in_time(relay_factory: Any,
-                                                                  ) -> None:
+async def test_close_of_a_peer_that_never_reads_completes_in_time(
+    relay_factory: Any,
+) -> None:
     """A close is a deadline, not a wait: the relay's close of a zero-window peer ends the
     socket within close_timeout_s, whatever the peer does."""
     r = await relay_factory(socket_send_buffer=4096, close_timeout_s=0.3, ping_interval_s=0)
@@ -156,13 +165,19 @@ async def test_close_of_a_peer_that_never_reads_completes_in_time(relay_factory:
         raw.close()
 
 
-async def test_a_keepalive_timeout_leaves_no_socket_in_the_kernel(relay_factory: Any,
-                                                                client_factory: Any) -> None:
+async def test_a_keepalive_timeout_leaves_no_socket_in_the_kernel(
+    relay_factory: Any, client_factory: Any
+) -> None:
     """A member that stops reading in a quiet-enough document is found by keepalive, which
     websockets ends with a plain abort; the kernel then kept the socket and its queue for
     minutes against the zero window. TCP_USER_TIMEOUT (ping interval + timeout) ends it."""
-    r = await relay_factory(ping_interval_s=1.0, ping_timeout_s=1.0, close_timeout_s=0.5,
-                            max_frames_per_s=100_000, max_frames_burst=100_000)
+    r = await relay_factory(
+        ping_interval_s=1.0,
+        ping_timeout_s=1.0,
+        close_timeout_s=0.5,
+        max_frames_per_s=100_000,
+        max_frames_burst=100_000,
+    )
     stalled = await RawSocket.open(r.port, rcvbuf=4096)
     await stalled.hello("stalled")
     assert (await stalled.join(1, "busy"))[0] == 33
@@ -171,7 +186,8 @@ async def test_a_keepalive_timeout_leaves_no_socket_in_the_kernel(relay_factory:
     flood = asyncio.ensure_future(flood_viewports(r, client_factory, "busy", 15.0, stop))
     try:
         assert await eventually(lambda: not kernel_has_socket(r.port, peer), 10.0), (
-            "the kernel still holds the stalled member's socket")
+            "the kernel still holds the stalled member's socket"
+        )
     finally:
         stop.set()
         await flood

@@ -13,13 +13,15 @@ BURST = 400
 CLOSE_AFTER_MS = 5000
 
 
-def bucket(now: float = 0, rate: float = RATE, burst: int = BURST,
-           close_after_ms: float = CLOSE_AFTER_MS) -> TokenBucket:
+def bucket(
+    now: float = 0, rate: float = RATE, burst: int = BURST, close_after_ms: float = CLOSE_AFTER_MS
+) -> TokenBucket:
     return TokenBucket(rate, burst, close_after_ms, now)
 
 
-def send_evenly(b: TokenBucket, per_s: float, start: float, end: float
-                ) -> tuple[int, int, float | None, float | None]:
+def send_evenly(
+    b: TokenBucket, per_s: float, start: float, end: float
+) -> tuple[int, int, float | None, float | None]:
     """Send `per_s` frames a second over [start, end); return (passed, dropped, first drop
     time, first time `abusive` was seen after a drop, as the hub checks it)."""
     gap = 1000.0 / per_s
@@ -174,8 +176,7 @@ class TestTokenBucket:
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.floats(0, 3, allow_nan=False), min_size=1, max_size=2000))
-    def test_passed_frames_never_exceed_burst_plus_rate_times_time(self, gaps: list[float]
-                                                                   ) -> None:
+    def test_passed_frames_never_exceed_burst_plus_rate_times_time(self, gaps: list[float]) -> None:
         b = bucket(rate=100, burst=10)
         t = 0.0
         passed = 0

@@ -18,8 +18,20 @@ from relay.server.app import Relay
 
 pytestmark = pytest.mark.timeout(60)
 
-SEED_FIELDS = {"user_id", "document_id", "workspace_id", "name", "avatar_url", "color", "state",
-               "cursor", "selection", "connected_at", "last_active_at", "last_cursor_update"}
+SEED_FIELDS = {
+    "user_id",
+    "document_id",
+    "workspace_id",
+    "name",
+    "avatar_url",
+    "color",
+    "state",
+    "cursor",
+    "selection",
+    "connected_at",
+    "last_active_at",
+    "last_cursor_update",
+}
 
 
 async def http_get(port: int, path: str) -> tuple[int, Any]:
@@ -52,7 +64,9 @@ async def two_nodes(relay_factory: Callable[..., Any], url: str, **kw: Any) -> t
 
 
 async def test_members_on_two_nodes_share_one_document(
-    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
+    redis_url: str,
     rds: aioredis.Redis,
 ) -> None:
     r1, r2 = await two_nodes(relay_factory, redis_url)
@@ -93,12 +107,16 @@ async def test_members_on_two_nodes_share_one_document(
     assert await rds.smembers("presence:workspace:default:documents") == {b"doc-x"}
     assert b"doc-x" in await rds.hgetall("presence:user:ann")
     # Cursor state reaches the users hash through the write-behind sweep (about 1 s).
-    users = await eventually(lambda: _cursor_of(rds, "ann", {"line": 7, "column": 8,
-                                                                 "offset": 9}), 4)
+    users = await eventually(
+        lambda: _cursor_of(rds, "ann", {"line": 7, "column": 8, "offset": 9}), 4
+    )
     assert users
     bob_sel = await eventually(lambda: _selection_of(rds, "bob"), 4)
-    assert bob_sel == {"anchor": {"line": 1, "column": 0, "offset": 1},
-                       "head": {"line": 1, "column": 2, "offset": 3}, "is_backward": True}
+    assert bob_sel == {
+        "anchor": {"line": 1, "column": 0, "offset": 1},
+        "head": {"line": 1, "column": 2, "offset": 3},
+        "is_backward": True,
+    }
 
     # HTTP reads answer for the whole cluster, from either node.
     for r in (r1, r2):
@@ -114,7 +132,8 @@ async def test_members_on_two_nodes_share_one_document(
 
     async def bob_gone() -> bool:
         return "bob" not in await users_hash(rds, "doc-x") and not await rds.hgetall(
-            "presence:user:bob")
+            "presence:user:bob"
+        )
 
     assert await eventually(bob_gone)
     entries = await rds.xrange("materi:events:presence")
@@ -134,7 +153,9 @@ async def _selection_of(r: aioredis.Redis, user: str) -> Any:
 
 
 async def test_graceful_stop_removes_a_nodes_sessions_at_once(
-    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
+    redis_url: str,
     rds: aioredis.Redis,
 ) -> None:
     r2 = await relay_factory(redis_url=redis_url, presence_ttl_seconds=30)
@@ -162,7 +183,9 @@ async def _has(r: aioredis.Redis, doc: str, user: str) -> bool:
 
 
 async def test_idle_member_never_expires_and_a_frozen_node_is_reaped(
-    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
+    redis_url: str,
     rds: aioredis.Redis,
 ) -> None:
     r1, r2 = await two_nodes(relay_factory, redis_url, presence_ttl_seconds=2)
@@ -190,7 +213,9 @@ async def test_idle_member_never_expires_and_a_frozen_node_is_reaped(
 
 
 async def test_sids_stay_unique_under_concurrent_joins(
-    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
+    redis_url: str,
 ) -> None:
     r1, r2 = await two_nodes(relay_factory, redis_url)
     clients = [await client_factory(r, f"u{i}") for i, r in enumerate([r1, r2] * 5)]
@@ -208,11 +233,18 @@ async def test_sids_stay_unique_under_concurrent_joins(
 
 
 async def test_slow_member_of_remote_batches_is_closed_4408(
-    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
+    redis_url: str,
 ) -> None:
     """Batches forwarded from another node obey the same send-backlog rule as local ones."""
-    r1, r2 = await two_nodes(relay_factory, redis_url, max_send_backlog=32 * 1024,
-                             max_frames_per_s=2000, max_frames_burst=2000)
+    r1, r2 = await two_nodes(
+        relay_factory,
+        redis_url,
+        max_send_backlog=32 * 1024,
+        max_frames_per_s=2000,
+        max_frames_burst=2000,
+    )
     watcher = await client_factory(r2, "watcher")
     await joined(watcher, 1, "big")
     drain = asyncio.create_task(watcher.quiet(30))  # keeps reading: never slow
@@ -221,11 +253,11 @@ async def test_slow_member_of_remote_batches_is_closed_4408(
     await slow.hello("slow")
     # Small kernel buffers on both ends of this one connection (the relay's side too), so
     # the relay's own send backlog fills after kilobytes instead of megabytes.
-    slow.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
-                                                          4096)
+    slow.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     served = next(c for c in r2.hub.clients if c.user.user_id == "slow")
-    served.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET,
-                                                            socket.SO_SNDBUF, 4096)
+    served.ws.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+    )
     await slow.send([2, 1, "big"])
     # Node 1 churns members with long names: every BATCH it publishes carries JOINED/LEFT
     # events of ~600 bytes each, which node 2 forwards to its members.
@@ -252,19 +284,24 @@ async def test_slow_member_of_remote_batches_is_closed_4408(
 
 
 async def test_frames_past_the_held_cap_get_error_6(
-    relay_factory: Callable[..., Any], client_factory: Callable[..., Any], redis_url: str,
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
+    redis_url: str,
 ) -> None:
     """While a clustered JOIN waits for Redis, at most max_frames_burst later frames wait with
     it; the rest are dropped and the client is told (ERROR 6), before its JOINED."""
     from test_fastpath import pk, ws_frame
 
-    r1, _ = await two_nodes(relay_factory, redis_url, max_frames_burst=5,
-                            max_frames_per_s=1_000_000)  # refilled every millisecond
+    r1, _ = await two_nodes(
+        relay_factory, redis_url, max_frames_burst=5, max_frames_per_s=1_000_000
+    )  # refilled every millisecond
     c = await client_factory(r1, "ann")
     # One write: the JOIN and 12 CURSORs reach the relay in one read, so all 12 arrive
     # while the JOIN is still waiting for Redis.
-    c.ws.transport.write(ws_frame(pk([2, 1, "doc-held"]))
-                         + b"".join(ws_frame(pk([4, 1, 1, i, i])) for i in range(12)))
+    c.ws.transport.write(
+        ws_frame(pk([2, 1, "doc-held"]))
+        + b"".join(ws_frame(pk([4, 1, 1, i, i])) for i in range(12))
+    )
     first = await c.recv_until(lambda f: f[0] in (33, 35))
     assert first[0] == 35 and first[2] == 6, first  # ERROR 6 (RATE_LIMITED), before JOINED
     joined_ = await c.recv_until(lambda f: f[0] == 33)

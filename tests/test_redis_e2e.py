@@ -37,10 +37,22 @@ class Node:
         fd, self.log_path = tempfile.mkstemp(prefix="relay-node-", suffix=".log")
         self.log = os.fdopen(fd, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--redis-url", redis_url,
-             "--port", str(self.port), "--presence-ttl-seconds", str(TTL_S),
-             "--batch-ms", str(BATCH_MS)],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "relay",
+                "serve",
+                "--redis-url",
+                redis_url,
+                "--port",
+                str(self.port),
+                "--presence-ttl-seconds",
+                str(TTL_S),
+                "--batch-ms",
+                str(BATCH_MS),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     async def ready(self, timeout: float = 10.0) -> None:
@@ -112,7 +124,9 @@ async def cursor_latencies(src: Any, dst: Any, sid: int, n: int, base: int) -> l
 
 
 async def test_two_processes_share_presence_and_sweep_a_killed_node(
-    nodes: Callable[[], Node], client_factory: Callable[..., Any], rds: aioredis.Redis,
+    nodes: Callable[[], Node],
+    client_factory: Callable[..., Any],
+    rds: aioredis.Redis,
 ) -> None:
     n1, n2 = nodes(), nodes()
     await asyncio.gather(n1.ready(), n2.ready())
@@ -136,8 +150,10 @@ async def test_two_processes_share_presence_and_sweep_a_killed_node(
     ba = await cursor_latencies(b, a, sid_b, 25, 500)
     both = sorted(ab + ba)
     p50, p95 = statistics.median(both), both[int(len(both) * 0.95) - 1]
-    print(f"\ncross-node cursor latency ms: p50 {p50:.1f} p95 {p95:.1f} max {both[-1]:.1f} "
-          f"(batch {BATCH_MS} ms)")
+    print(
+        f"\ncross-node cursor latency ms: p50 {p50:.1f} p95 {p95:.1f} max {both[-1]:.1f} "
+        f"(batch {BATCH_MS} ms)"
+    )
     assert p50 <= BATCH_MS + 10 and p95 <= BATCH_MS + 25, both
 
     # Leaves cross nodes.
@@ -158,10 +174,16 @@ async def test_two_processes_share_presence_and_sweep_a_killed_node(
     assert set(await rds.hkeys("presence:user:ann")) == {b"doc-e2e"}
     stream = [f for _, f in await rds.xrange("materi:events:presence")]
     kinds = [(f[b"type"], f[b"user_id"]) for f in stream]
-    assert {(b"joined", b"ann"), (b"joined", b"bob"), (b"joined", b"bea"),
-            (b"left", b"bea")} <= set(kinds)
-    assert all(set(f) == {b"type", b"user_id", b"document_id", b"workspace_id", b"timestamp"}
-               for f in stream)
+    assert {
+        (b"joined", b"ann"),
+        (b"joined", b"bob"),
+        (b"joined", b"bea"),
+        (b"left", b"bea"),
+    } <= set(kinds)
+    assert all(
+        set(f) == {b"type", b"user_id", b"document_id", b"workspace_id", b"timestamp"}
+        for f in stream
+    )
 
     # kill -9 node 1: ann leaves bob's view and Redis within the TTL (5 s) plus a little.
     await b.quiet(0.05)
@@ -175,12 +197,15 @@ async def test_two_processes_share_presence_and_sweep_a_killed_node(
 
     assert await eventually(ann_gone, 1)
     gone_s = time.monotonic() - t0
-    print(f"kill -9 -> left on the other node after {reap_s:.2f} s; Redis clean after "
-          f"{gone_s:.2f} s (presence_ttl_seconds {TTL_S})")
+    print(
+        f"kill -9 -> left on the other node after {reap_s:.2f} s; Redis clean after "
+        f"{gone_s:.2f} s (presence_ttl_seconds {TTL_S})"
+    )
     assert reap_s <= TTL_S + 0.5 and gone_s <= TTL_S + 1
     assert not await rds.hgetall("presence:user:ann")
-    assert (b"left", b"ann") in [(f[b"type"], f[b"user_id"]) for _, f in
-                                 await rds.xrange("materi:events:presence")]
+    assert (b"left", b"ann") in [
+        (f[b"type"], f[b"user_id"]) for _, f in await rds.xrange("materi:events:presence")
+    ]
     _, body = await http_get(n2.port, "/internal/presence/doc-e2e")
     assert [u["user_id"] for u in body["active_users"]] == ["bob"]
 

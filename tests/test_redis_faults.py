@@ -41,7 +41,8 @@ class LagMonitor:
 
 
 async def test_redis_killed_for_10s_then_back_empty(
-    redis_factory: Callable[[], RedisServer], relay_factory: Callable[..., Any],
+    redis_factory: Callable[[], RedisServer],
+    relay_factory: Callable[..., Any],
     client_factory: Callable[..., Any],
 ) -> None:
     server = redis_factory()
@@ -95,14 +96,18 @@ async def test_redis_killed_for_10s_then_back_empty(
     t_up = time.monotonic()
     rds = aioredis.from_url(server.url)
     try:
+
         async def rebuilt() -> bool:
             users = await users_hash(rds, "doc-f")
             return {"ann", "al", "bob", "cy"} <= set(users)
 
         assert await eventually(rebuilt, 5)
         # bob (node 2) never heard of cy (joined on node 1 during the outage): now he does.
-        await wait_event(b, lambda e: e[0] == EV_JOINED and e[1][0] == sid_c,
-                         timeout=5 - (time.monotonic() - t_up))
+        await wait_event(
+            b,
+            lambda e: e[0] == EV_JOINED and e[1][0] == sid_c,
+            timeout=5 - (time.monotonic() - t_up),
+        )
         for r in (r1, r2):
             assert (await http_get(r.port, "/readyz"))[0] == 200
         # Pub/sub is back: ann's cursor reaches bob on the other node again.
@@ -127,7 +132,8 @@ async def test_redis_killed_for_10s_then_back_empty(
 
 
 async def test_redis_down_at_start(
-    relay_factory: Callable[..., Any], client_factory: Callable[..., Any],
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
 ) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
@@ -140,12 +146,14 @@ async def test_redis_down_at_start(
     assert sid >= FALLBACK_SID_BASE and [m[0] for m in members] == [sid]
     server = RedisServer(port).start()
     try:
+
         async def ready() -> bool:
             return (await http_get(r.port, "/readyz"))[0] == 200
 
         assert await eventually(ready, 5), "retries with backoff (at most 2 s apart)"
         rds = aioredis.from_url(url)
         try:
+
             async def written() -> bool:
                 return "ann" in await users_hash(rds, "doc-s")
 
@@ -163,8 +171,16 @@ async def test_write_queue_coalesces_and_stays_bounded_while_down() -> None:
     await store.start()
     server = None
     try:
-        sessions = [Session(sid=i, user=UserInfo(f"u{i}", f"U{i}"), color="c",
-                            connected_at_ms=1, last_active_ms=1) for i in range(1, 201)]
+        sessions = [
+            Session(
+                sid=i,
+                user=UserInfo(f"u{i}", f"U{i}"),
+                color="c",
+                connected_at_ms=1,
+                last_active_ms=1,
+            )
+            for i in range(1, 201)
+        ]
         one = sessions[0]
         store.session_changed("doc", one)
         for t in range(1000):  # the same session changing: one entry
@@ -179,6 +195,7 @@ async def test_write_queue_coalesces_and_stays_bounded_while_down() -> None:
         server = RedisServer(port).start()
         rds = aioredis.from_url(url)
         try:
+
             async def consistent() -> bool:
                 users = await users_hash(rds, "doc")
                 return set(users) == {f"u{i}" for i in range(1, 101)}

@@ -39,8 +39,14 @@ HEAL_TIMEOUT = 12.0  # the design heals within ~2 s; generous for a loaded 2-cor
 
 def view_of(m: list[Any]) -> dict[str, Any]:
     """The fields of a MEMBER array a peer displays."""
-    return {"cursor": m[8], "selection": m[9], "viewport": m[10], "typing": m[6],
-            "focused": m[7], "activity": m[5]}
+    return {
+        "cursor": m[8],
+        "selection": m[9],
+        "viewport": m[10],
+        "typing": m[6],
+        "focused": m[7],
+        "activity": m[5],
+    }
 
 
 def apply(view: dict[str, Any], ev: list[Any]) -> None:
@@ -64,8 +70,9 @@ def about(ev: list[Any], sid: int) -> bool:
     return (ev[1][0] if ev[0] == EV_JOINED else ev[1]) == sid
 
 
-async def follow(c: RawClient, sid: int, view: dict[str, Any], want: dict[str, Any],
-                 timeout: float) -> float:
+async def follow(
+    c: RawClient, sid: int, view: dict[str, Any], want: dict[str, Any], timeout: float
+) -> float:
     """Apply `c`'s BATCH events about `sid` to `view` until it equals `want`; return the
     monotonic time it did. Bounded by `timeout`."""
     loop = asyncio.get_running_loop()
@@ -96,15 +103,15 @@ async def outbox_drained(r: Relay) -> bool:
 
 
 async def test_fields_lost_in_a_pubsub_gap_reach_the_other_node(
-    redis_factory: Callable[[], RedisServer], relay_factory: Callable[..., Any],
+    redis_factory: Callable[[], RedisServer],
+    relay_factory: Callable[..., Any],
     client_factory: Callable[..., Any],
 ) -> None:
     server = redis_factory()  # our own: the test changes its ACLs
     admin = aioredis.from_url(server.url)
     try:
         try:
-            await admin.execute_command("ACL", "SETUSER", "node2", "on", ">pw", "~*", "&*",
-                                        "+@all")
+            await admin.execute_command("ACL", "SETUSER", "node2", "on", ">pw", "~*", "&*", "+@all")
         except ResponseError as exc:  # channel permissions need Redis 6.2
             pytest.skip(f"redis-server without channel ACLs: {exc}")
         r1 = await relay_factory(redis_url=server.url, **CFG)
@@ -124,8 +131,14 @@ async def test_fields_lost_in_a_pubsub_gap_reach_the_other_node(
         # Before the gap: bob sees ann's cursor and viewport through pub/sub.
         await a.send([4, 1, 1, 1, 1])
         await a.send([6, 1, 0, 40, 0.0])
-        before = {"cursor": [1, 1, 1], "selection": None, "viewport": [0, 40, 0.0],
-                  "typing": False, "focused": True, "activity": 1}
+        before = {
+            "cursor": [1, 1, 1],
+            "selection": None,
+            "viewport": [0, 40, 0.0],
+            "typing": False,
+            "focused": True,
+            "activity": 1,
+        }
         await follow(b, sid_a, bob_view, before, 5)
         await follow(obs, sid_a, obs_view, before, 5)
         # Node 2's re-reads after it opened the document (0.15 s and 1.15 s later) are done:
@@ -151,9 +164,14 @@ async def test_fields_lost_in_a_pubsub_gap_reach_the_other_node(
         await a.send([6, 1, 10, 50, 25.0])
         await a.send([5, 1, True])
         await a.send([7, 1, False])
-        final = {"cursor": [20, 5, 300], "selection": [18, 0, 250, True],
-                 "viewport": [10, 50, 25.0], "typing": True, "focused": False,
-                 "activity": 0}  # Editing (typing)
+        final = {
+            "cursor": [20, 5, 300],
+            "selection": [18, 0, 250, True],
+            "viewport": [10, 50, 25.0],
+            "typing": True,
+            "focused": False,
+            "activity": 0,
+        }  # Editing (typing)
         # Node 1 batched all of it (its local observer saw it) and published it...
         await follow(obs, sid_a, obs_view, final, 5)
         assert await eventually(lambda: outbox_drained(r1), 5)
@@ -196,7 +214,9 @@ async def _record(rds: aioredis.Redis, sid: int) -> tuple[bytes, Any] | None:
 
 
 async def test_an_older_record_never_regresses_the_mirror(
-    redis_url: str, relay_factory: Callable[..., Any], client_factory: Callable[..., Any],
+    redis_url: str,
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
 ) -> None:
     rds = aioredis.from_url(redis_url)
     try:
@@ -237,8 +257,7 @@ async def test_an_older_record_never_regresses_the_mirror(
         assert r2.hub.cluster.resyncs == n + 1, "the resync ran"
         assert mirror().cursor == (2, 2, 2), "the older record did not win"
         got_frames = await b.quiet(0.5)
-        regress = [e for f in got_frames if f[0] == BATCH for e in f[3]
-                   if about(e, sid_a)]
+        regress = [e for f in got_frames if f[0] == BATCH for e in f[3] if about(e, sid_a)]
         assert regress == [], regress
         cy = await client_factory(r2, "cy")
         _, members = await joined(cy, 1, DOC)
@@ -248,8 +267,10 @@ async def test_an_older_record_never_regresses_the_mirror(
         # cursor is somewhere else, to see the resync adopt it and tell bob).
         member = list(old.member)
         member[8] = [3, 3, 3]
-        newer = msgpack.packb([old.node_id, old.workspace_id, member, old.last_cursor,
-                               int(time.time() * 1000)], use_bin_type=True)
+        newer = msgpack.packb(
+            [old.node_id, old.workspace_id, member, old.last_cursor, int(time.time() * 1000)],
+            use_bin_type=True,
+        )
         await rds.hset(members_key(DOC), str(sid_a), newer)
         await r2.hub.cluster.resync(DOC)
         assert mirror().cursor == (3, 3, 3)
@@ -259,12 +280,24 @@ async def test_an_older_record_never_regresses_the_mirror(
 
 
 def test_member_records_carry_when_they_were_written() -> None:
-    s = Session(sid=7, user=UserInfo("ann", "Ann", "acme"), color="c", connected_at_ms=10,
-                last_active_ms=20, cursor=(1, 2, 3), cursor_arrived_ms=15)
+    s = Session(
+        sid=7,
+        user=UserInfo("ann", "Ann", "acme"),
+        color="c",
+        connected_at_ms=10,
+        last_active_ms=20,
+        cursor=(1, 2, 3),
+        cursor_arrived_ms=15,
+    )
     rec = parse_member_record(member_record("n1", s, 1234))
     assert rec is not None
     assert (rec.node_id, rec.workspace_id, rec.sid, rec.last_cursor, rec.written_at) == (
-        "n1", "acme", 7, 15, 1234)
+        "n1",
+        "acme",
+        7,
+        15,
+        1234,
+    )
     assert rec.session().written_at_ms == 1234
     assert rec.session().cursor == (1, 2, 3)
     # A record of the previous format (four elements) still parses: written at "never".

@@ -53,10 +53,13 @@ async def test_shutdown_closes_members_with_1001(relay_factory: Any, client_fact
     assert a.ws.close_code == 1001
 
 
-async def test_slow_reader_is_closed_4408_and_leaves(relay_factory: Any, client_factory: Any,
-                                                     ) -> None:
-    r = await relay_factory(max_send_backlog=64 * 1024, max_frames_per_s=2000,
-                            max_frames_burst=2000)
+async def test_slow_reader_is_closed_4408_and_leaves(
+    relay_factory: Any,
+    client_factory: Any,
+) -> None:
+    r = await relay_factory(
+        max_send_backlog=64 * 1024, max_frames_per_s=2000, max_frames_burst=2000
+    )
     # Fill the document with members whose MEMBER arrays are large, so that every JOINED
     # snapshot is ~25 KiB and a reader that stopped reading falls behind quickly.
     drains = []
@@ -106,8 +109,9 @@ async def test_token_mode(relay_factory: Any, client_factory: Any) -> None:
     assert anon.ws.close_code == 4401
 
 
-async def test_token_never_logged(relay_factory: Any, client_factory: Any,
-                                  caplog: pytest.LogCaptureFixture) -> None:
+async def test_token_never_logged(
+    relay_factory: Any, client_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     r = await relay_factory(jwt_secret="test-secret-0123456789abcdef0123456789")
     bad = mint_token("other-secret-0123456789abcdef0123456789", "u1", "Una", "ws1", ["*"], 60)
     c = await client_factory(r)

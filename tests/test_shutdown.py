@@ -23,8 +23,14 @@ CLIENTS = 100
 
 
 async def test_sigterm_with_zero_window_clients_exits_in_time() -> None:
-    relay = RelayProcess("--close-timeout-s", str(CLOSE_TIMEOUT_S), "--batch-ms", "20",
-                         "--socket-send-buffer", "4096")
+    relay = RelayProcess(
+        "--close-timeout-s",
+        str(CLOSE_TIMEOUT_S),
+        "--batch-ms",
+        "20",
+        "--socket-send-buffer",
+        "4096",
+    )
     try:
         await relay.ready()
         stalled = []

@@ -28,8 +28,13 @@ except ImportError:  # pragma: no cover - only when the build was skipped
     _fast = None
 
 needs_fast = pytest.mark.skipif(_fast is None, reason="relay._fast not built (RELAY_NO_EXTENSIONS)")
-RULES = DocumentRules(max_users_per_document=2000, typing_debounce_ms=500,
-                      activity_timeout_ms=3000, away_after_ms=9000, away_after_blur_ms=2000)
+RULES = DocumentRules(
+    max_users_per_document=2000,
+    typing_debounce_ms=500,
+    activity_timeout_ms=3000,
+    away_after_ms=9000,
+    away_after_blur_ms=2000,
+)
 U32 = 2**32 - 1
 
 
@@ -53,10 +58,14 @@ def test_twins_export_the_same_names() -> None:
 # ---------------------------------------------------------------- encoder
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False) | st.text(max_size=300),
-    lambda children: st.lists(children, max_size=20) | st.dictionaries(st.text(max_size=5),
-                                                                       children, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=300),
+    lambda children: (
+        st.lists(children, max_size=20) | st.dictionaries(st.text(max_size=5), children, max_size=5)
+    ),
     max_leaves=40,
 )
 
@@ -76,6 +85,7 @@ def test_writer_boundaries(n: int) -> None:
 
 
 # ---------------------------------------------------------------- documents in lockstep
+
 
 class Twin:
     """One twin's document with peers, driven the way the hub drives it."""
@@ -117,8 +127,12 @@ class Twin:
             return r, (exc.code, exc.handle)
 
     def state(self) -> Any:
-        return (self.doc.snapshot(), self.doc.next_deadline_ms, self.doc.dirty,
-                sorted(self.doc.sessions))
+        return (
+            self.doc.snapshot(),
+            self.doc.next_deadline_ms,
+            self.doc.dirty,
+            sorted(self.doc.sessions),
+        )
 
 
 def flush_view(batch: Any) -> Any:
@@ -129,8 +143,10 @@ def flush_view(batch: Any) -> Any:
 
 def random_frame(rng: random.Random, handles: list[int]) -> bytes:
     h = rng.choice([*handles, rng.randrange(0, 70000)]) if handles else rng.randrange(9)
+
     def u():
         return rng.choice([0, 1, 127, 128, 255, 256, 65535, 65536, U32, rng.randrange(10**6)])
+
     kind = rng.randrange(16)
     if kind == 0:
         return msgpack.packb([4, h, u(), u(), u()])
@@ -225,8 +241,14 @@ def test_feed_any_bytes_same_answer(data: bytes) -> None:
 
 
 @needs_fast
-@given(st.lists(st.one_of(st.integers(-5, 2**33), st.booleans(), st.none(),
-                          st.floats(), st.text(max_size=3)), max_size=10))
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(-5, 2**33), st.booleans(), st.none(), st.floats(), st.text(max_size=3)
+        ),
+        max_size=10,
+    )
+)
 @settings(max_examples=1500, deadline=None)
 def test_feed_near_valid_arrays_same_answer(tail: list[Any]) -> None:
     for t_code in (4, 5, 6, 7):
@@ -240,6 +262,7 @@ def test_feed_near_valid_arrays_same_answer(tail: list[Any]) -> None:
 
 
 # ---------------------------------------------------------------- golden batches
+
 
 def golden_doc(mod: ModuleType) -> list[bytes]:
     """A fixed script whose flushed frames are pinned below for both twins."""
@@ -288,8 +311,14 @@ def test_golden_batches_equal_between_twins_and_msgpack() -> None:
     # bob's selection makes him Selecting (activity 2); cursors follow the queued events
     assert decoded[1][3] == [[6, 2, 2], [1, 1, 3, 4, 40], [1, 2, U32, U32, U32, 1, 2, 3, True]]
     # typing -> Editing; viewport; blur; clearing the cursor drops the selection -> Viewing
-    assert decoded[2][3] == [[4, 1, True], [6, 1, 0], [5, 1, 10, 60, 12.5], [7, 2, False],
-                             [6, 2, 1], [1, 2]]
+    assert decoded[2][3] == [
+        [4, 1, True],
+        [6, 1, 0],
+        [5, 1, 10, 60, 12.5],
+        [7, 2, False],
+        [6, 2, 1],
+        [1, 2],
+    ]
     assert decoded[3][3] == [[3, 2]]
     assert frames_pure[2].count(b"\xcb" + struct.pack(">d", 12.5)) == 1
 
@@ -299,7 +328,8 @@ def test_batch_prefix_matches_msgpack(count: int) -> None:
     events = [[3, i] for i in range(count)]
     body = b"".join(msgpack.packb(e) for e in events)
     assert p.batch_prefix("d", 1_800_000_000_000, count) + body == msgpack.packb(
-        [34, "d", 1_800_000_000_000, events])
+        [34, "d", 1_800_000_000_000, events]
+    )
 
 
 @needs_fast

@@ -26,14 +26,26 @@ try:
 except ImportError:  # pragma: no cover - only when the build was skipped
     _fast = None
 
-TWINS = [pytest.param(pure, id="pure"),
-         pytest.param(_fast, id="fast", marks=pytest.mark.skipif(
-             _fast is None, reason="relay._fast not built (RELAY_NO_EXTENSIONS)"))]
+TWINS = [
+    pytest.param(pure, id="pure"),
+    pytest.param(
+        _fast,
+        id="fast",
+        marks=pytest.mark.skipif(
+            _fast is None, reason="relay._fast not built (RELAY_NO_EXTENSIONS)"
+        ),
+    ),
+]
 LIMIT = 4096
 
 
-def ws_frame(payload: bytes, first: int = 0x82, mask: bool = True, ext: int | None = None,
-             key: bytes | None = None) -> bytes:
+def ws_frame(
+    payload: bytes,
+    first: int = 0x82,
+    mask: bool = True,
+    ext: int | None = None,
+    key: bytes | None = None,
+) -> bytes:
     """A client frame; `ext` forces the 16- (126) or 64-bit (127) length form."""
     n = len(payload)
     m = 0x80 if mask else 0
@@ -79,6 +91,7 @@ def drain(peer: Any, stream: bytes, now: int, cuts: list[int]) -> list[Any]:
 
 # ---------------------------------------------------------------- wire.py
 
+
 def test_frame_header_forms() -> None:
     assert wire.frame_header(b"\x82", 0) is None
     assert wire.frame_header(b"\x82\x85", 0) == (2, 5)
@@ -105,6 +118,7 @@ def test_next_frame_outcomes() -> None:
 
 
 # ---------------------------------------------------------------- both twins
+
 
 @pytest.mark.parametrize("mod", TWINS)
 def test_run_of_hot_frames_is_applied_in_one_call(mod: ModuleType) -> None:
@@ -137,9 +151,20 @@ def test_stops_at_unapplied_and_not_ours(mod: ModuleType) -> None:
 
 
 @pytest.mark.parametrize("mod", TWINS)
-@pytest.mark.parametrize("first, mask", [(0x81, True), (0x02, True), (0x00, True),
-                                         (0x88, True), (0x89, True), (0xC2, True),
-                                         (0x92, True), (0xA2, True), (0x82, False)])
+@pytest.mark.parametrize(
+    "first, mask",
+    [
+        (0x81, True),
+        (0x02, True),
+        (0x00, True),
+        (0x88, True),
+        (0x89, True),
+        (0xC2, True),
+        (0x92, True),
+        (0xA2, True),
+        (0x82, False),
+    ],
+)
 def test_frames_not_ours(mod: ModuleType, first: int, mask: bool) -> None:
     """Text, fragments, continuations, close, ping, RSV bits, unmasked: all left alone."""
     peer = joined_twin(mod).peers[0]
@@ -234,18 +259,22 @@ def test_any_split_same_as_frame_by_frame(mod: ModuleType, seed: int) -> None:
 def test_any_bytes_same_answer_from_both_twins(data: bytes, start: int, limit: int) -> None:
     start = min(start, len(data))
     a, b = joined_twin(pure), joined_twin(_fast)
-    assert (a.peers[0].feed_wire(data, start, limit, 1001)
-            == b.peers[0].feed_wire(data, start, limit, 1001))
+    assert a.peers[0].feed_wire(data, start, limit, 1001) == b.peers[0].feed_wire(
+        data, start, limit, 1001
+    )
     assert a.state() == b.state()
     assert a.peers[0].counts.total == b.peers[0].counts.total
 
 
 @pytest.mark.skipif(_fast is None, reason="relay._fast not built (RELAY_NO_EXTENSIONS)")
-@given(st.lists(st.tuples(st.integers(0, 15), st.integers(0, 10**6)), max_size=30),
-       st.binary(min_size=4, max_size=4))
+@given(
+    st.lists(st.tuples(st.integers(0, 15), st.integers(0, 10**6)), max_size=30),
+    st.binary(min_size=4, max_size=4),
+)
 @settings(max_examples=500, deadline=None)
-def test_framed_streams_same_answer_from_both_twins(kinds: list[tuple[int, int]],
-                                                    key: bytes) -> None:
+def test_framed_streams_same_answer_from_both_twins(
+    kinds: list[tuple[int, int]], key: bytes
+) -> None:
     """Well-framed streams of near-valid payloads (where hot frames actually apply)."""
     stream = b""
     for k, seed in kinds:

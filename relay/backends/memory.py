@@ -40,8 +40,9 @@ class MemoryStore(PresenceStore):
             # Only this workspace's users: a document may hold members of several
             # workspaces (tokens grant documents, not workspaces), and another workspace's
             # people are none of this one's business.
-            users = {s.user.user_id for s in sessions.values()
-                     if s.user.workspace_id == workspace_id}
+            users = {
+                s.user.user_id for s in sessions.values() if s.user.workspace_id == workspace_id
+            }
             if users:
                 out[doc_id] = len(users)
         return out

@@ -31,8 +31,13 @@ PREFIX = k.CHANNEL_PREFIX.encode()
 
 
 class RedisBroker(Broker):
-    def __init__(self, shared: RedisShared, node_id: str, max_pending: int = 10_000,
-                 subscribe_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        shared: RedisShared,
+        node_id: str,
+        max_pending: int = 10_000,
+        subscribe_timeout: float = 1.0,
+    ) -> None:
         self.shared = shared
         self.redis = shared.acquire()
         self.node_id = node_id
@@ -103,8 +108,9 @@ class RedisBroker(Broker):
         # Drain what the hub published last (the `left` events of a graceful shutdown).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
-                while ((self._outbox or self._in_flight) and self._tasks
-                       and not self._tasks[1].done()):
+                while (
+                    (self._outbox or self._in_flight) and self._tasks and not self._tasks[1].done()
+                ):
                     await asyncio.sleep(0.01)
         await k.stop_tasks(self._tasks)
         self._tasks = []
@@ -182,8 +188,9 @@ class RedisBroker(Broker):
                         self._confirmed -= remove
                         await ps.unsubscribe(*[k.channel(d) for d in remove])
                     changed = asyncio.ensure_future(self._changed.wait())
-                    done, _ = await asyncio.wait({changed, reader},
-                                                 return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        {changed, reader}, return_when=asyncio.FIRST_COMPLETED
+                    )
                     if reader in done:
                         changed.cancel()
                         reader.result()  # raises what broke the connection
@@ -194,8 +201,11 @@ class RedisBroker(Broker):
                 if k.cancelling():
                     raise asyncio.CancelledError from None
                 if self._connected:
-                    log.warning("redis pub/sub lost (%s: %s); resubscribing with backoff",
-                                type(exc).__name__, exc)
+                    log.warning(
+                        "redis pub/sub lost (%s: %s); resubscribing with backoff",
+                        type(exc).__name__,
+                        exc,
+                    )
                 self._connected = False
                 self._confirmed.clear()
                 self._release_waiters()

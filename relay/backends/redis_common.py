@@ -77,7 +77,6 @@ def node_sessions_key(node_id: str) -> str:
 NODE_REGISTRY = "presence:node:registry"
 
 
-
 def new_node_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -136,12 +135,18 @@ def user_presence(doc_id: str, s: Session) -> dict[str, Any]:
             "typing": s.typing,
             "focused": s.focused,
             "activity": s.activity.label,
-            "viewport": None if vp is None else {
-                "top_line": vp[0], "bottom_line": vp[1], "scroll_percentage": vp[2],
+            "viewport": None
+            if vp is None
+            else {
+                "top_line": vp[0],
+                "bottom_line": vp[1],
+                "scroll_percentage": vp[2],
             },
         },
         "cursor": None if cur is None else _pos(cur),
-        "selection": None if sel is None or cur is None else {
+        "selection": None
+        if sel is None or cur is None
+        else {
             "anchor": _pos((sel[0], sel[1], sel[2])),
             "head": _pos(cur),
             "is_backward": sel[3],
@@ -184,8 +189,14 @@ def _tuple(v: Any) -> Any:
 class MemberRecord:
     __slots__ = ("last_cursor", "member", "node_id", "workspace_id", "written_at")
 
-    def __init__(self, node_id: str, workspace_id: str, member: list[Any], last_cursor: int,
-                 written_at: int = 0) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        workspace_id: str,
+        member: list[Any],
+        last_cursor: int,
+        written_at: int = 0,
+    ) -> None:
         self.node_id = node_id
         self.workspace_id = workspace_id
         self.member = member

@@ -84,8 +84,13 @@ class _Entry:
 
     __slots__ = ("announce", "attempted", "publish_left", "remove", "session")
 
-    def __init__(self, session: Session, remove: bool = False, announce: bool = False,
-                 publish_left: bool = False) -> None:
+    def __init__(
+        self,
+        session: Session,
+        remove: bool = False,
+        announce: bool = False,
+        publish_left: bool = False,
+    ) -> None:
         self.session = session
         self.remove = remove
         self.announce = announce  # the `joined` stream event is still to be written
@@ -94,8 +99,16 @@ class _Entry:
 
 
 def _sig(s: Session) -> tuple[Any, ...]:
-    return (s.activity, s.typing, s.focused, s.cursor, s.selection, s.viewport,
-            s.last_active_ms, s.color)
+    return (
+        s.activity,
+        s.typing,
+        s.focused,
+        s.cursor,
+        s.selection,
+        s.viewport,
+        s.last_active_ms,
+        s.color,
+    )
 
 
 class RedisStore(PresenceStore):
@@ -161,8 +174,10 @@ class RedisStore(PresenceStore):
         await k.stop_tasks(self._tasks)
         self._tasks.clear()
         if not self._up:
-            log.warning("redis unreachable at shutdown: other nodes' reapers will remove this "
-                        "node's sessions within presence_ttl_seconds")
+            log.warning(
+                "redis unreachable at shutdown: other nodes' reapers will remove this "
+                "node's sessions within presence_ttl_seconds"
+            )
             await self.shared.release()
             return
         for e in self._queue.values():
@@ -181,8 +196,11 @@ class RedisStore(PresenceStore):
                 pipe.srem(k.NODE_REGISTRY, self.node_id)
                 await pipe.execute()
         except (*UNREACHABLE, RedisError) as exc:
-            log.warning("redis: could not clean up on shutdown (%s); other nodes' reapers "
-                        "will remove this node's sessions within the TTL", exc)
+            log.warning(
+                "redis: could not clean up on shutdown (%s); other nodes' reapers "
+                "will remove this node's sessions within the TTL",
+                exc,
+            )
         await self.shared.release()
 
     # ------------------------------------------------------------ hot path (no awaits)
@@ -302,8 +320,11 @@ class RedisStore(PresenceStore):
         ordered = sorted(docs)
         out = {}
         for doc_id, records in zip(ordered, await self._records(ordered), strict=True):
-            users = {s.user.user_id for s in self._merge_local(doc_id, records)
-                     if s.user.workspace_id == workspace_id}
+            users = {
+                s.user.user_id
+                for s in self._merge_local(doc_id, records)
+                if s.user.workspace_id == workspace_id
+            }
             if users:
                 out[doc_id] = len(users)
         return out
@@ -338,8 +359,11 @@ class RedisStore(PresenceStore):
 
     def _mark_down(self, exc: BaseException) -> None:
         if self._up:
-            log.warning("redis unreachable (%s: %s); presence keeps working locally, writes "
-                        "queue up", type(exc).__name__, exc)
+            log.warning(
+                "redis unreachable (%s: %s); presence keeps working locally, writes queue up",
+                type(exc).__name__,
+                exc,
+            )
         self._up = False
         self.failures += 1
 
@@ -372,8 +396,9 @@ class RedisStore(PresenceStore):
                 self._mark_up()
             else:
                 try:
-                    ok = await self.redis.set(k.node_key(self.node_id), value,
-                                              px=self.node_ttl_ms, xx=True)
+                    ok = await self.redis.set(
+                        k.node_key(self.node_id), value, px=self.node_ttl_ms, xx=True
+                    )
                     if not ok:  # expired (we were away too long) or Redis lost it
                         log.warning("redis: this node's heartbeat key was gone; reconciling")
                         self._reconcile = self._announce = True
@@ -450,12 +475,18 @@ class RedisStore(PresenceStore):
 
     # ------------------------------------------------------------ writing
 
-    def _stream_event(self, pipe: Any, kind: str, doc_id: str, user_id: str,
-                      workspace_id: str) -> None:
+    def _stream_event(
+        self, pipe: Any, kind: str, doc_id: str, user_id: str, workspace_id: str
+    ) -> None:
         pipe.xadd(
             self.stream,
-            {"type": kind, "user_id": user_id, "document_id": doc_id,
-             "workspace_id": workspace_id, "timestamp": str(now_ms())},
+            {
+                "type": kind,
+                "user_id": user_id,
+                "document_id": doc_id,
+                "workspace_id": workspace_id,
+                "timestamp": str(now_ms()),
+            },
             maxlen=self.stream_maxlen,
             approximate=True,
         )
@@ -466,8 +497,7 @@ class RedisStore(PresenceStore):
             return None
         return max(sessions.values(), key=lambda s: s.last_active_ms)
 
-    def _write_upsert(self, pipe: Any, doc_id: str, s: Session, full: bool,
-                      announce: bool) -> None:
+    def _write_upsert(self, pipe: Any, doc_id: str, s: Session, full: bool, announce: bool) -> None:
         nid = self.node_id
         uid = s.user.user_id
         # Stamped when read from the live session (not when Redis stores it): the record
@@ -524,8 +554,9 @@ class RedisStore(PresenceStore):
                 if e.publish_left:
                     left_events[doc_id].append((p.EV_LEFT, sid))
             else:
-                self._write_upsert(pipe, doc_id, s, full=e.announce or e.attempted,
-                                   announce=e.announce)
+                self._write_upsert(
+                    pipe, doc_id, s, full=e.announce or e.attempted, announce=e.announce
+                )
                 sigs.append((key, _sig(s)))
         self._publish_batches(pipe, left_events)
         docs = list(removed)
@@ -537,7 +568,7 @@ class RedisStore(PresenceStore):
             if key in self._live.get(key[0], ()):
                 self._written[key] = sig
         if docs:
-            remaining = results[len(results) - len(docs):]
+            remaining = results[len(results) - len(docs) :]
             pipe = self.redis.pipeline(transaction=False)
             for doc_id, values in zip(docs, remaining, strict=True):
                 self._fix_derived(pipe, doc_id, removed[doc_id], values)
@@ -551,8 +582,9 @@ class RedisStore(PresenceStore):
             if isinstance(r, Exception):
                 log.warning("redis command failed: %s", r)
 
-    def _publish_batches(self, pipe: Any, events: dict[str, list[tuple[Any, ...]]],
-                         deliver: bool = False) -> None:
+    def _publish_batches(
+        self, pipe: Any, events: dict[str, list[tuple[Any, ...]]], deliver: bool = False
+    ) -> None:
         ts = now_ms()
         for doc_id, evs in events.items():
             if not evs:
@@ -562,8 +594,13 @@ class RedisStore(PresenceStore):
             if deliver and self.deliver_local is not None:
                 self.deliver_local(doc_id, frame)
 
-    def _fix_derived(self, pipe: Any, doc_id: str, removed: Iterable[Session | MemberRecord],
-                     remaining_raw: list[bytes]) -> None:
+    def _fix_derived(
+        self,
+        pipe: Any,
+        doc_id: str,
+        removed: Iterable[Session | MemberRecord],
+        remaining_raw: list[bytes],
+    ) -> None:
         """After sessions left: the seed's per-user and per-workspace keys follow suit.
 
         Not atomic with the HDELs (different keys, maybe different shards): a concurrent
@@ -603,9 +640,11 @@ class RedisStore(PresenceStore):
         self._reconcile = False
         announce, self._announce = self._announce, False
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(k.node_key(self.node_id),
-                 json.dumps({"node_id": self.node_id, "started_at": self._started_at}),
-                 px=self.node_ttl_ms)
+        pipe.set(
+            k.node_key(self.node_id),
+            json.dumps({"node_id": self.node_id, "started_at": self._started_at}),
+            px=self.node_ttl_ms,
+        )
         pipe.sadd(k.NODE_REGISTRY, self.node_id)
         pipe.smembers(k.node_sessions_key(self.node_id))
         try:
@@ -616,12 +655,13 @@ class RedisStore(PresenceStore):
             raise
         owned = {x for x in map(k.parse_owned, results[2]) if x is not None}
         busy = set(self._queue) | self._inflight
-        live = [(doc_id, s) for doc_id, sessions in self._live.items()
-                for s in list(sessions.values())]
+        live = [
+            (doc_id, s) for doc_id, sessions in self._live.items() for s in list(sessions.values())
+        ]
         try:
             for i in range(0, len(live), self.batch_size):
                 pipe = self.redis.pipeline(transaction=False)
-                for doc_id, s in live[i:i + self.batch_size]:
+                for doc_id, s in live[i : i + self.batch_size]:
                     if (doc_id, s.sid) in busy:
                         continue  # its queued entry writes it (and its stream event)
                     self._write_upsert(pipe, doc_id, s, full=True, announce=False)
@@ -631,13 +671,17 @@ class RedisStore(PresenceStore):
             for doc_id, sessions in self._live.items():
                 small = [sid for sid in sessions if sid < FALLBACK_SID_BASE]
                 if small:
-                    await self._bump(keys=[k.sid_key(doc_id)],
-                                     args=[max(small), SID_COUNTER_TTL_MS], client=pipe)
+                    await self._bump(
+                        keys=[k.sid_key(doc_id)], args=[max(small), SID_COUNTER_TTL_MS], client=pipe
+                    )
             if announce:
-                self._publish_batches(pipe, {
-                    doc_id: [(p.EV_JOINED, s.member()) for s in sessions.values()]
-                    for doc_id, sessions in self._live.items()
-                })
+                self._publish_batches(
+                    pipe,
+                    {
+                        doc_id: [(p.EV_JOINED, s.member()) for s in sessions.values()]
+                        for doc_id, sessions in self._live.items()
+                    },
+                )
             self._raise_unreachable(await pipe.execute(raise_on_error=False))
             # What Redis lists for this node that is no longer live (lost queue entries).
             live_keys = {(doc_id, s.sid) for doc_id, s in live}
@@ -685,8 +729,9 @@ class RedisStore(PresenceStore):
             pipe.srem(k.NODE_REGISTRY, node_id)
             await pipe.execute()
 
-    async def _remove_sessions(self, doc_id: str, sids: list[int], node_id: str,
-                               publish: bool) -> None:
+    async def _remove_sessions(
+        self, doc_id: str, sids: list[int], node_id: str, publish: bool
+    ) -> None:
         """Remove a node's sessions from a document; announce the ones this call removed.
 
         Each HDEL is the claim: only the reaper whose HDEL removed the field publishes its
@@ -712,8 +757,7 @@ class RedisStore(PresenceStore):
         for r in gone:
             self._stream_event(pipe, "left", doc_id, r.user_id, r.workspace_id)
         if publish and gone:
-            self._publish_batches(pipe, {doc_id: [(p.EV_LEFT, r.sid) for r in gone]},
-                                  deliver=True)
+            self._publish_batches(pipe, {doc_id: [(p.EV_LEFT, r.sid) for r in gone]}, deliver=True)
         self._fix_derived(pipe, doc_id, gone, remaining)
         self._raise_unreachable(await pipe.execute(raise_on_error=False))
         self.reaped += len(gone)

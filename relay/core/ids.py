@@ -30,6 +30,8 @@ def doc_id_problem(doc_id: str) -> str | None:
     if not DOC_ID_RE.fullmatch(doc_id):
         return "doc_id must match ^[A-Za-z0-9._~:@-]{1,128}$"
     if doc_id.partition(":")[0] in RESERVED_DOC_NAMESPACES:
-        return ("doc_id may not be 'user', 'workspace' or 'node', nor begin with one of them "
-                "and ':' (reserved for the relay's Redis keys)")
+        return (
+            "doc_id may not be 'user', 'workspace' or 'node', nor begin with one of them "
+            "and ':' (reserved for the relay's Redis keys)"
+        )
     return None

@@ -135,8 +135,12 @@ def decode_client_frame(data: bytes) -> list[Any]:
             return frame
         raise _shape_error(frame, "TYPING is [5, h] or [5, h, bool]")
     if t == VIEWPORT:
-        if n == 5 and _is_int(frame[1]) and _is_int(frame[2]) and _is_int(frame[3]) and (
-            _is_number(frame[4])
+        if (
+            n == 5
+            and _is_int(frame[1])
+            and _is_int(frame[2])
+            and _is_int(frame[3])
+            and (_is_number(frame[4]))
         ):
             return frame
         raise _shape_error(frame, "VIEWPORT is [6, h, top_line, bottom_line, scroll_pct]")
@@ -220,7 +224,9 @@ def batch_prefix(doc_id: str, server_ms: int, event_count: int) -> bytes:
     """Everything of a BATCH frame before its events (msgpack concatenates: the events'
     own encodings follow, and the result equals `encode_batch` byte for byte)."""
     return (
-        b"\x94\x22" + _packer.pack(doc_id) + _packer.pack(server_ms)
+        b"\x94\x22"
+        + _packer.pack(doc_id)
+        + _packer.pack(server_ms)
         + _packer.pack_array_header(event_count)
     )
 

@@ -13,8 +13,16 @@ class TokenBucket:
     client that throttles to the announced rate never gets near it.
     """
 
-    __slots__ = ("_burst", "_close_after", "_excess_since", "_last", "_last_drop", "_rate",
-                 "_tokens", "last_error_ms")
+    __slots__ = (
+        "_burst",
+        "_close_after",
+        "_excess_since",
+        "_last",
+        "_last_drop",
+        "_rate",
+        "_tokens",
+        "last_error_ms",
+    )
 
     def __init__(self, rate: float, burst: int, close_after_ms: float, now_ms: float) -> None:
         self._rate = rate / 1000.0  # tokens per ms

@@ -54,15 +54,17 @@ def check_security(config: PresenceConfig) -> None:
             )
         log.warning(
             "DEVELOPMENT MODE: no jwt_secret configured, anonymous HELLO is accepted "
-            "(listening on loopback %s only)", config.host
+            "(listening on loopback %s only)",
+            config.host,
         )
 
 
 class Relay:
     """A running relay (used by the CLI and by tests that need one in-process)."""
 
-    def __init__(self, config: PresenceConfig,
-                 backends: tuple[PresenceStore, Broker] | None = None) -> None:
+    def __init__(
+        self, config: PresenceConfig, backends: tuple[PresenceStore, Broker] | None = None
+    ) -> None:
         check_security(config)
         self.config = config
         store, broker = backends if backends is not None else make_backends(config)
@@ -117,15 +119,22 @@ class Relay:
         )
         if cfg.metrics_port is not None:
             self.metrics_server = await serve(
-                handler, cfg.metrics_host, cfg.metrics_port,
-                process_request=MetricsRoutes(routes), logger=WS_LOG,
+                handler,
+                cfg.metrics_host,
+                cfg.metrics_port,
+                process_request=MetricsRoutes(routes),
+                logger=WS_LOG,
                 server_header=f"presence-relay/{relay.__version__}",
             )
         self._ticker = asyncio.get_running_loop().create_task(hub.run_ticker())
         if hub.cluster is not None:
             hub.cluster.start()
-        log.info("presence-relay listening on ws://%s:%d/ws (%s core)",
-                 cfg.host, self.port, relay.implementation())
+        log.info(
+            "presence-relay listening on ws://%s:%d/ws (%s core)",
+            cfg.host,
+            self.port,
+            relay.implementation(),
+        )
 
     async def stop(self) -> None:
         """Stop accepting, tell members the relay is going away (1001), flush, exit.
@@ -147,8 +156,9 @@ class Relay:
                 async with asyncio.timeout(self.config.close_timeout_s + 1.0):
                     await self.server.wait_closed()
             except TimeoutError:
-                log.warning("shutdown: aborting %d connections that did not close in time",
-                            len(hub.sockets))
+                log.warning(
+                    "shutdown: aborting %d connections that did not close in time", len(hub.sockets)
+                )
                 for conn in list(hub.sockets):
                     abort(conn.transport)
                 with contextlib.suppress(TimeoutError):
@@ -164,8 +174,10 @@ class Relay:
         await hub.store.close()
 
 
-async def serve_forever(config: PresenceConfig, on_ready: Callable[[Relay], None] | None = None,
-                        ) -> None:
+async def serve_forever(
+    config: PresenceConfig,
+    on_ready: Callable[[Relay], None] | None = None,
+) -> None:
     relay_ = Relay(config)
     await relay_.start()
     if on_ready is not None:

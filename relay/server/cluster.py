@@ -373,8 +373,9 @@ class Cluster:
             hub._close_slow(slow)
 
     @staticmethod
-    def _heal(m: Any, record: Any, stamps: dict[int, list[int]],
-              events: list[tuple[Any, ...]]) -> None:
+    def _heal(
+        m: Any, record: Any, stamps: dict[int, list[int]], events: list[tuple[Any, ...]]
+    ) -> None:
         """Take from a store record the fields the mirror `m` has not seen a newer BATCH for.
 
         `record.written_at_ms` and the stamps are both the owner's clock: a record written at

@@ -29,8 +29,13 @@ def binary_frame(payload: bytes) -> bytes:
     return head + payload
 
 
-def fan_out(members: dict[int, Client], skip_sid: int | None, payload: bytes,
-            backlog_limit: int, slow: list[Client]) -> int:
+def fan_out(
+    members: dict[int, Client],
+    skip_sid: int | None,
+    payload: bytes,
+    backlog_limit: int,
+    slow: list[Client],
+) -> int:
     """Write one BATCH, framed once, to every member but `skip_sid`; returns how many got it.
 
     A member whose unsent bytes pass `backlog_limit` gets nothing and is appended to `slow`

@@ -114,8 +114,13 @@ class RelayConnection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         client = self.fast_client
-        if (client is not None and self._clear and self._framing and not client.closing
-                and client.held is None):
+        if (
+            client is not None
+            and self._clear
+            and self._framing
+            and not client.closing
+            and client.held is None
+        ):
             # The common case, kept to one compiled call: every hot frame of this read. (A
             # client is set only after HELLO, so the handshake is over: no state to check.)
             buf = self._pending + data if self._pending else data
@@ -174,8 +179,11 @@ class RelayConnection(ServerConnection):
         n = len(buf)
         while i < n:
             client = self.fast_client
-            if (client is not None and not client.closing
-                    and (self._clear or self._websockets_idle())):
+            if (
+                client is not None
+                and not client.closing
+                and (self._clear or self._websockets_idle())
+            ):
                 hub = self.hub
                 now = hub.clock()
                 start = i

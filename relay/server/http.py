@@ -27,11 +27,21 @@ PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
 def _response(status: int, body: bytes, content_type: str) -> Response:
-    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-              404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}[status]
+    reason = {
+        200: "OK",
+        400: "Bad Request",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        503: "Service Unavailable",
+    }[status]
     headers = Headers(
-        [("Content-Type", content_type), ("Content-Length", str(len(body))),
-         ("Cache-Control", "no-store")]
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
     )
     return Response(status, reason, headers, body)
 
@@ -79,12 +89,18 @@ class HttpRoutes:
             if len(self.hub.sockets) > self.hub.config.max_connections:
                 return text(503, "too many connections\n")
             if self.hub.config.jwt_secret is None and _proxied(request):
-                return text(403, "anonymous mode (no jwt_secret) serves direct loopback "
-                                 "connections only, not a proxy's\n")
+                return text(
+                    403,
+                    "anonymous mode (no jwt_secret) serves direct loopback "
+                    "connections only, not a proxy's\n",
+                )
             return None  # proceed with the WebSocket handshake
         metrics_here = self.hub.config.metrics_port is None
-        if (path not in ("/healthz", "/readyz") and not (path == "/metrics" and metrics_here)
-                and not path.startswith("/internal/")):
+        if (
+            path not in ("/healthz", "/readyz")
+            and not (path == "/metrics" and metrics_here)
+            and not path.startswith("/internal/")
+        ):
             return text(404, "not found\n")
         if request.method != "GET":
             return text(405, "method not allowed\n")
@@ -139,23 +155,29 @@ class HttpRoutes:
             if problem is not None:
                 return text(400, problem + "\n")
             users = await self.hub.store.document_users(doc_id)
-            return as_json(200, {
-                "document_id": doc_id,
-                "active_users": [u.to_json() for u in users],
-                "total_count": len(users),
-                "timestamp": int(time.time() * 1000),
-            })
+            return as_json(
+                200,
+                {
+                    "document_id": doc_id,
+                    "active_users": [u.to_json() for u in users],
+                    "total_count": len(users),
+                    "timestamp": int(time.time() * 1000),
+                },
+            )
         if len(parts) == 3 and parts[0] == "workspaces" and parts[2] == "documents" and parts[1]:
             ws = parts[1]
             docs = await self.hub.store.workspace_documents(ws)
-            return as_json(200, {
-                "workspace_id": ws,
-                "documents": [
-                    {"document_id": d, "active_users": n} for d, n in sorted(docs.items())
-                ],
-                "total_count": len(docs),
-                "timestamp": int(time.time() * 1000),
-            })
+            return as_json(
+                200,
+                {
+                    "workspace_id": ws,
+                    "documents": [
+                        {"document_id": d, "active_users": n} for d, n in sorted(docs.items())
+                    ],
+                    "total_count": len(docs),
+                    "timestamp": int(time.time() * 1000),
+                },
+            )
         return text(404, "not found\n")
 
 

@@ -56,20 +56,42 @@ def wall_ms() -> int:
 class Client:
     """One authenticated WebSocket connection."""
 
-    __slots__ = ("bad_frames", "close_task", "closing", "connection_id", "expiry", "fd",
-                 "grant", "handles", "held", "peer", "ws")
+    __slots__ = (
+        "bad_frames",
+        "close_task",
+        "closing",
+        "connection_id",
+        "expiry",
+        "fd",
+        "grant",
+        "handles",
+        "held",
+        "peer",
+        "ws",
+    )
 
     def __init__(
-        self, ws: ServerConnection, connection_id: str, grant: Grant, cfg: PresenceConfig,
-        now_ms: int, counts: HotCounts,
+        self,
+        ws: ServerConnection,
+        connection_id: str,
+        grant: Grant,
+        cfg: PresenceConfig,
+        now_ms: int,
+        counts: HotCounts,
     ) -> None:
         self.ws = ws
         self.fd: int = getattr(ws, "fd", -1)  # the socket, for its kernel send queue
         self.connection_id = connection_id
         self.grant = grant
-        self.peer = Peer(TokenBucket(
-            cfg.max_frames_per_s, cfg.max_frames_burst, cfg.rate_limit_close_after_s * 1000, now_ms
-        ), counts)
+        self.peer = Peer(
+            TokenBucket(
+                cfg.max_frames_per_s,
+                cfg.max_frames_burst,
+                cfg.rate_limit_close_after_s * 1000,
+                now_ms,
+            ),
+            counts,
+        )
         self.handles: dict[int, Membership] = self.peer.handles
         self.bad_frames = BadFrameWindow(cfg.max_bad_frames, cfg.bad_frames_window_s * 1000)
         self.closing = False
@@ -143,8 +165,9 @@ class Hub:
 
     def connect(self, ws: ServerConnection, grant: Grant) -> Client:
         now = self.clock()
-        client = Client(ws, f"{self.broker.node_id}-{next(self._ids)}", grant, self.config, now,
-                        self.stats.hot)
+        client = Client(
+            ws, f"{self.broker.node_id}-{next(self._ids)}", grant, self.config, now, self.stats.hot
+        )
         self.clients.add(client)
         self.stats.connections_total += 1
         exp = grant.expires_at_ms
@@ -259,8 +282,9 @@ class Hub:
 
     def on_text(self, client: Client) -> None:
         self.stats.frames_other += 1
-        self._error(client, None, p.BAD_FRAME, "text frames are not part of the protocol",
-                    self.clock())
+        self._error(
+            client, None, p.BAD_FRAME, "text frames are not part of the protocol", self.clock()
+        )
 
     def _membership(self, client: Client, frame: list[Any]) -> Membership:
         m = client.handles.get(frame[1])
@@ -433,8 +457,9 @@ class Hub:
         st = self.stats
         frame = batch.frame
         slow: list[Client] = []
-        sent = fan_out(self.local[doc.doc_id], batch.skip_sid, frame,
-                       self.config.max_send_backlog, slow)
+        sent = fan_out(
+            self.local[doc.doc_id], batch.skip_sid, frame, self.config.max_send_backlog, slow
+        )
         self.broker.publish(doc.doc_id, frame)
         st.frames_out += sent
         st.bytes_out += len(frame) * sent
@@ -445,8 +470,11 @@ class Hub:
 
     def _close_slow(self, slow: list[Client]) -> None:
         for client in slow:
-            log.info("closing %s: send backlog over %d bytes", client.connection_id,
-                     self.config.max_send_backlog)
+            log.info(
+                "closing %s: send backlog over %d bytes",
+                client.connection_id,
+                self.config.max_send_backlog,
+            )
             self.close_client(client, p.CLOSE_TOO_SLOW, "send backlog exceeded")
 
     def _drop_document(self, doc: Document) -> None:

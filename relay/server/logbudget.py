@@ -25,8 +25,9 @@ class LogBudget:
         now = time.monotonic()
         if now - self._start >= self._per:
             if self.suppressed:
-                self._log.warning("%d similar lines not logged in the last %.0f s",
-                                  self.suppressed, self._per)
+                self._log.warning(
+                    "%d similar lines not logged in the last %.0f s", self.suppressed, self._per
+                )
             self._start, self._used, self.suppressed = now, 0, 0
         if self._used < self._lines:
             self._used += 1

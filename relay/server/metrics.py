@@ -138,7 +138,8 @@ class RelayCollector(Collector):
             "presence_relay_connections", "Open WebSocket connections", value=len(hub.clients)
         )
         yield CounterMetricFamily(
-            "presence_relay_connections", "Accepted WebSocket connections",
+            "presence_relay_connections",
+            "Accepted WebSocket connections",
             value=st.connections_total,
         )
         yield GaugeMetricFamily(
@@ -152,15 +153,21 @@ class RelayCollector(Collector):
             value=st.flush_failures,
         )
         yield GaugeMetricFamily(
-            "presence_relay_documents", "Documents with members on this node",
+            "presence_relay_documents",
+            "Documents with members on this node",
             value=len(hub.documents),
         )
-        yield CounterMetricFamily("presence_relay_frames_in", "Client frames received",
-                                  value=st.frames_other + st.hot.total)
-        yield CounterMetricFamily("presence_relay_frames_out", "Frames written to members",
-                                  value=st.frames_out)
-        yield CounterMetricFamily("presence_relay_bytes_out", "Payload bytes written to members",
-                                  value=st.bytes_out)
+        yield CounterMetricFamily(
+            "presence_relay_frames_in",
+            "Client frames received",
+            value=st.frames_other + st.hot.total,
+        )
+        yield CounterMetricFamily(
+            "presence_relay_frames_out", "Frames written to members", value=st.frames_out
+        )
+        yield CounterMetricFamily(
+            "presence_relay_bytes_out", "Payload bytes written to members", value=st.bytes_out
+        )
         yield st.batch_sizes.family("presence_relay_batch_events", "Events per BATCH frame")
         yield st.tick_duration.family(
             "presence_relay_flush_duration_seconds", "Time to advance, encode and send one tick"
@@ -176,11 +183,13 @@ class RelayCollector(Collector):
             closes.add_metric([str(code)], n)
         yield closes
         yield GaugeMetricFamily(
-            "presence_relay_backend_queue_depth", "Writes waiting for the store",
+            "presence_relay_backend_queue_depth",
+            "Writes waiting for the store",
             value=hub.store.queue_depth(),
         )
         info = GaugeMetricFamily(
-            "presence_relay_implementation_info", "Which twin of the hot path runs",
+            "presence_relay_implementation_info",
+            "Which twin of the hot path runs",
             labels=["implementation"],
         )
         info.add_metric([self.implementation()], 1)
