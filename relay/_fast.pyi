@@ -7,10 +7,10 @@ them to it.
 from typing import Any
 
 from relay.core.document import Batch as Batch
-from relay.core.document import DocumentFull as DocumentFull
 from relay.core.document import DocumentRules
 from relay.core.model import ActivityType, UserInfo
 from relay.core.ratelimit import BadFrameWindow as BadFrameWindow
+from relay.exceptions import DocumentFull as DocumentFull
 
 IMPLEMENTATION: str
 NEVER: int

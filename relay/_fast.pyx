@@ -22,7 +22,8 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from relay.core.colors import assign_color
-from relay.core.document import Batch, DocumentFull, check_capacity
+from relay.core.document import Batch, check_capacity
+from relay.exceptions import DocumentFull
 from relay.core.model import ActivityType
 from relay.core.peer import FALLBACK as _FALLBACK, RATE_LIMITED as _RATE_LIMITED, feed_decoded
 from relay.core.ratelimit import BadFrameWindow

@@ -14,14 +14,13 @@ from typing import Any
 import jwt
 
 from relay.core.model import UserInfo
+from relay.exceptions import AuthError
+
+__all__ = ["AuthError", "Grant", "anonymous_grant", "mint_token", "verify_token"]
 
 ALGORITHM = "HS256"
 MAX_ID = 256
 MIN_SECRET_BYTES = 32  # the same floor the configuration enforces (relay.config)
-
-
-class AuthError(Exception):
-    """HELLO cannot be accepted (close 4401). The message never contains the token."""
 
 
 @dataclass(frozen=True, slots=True)

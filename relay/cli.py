@@ -13,7 +13,8 @@ import logging
 import sys
 from typing import Any
 
-from relay.config import FIELDS, SECRET_FIELDS, ConfigError, PresenceConfig, load_config
+from relay.config import FIELDS, SECRET_FIELDS, PresenceConfig, load_config
+from relay.exceptions import ConfigError
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -17,12 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.core.document import DocumentRules
+from relay.exceptions import ConfigError
 
 ENV_PREFIX = "PRESENCE_"
-
-
-class ConfigError(ValueError):
-    """An invalid setting; the message names it."""
 
 
 def _origin_list(value: str) -> list[str]:

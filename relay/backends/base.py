@@ -16,10 +16,6 @@ from relay.core.model import Session, UserPresenceSummary
 BrokerCallback = Callable[[str, bytes], None]
 
 
-class BackendUnavailable(Exception):
-    """A read needs a backend that is unreachable right now (HTTP answers 503)."""
-
-
 # Sids a node allocates on its own (the shared store was unreachable at the join) live far
 # above the ones the store hands out, in a stripe chosen by the node id, so they never
 # collide with those and rarely with another node's. See docs/redis.md ("Redis down").

@@ -37,11 +37,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay.backends import redis_common as k
-from relay.backends.base import FALLBACK_SID_BASE, BackendUnavailable, PresenceStore
+from relay.backends.base import FALLBACK_SID_BASE, PresenceStore
 from relay.backends.redis_common import MemberRecord, RedisShared
 from relay.config import PresenceConfig
 from relay.core import protocol as p
 from relay.core.model import Session, UserPresenceSummary, summarize
+from relay.exceptions import BackendUnavailable
 
 log = logging.getLogger("relay.redis.store")
 

@@ -16,12 +16,9 @@ from typing import Any
 from relay.core import protocol as p
 from relay.core.colors import assign_color
 from relay.core.model import ActivityType, Session, UserInfo
+from relay.exceptions import DocumentFull
 
 NEVER = 2**63 - 1
-
-
-class DocumentFull(Exception):
-    """The document cannot take this session (ERROR 5); the message names the limit."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ from typing import Any
 
 from relay.core import protocol as p
 from relay.core.document import Document
-from relay.core.protocol import ProtocolError
 from relay.core.ratelimit import TokenBucket
 from relay.core.wire import FRAME, next_frame
+from relay.exceptions import ProtocolError
 
 FALLBACK = -1  # not handled here: the general path must process the frame
 RATE_LIMITED = -2  # dropped by the token bucket

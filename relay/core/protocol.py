@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 
 from relay.core.ids import doc_id_problem
+from relay.exceptions import ProtocolError
 
 VERSION = 1
 SUBPROTOCOL = "presence.v1"
@@ -71,16 +72,6 @@ CLOSE_RATE_LIMIT = 4429
 
 MAX_U32 = 2**32 - 1
 MAX_HANDLE = 65535
-
-
-class ProtocolError(Exception):
-    """A client frame the relay answers with ERROR `code` (the connection stays open)."""
-
-    def __init__(self, code: int, message: str, handle: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.handle = handle
 
 
 def _is_int(v: object) -> bool:

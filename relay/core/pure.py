@@ -6,11 +6,12 @@ Same names, signatures, results and exceptions as the compiled module. Only the 
 
 from __future__ import annotations
 
-from relay.core.document import NEVER, Batch, Document, DocumentFull
+from relay.core.document import NEVER, Batch, Document
 from relay.core.model import Session
 from relay.core.peer import FALLBACK, RATE_LIMITED, HotCounts, Membership, Peer
 from relay.core.ratelimit import BadFrameWindow, TokenBucket
 from relay.core.wire import NEED_MORE, NOT_OURS
+from relay.exceptions import DocumentFull
 
 IMPLEMENTATION = "pure"
 

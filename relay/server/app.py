@@ -14,8 +14,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 import relay
 from relay.backends.base import Broker, PresenceStore
 from relay.backends.memory import MemoryBroker, MemoryStore
-from relay.config import ConfigError, PresenceConfig
+from relay.config import PresenceConfig
 from relay.core import protocol as p
+from relay.exceptions import ConfigError
 from relay.server.connection import handle_connection
 from relay.server.fastpath import RelayConnection
 from relay.server.http import HttpRoutes, MetricsRoutes

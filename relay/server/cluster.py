@@ -33,7 +33,7 @@ import msgpack
 from relay.backends.base import FALLBACK_SID_BASE
 from relay.core import protocol as p
 from relay.core.model import ActivityType, UserInfo
-from relay.core.protocol import ProtocolError
+from relay.exceptions import ProtocolError
 from relay.server.fanout import fan_out
 from relay.twin import Document, DocumentFull
 from relay.twin import Session as TwinSession

@@ -13,9 +13,10 @@ import logging
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from relay.auth import AuthError, Grant, anonymous_grant, verify_token
+from relay.auth import Grant, anonymous_grant, verify_token
 from relay.core import protocol as p
 from relay.core.colors import preferred_color
+from relay.exceptions import AuthError
 from relay.server.fastpath import RelayConnection
 from relay.server.hub import Hub
 from relay.server.outlet import close_within

@@ -13,9 +13,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from relay.backends.base import BackendUnavailable
 from relay.core import protocol as p
 from relay.core.ids import doc_id_problem
+from relay.exceptions import BackendUnavailable
 from relay.server.hub import Hub
 from relay.server.metrics import make_registry, render
 

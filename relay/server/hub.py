@@ -26,7 +26,7 @@ from relay.backends.base import Broker, PresenceStore
 from relay.config import PresenceConfig
 from relay.core import protocol as p
 from relay.core.model import UserInfo
-from relay.core.protocol import ProtocolError
+from relay.exceptions import ProtocolError
 from relay.server.cluster import Cluster
 from relay.server.fanout import fan_out
 from relay.server.logbudget import LogBudget
