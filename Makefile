@@ -12,8 +12,9 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 'setuptools>=77'
 
-$(STAMP): $(BIN)/python pyproject.toml setup.py relay/_fast.pyx relay/_fast.pxd
-	$(BIN)/pip install -q -e '.[test,bench]'
+# The Python SDK is its own distribution (sdk/python); the tests use it against the relay.
+$(STAMP): $(BIN)/python pyproject.toml setup.py relay/_fast.pyx relay/_fast.pxd sdk/python/pyproject.toml
+	$(BIN)/pip install -q -e '.[test,bench]' -e ./sdk/python
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -39,8 +40,8 @@ browser-deps:
 # The suite runs twice: the compiled twin (relay/_fast.pyx) on uvloop, as in production,
 # then the pure twin on the stock asyncio loop.
 test: $(STAMP) redis-server browser-deps
-	$(BIN)/ruff check relay tests bench
-	$(BIN)/ruff format --check relay tests bench
+	$(BIN)/ruff check relay tests bench sdk/python
+	$(BIN)/ruff format --check relay tests bench sdk/python
 	node --test sdk/browser/test/msgpack.test.mjs
 	$(BIN)/python -m pytest -q
 	RELAY_NO_EXTENSIONS=1 RELAY_TEST_LOOP=asyncio $(BIN)/python -m pytest -q -p no:cacheprovider
@@ -81,8 +82,8 @@ test-debug: $(STAMP)
 	$(BIN)/pip install -q -e .
 
 lint: $(STAMP)
-	$(BIN)/ruff check relay tests bench
-	$(BIN)/ruff format --check relay tests bench
+	$(BIN)/ruff check relay tests bench sdk/python
+	$(BIN)/ruff format --check relay tests bench sdk/python
 
 clean:
 	rm -rf $(VENV) build *.egg-info relay/*.so relay/_fast.c

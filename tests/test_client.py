@@ -19,10 +19,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.typing import Subprotocol
-
-from relay.client import (
+from presence_client import (
     FATAL_CLOSE_CODES,
     Activity,
     ActivityState,
@@ -42,7 +39,10 @@ from relay.client import (
     Viewport,
     connect,
 )
-from relay.client.document import _CLOSED
+from presence_client.document import _CLOSED
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.typing import Subprotocol
+
 from relay.core.protocol import (
     ALREADY_JOINED,
     BAD_FRAME,

@@ -6,8 +6,7 @@ import itertools
 import random
 
 import pytest
-
-from relay.client.throttle import Throttle
+from presence_client.throttle import Throttle
 
 
 class FakeClock:

@@ -17,9 +17,7 @@ from typing import Any
 
 import jwt
 import pytest
-
-from relay.auth import mint_token
-from relay.client import (
+from presence_client import (
     Connection,
     ConnectionClosedError,
     Document,
@@ -28,6 +26,8 @@ from relay.client import (
     TokenProviderError,
     connect,
 )
+
+from relay.auth import mint_token
 from relay.server.app import Relay
 
 SECRET = "presence-relay-test-secret-0123456789abcdef"  # the relay wants 32+ bytes

@@ -20,10 +20,14 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.typing import Subprotocol
 
-from relay.core.protocol import (
+from .document import Document, ErrorEvent
+from .errors import ConnectionClosedError, RelayClientError, RelayError, TokenProviderError
+from .protocol import (
     ALREADY_JOINED,
     BATCH,
+    CLOSE_INVALID_DATA,
     CLOSE_PROTOCOL,
+    CLOSE_PROTOCOL_ERROR,
     CLOSE_RATE_LIMIT,
     CLOSE_TOO_BIG,
     CLOSE_UNAUTHENTICATED,
@@ -38,27 +42,16 @@ from relay.core.protocol import (
     SUBPROTOCOL,
     VERSION,
     WELCOME,
-    ProtocolError,
+    DecodeError,
     pack,
     unpack,
 )
 
-from .document import (
-    ConnectionClosedError,
-    Document,
-    ErrorEvent,
-    RelayClientError,
-    RelayError,
-    TokenProviderError,
-)
-
 __all__ = ["FATAL_CLOSE_CODES", "SDK_VERSION", "Connection", "TokenProvider", "connect"]
 
-log = logging.getLogger("relay.client")
+log = logging.getLogger("presence_client")
 
 SDK_VERSION = "py/0.1.0"
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
 FATAL_CLOSE_CODES = frozenset({
     CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA, CLOSE_TOO_BIG,
     CLOSE_PROTOCOL, CLOSE_UNAUTHENTICATED, CLOSE_RATE_LIMIT,
@@ -600,7 +593,7 @@ class Connection:
             return None
         try:
             frame = unpack(data)
-        except ProtocolError:
+        except DecodeError:
             log.warning("ignoring a frame that is not msgpack")
             return None
         if type(frame) is not list or not frame:

@@ -1,6 +1,6 @@
 """Python asyncio SDK for the presence relay (wire protocol v1).
 
-    from relay.client import connect
+    from presence_client import connect
 
     async with connect("ws://127.0.0.1:8765/ws", user_id="u1", name="Ann") as conn:
         doc = await conn.join("doc-1")
@@ -13,15 +13,15 @@ callable, sync or async, returning a fresh token) that is called before every HE
 that reconnects, including the one after the relay ends a connection at the token's
 ``exp``, use a new token. See `Connection`.
 
-Only `relay.core.protocol` is imported from the relay package: the SDK carries no server
-code.
+A distribution of its own (`pip install ./sdk/python`): it needs websockets and msgpack,
+nothing of the relay's (no redis, no prometheus, no uvloop, no compiler). Its wire constants
+and codec are in `presence_client.protocol`, checked against the relay's golden vectors.
 """
 
 from .connection import FATAL_CLOSE_CODES, SDK_VERSION, Connection, TokenProvider, connect
 from .document import (
     Activity,
     ActivityState,
-    ConnectionClosedError,
     CursorMoved,
     Document,
     ErrorEvent,
@@ -30,13 +30,11 @@ from .document import (
     Joined,
     Left,
     Member,
-    RelayClientError,
-    RelayError,
     Resynced,
-    TokenProviderError,
     Typing,
     Viewport,
 )
+from .errors import ConnectionClosedError, RelayClientError, RelayError, TokenProviderError
 from .throttle import Throttle
 
 __all__ = [

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from relay.core.protocol import (
+from .errors import RelayClientError, RelayError
+from .protocol import (
     CURSOR,
     EV_ACTIVITY,
     EV_CURSOR,
@@ -24,7 +25,6 @@ from relay.core.protocol import (
     VIEWPORT,
     pack,
 )
-
 from .throttle import Throttle
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Activity",
     "ActivityState",
-    "ConnectionClosedError",
     "CursorMoved",
     "Document",
     "ErrorEvent",
@@ -42,15 +41,12 @@ __all__ = [
     "Joined",
     "Left",
     "Member",
-    "RelayClientError",
-    "RelayError",
     "Resynced",
-    "TokenProviderError",
     "Typing",
     "Viewport",
 ]
 
-log = logging.getLogger("relay.client")
+log = logging.getLogger("presence_client")
 
 Cursor: TypeAlias = tuple[int, int, int]
 """`(line, col, offset)`: the selection's head."""
@@ -58,40 +54,6 @@ Selection: TypeAlias = tuple[int, int, int, bool]
 """`(anchor_line, anchor_col, anchor_offset, backward)`."""
 ViewportRange: TypeAlias = tuple[int, int, float]
 """`(top_line, bottom_line, scroll_pct)`."""
-
-
-# ---------------------------------------------------------------------------- errors
-
-
-class RelayClientError(Exception):
-    """Base class of the SDK's errors."""
-
-
-class RelayError(RelayClientError):
-    """The relay answered with ERROR `code` (see `relay.core.protocol` for the codes)."""
-
-    def __init__(self, code: int, message: str, handle: int | None = None) -> None:
-        super().__init__(f"[{code}] {message}")
-        self.code = code
-        self.message = message
-        self.handle = handle
-
-
-class ConnectionClosedError(RelayClientError):
-    """The connection closed and will not come back (fatal close code, reconnect disabled,
-    or the relay could not be reached again). `code` is the WebSocket close code (1006 when
-    the connection dropped without a close frame)."""
-
-    def __init__(self, code: int | None, reason: str = "") -> None:
-        super().__init__(f"connection closed: {code} {reason}".rstrip())
-        self.code = code
-        self.reason = reason
-
-
-class TokenProviderError(RelayClientError):
-    """The token provider raised, timed out or returned something other than a non-empty
-    string. The message names only the exception's type (a provider's own message may quote
-    a credential); the provider's exception is the `__cause__`."""
 
 
 # ---------------------------------------------------------------------------- members

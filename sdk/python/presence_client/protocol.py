@@ -1,0 +1,86 @@
+"""The wire protocol as a client sees it: message types, event codes, error and close codes,
+and the MessagePack codec.
+
+The relay's contract (docs/protocol.md in the relay's repository) defines every value here;
+the SDK's tests check this module against the relay's golden vectors
+(tests/vectors/protocol_v1.json), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+SUBPROTOCOL = "presence.v1"
+
+# Client -> relay
+HELLO = 1
+JOIN = 2
+LEAVE = 3
+CURSOR = 4
+TYPING = 5
+VIEWPORT = 6
+FOCUS = 7
+PING = 8
+
+# Relay -> client
+WELCOME = 32
+JOINED = 33
+BATCH = 34
+ERROR = 35
+PONG = 36
+
+# BATCH event codes
+EV_CURSOR = 1
+EV_JOINED = 2
+EV_LEFT = 3
+EV_TYPING = 4
+EV_VIEWPORT = 5
+EV_ACTIVITY = 6
+EV_FOCUS = 7
+
+# ERROR codes
+BAD_FRAME = 1
+UNKNOWN_TYPE = 2
+NOT_JOINED = 3
+FORBIDDEN = 4
+DOCUMENT_AT_CAPACITY = 5
+RATE_LIMITED = 6
+INVALID_VALUE = 7
+ALREADY_JOINED = 8
+TOO_MANY_DOCUMENTS = 9
+UNAVAILABLE = 10
+UNAUTHENTICATED = 11
+
+# Close codes
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_PROTOCOL = 4400
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TOO_SLOW = 4408
+CLOSE_RATE_LIMIT = 4429
+
+MAX_HANDLE = 65535
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(value: Any) -> bytes:
+    """One frame's payload: the MessagePack encoding of `value` (an array)."""
+    return _packer.pack(value)  # type: ignore[no-any-return]
+
+
+class DecodeError(ValueError):
+    """A payload from the relay that is not one MessagePack value."""
+
+
+def unpack(data: bytes) -> Any:
+    """Decode one MessagePack value; raise DecodeError on anything malformed."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise DecodeError(f"not a msgpack value: {type(exc).__name__}") from None
