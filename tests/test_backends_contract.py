@@ -37,7 +37,7 @@ async def _until_ready(*backends: PresenceStore | Broker) -> None:
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[PresenceStore]:
     if request.param == "redis":
-        from relay.backends.redis_common import RedisShared
+        from relay.backends.redis_pool import RedisShared
         from relay.backends.redis_store import RedisStore
         from relay.config import PresenceConfig
 
@@ -57,7 +57,7 @@ async def broker_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Bro
     b: Broker
     if request.param == "redis":
         from relay.backends.redis_broker import RedisBroker
-        from relay.backends.redis_common import RedisShared
+        from relay.backends.redis_pool import RedisShared
 
         url = request.getfixturevalue("redis_url")
         # Two pools, as two processes would have.

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from relay.auth import MAX_ID
-from relay.backends import redis_common as k
+from relay.backends import redis_keys as k
 from relay.config import PresenceConfig
 from relay.core.ids import doc_id_problem
 

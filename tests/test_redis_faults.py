@@ -14,7 +14,7 @@ from redis_helpers import EV_CURSOR, EV_JOINED, eventually, joined, users_hash, 
 from test_redis_cluster import http_get
 
 from relay.backends.base import FALLBACK_SID_BASE
-from relay.backends.redis_common import RedisShared
+from relay.backends.redis_pool import RedisShared
 from relay.backends.redis_store import RedisStore
 from relay.config import PresenceConfig
 from relay.core.model import Session, UserInfo

@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 from redis_fixture import RedisServer
 from redis_helpers import BATCH, EV_CURSOR, EV_JOINED, eventually, joined, wait_event
 
-from relay.backends.redis_common import member_record, members_key, parse_member_record
+from relay.backends.redis_keys import member_record, members_key, parse_member_record
 from relay.core.model import Session, UserInfo
 from relay.server.app import Relay
 

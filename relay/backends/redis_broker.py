@@ -21,9 +21,10 @@ from typing import Any
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from relay.backends import redis_common as k
+from relay.backends import redis_keys as k
+from relay.backends import redis_pool
 from relay.backends.base import Broker, BrokerCallback
-from relay.backends.redis_common import RedisShared
+from relay.backends.redis_pool import RedisShared
 
 log = logging.getLogger("relay.redis.broker")
 
@@ -112,7 +113,7 @@ class RedisBroker(Broker):
                     (self._outbox or self._in_flight) and self._tasks and not self._tasks[1].done()
                 ):
                     await asyncio.sleep(0.01)
-        await k.stop_tasks(self._tasks)
+        await redis_pool.stop_tasks(self._tasks)
         self._tasks = []
         self._release_waiters()
         await self.shared.release()
@@ -123,7 +124,7 @@ class RedisBroker(Broker):
         backoff = 0.1
         out = self._outbox
         while True:
-            k.check_cancelled()
+            redis_pool.check_cancelled()
             await self._out_wake.wait()
             self._out_wake.clear()
             while out:
@@ -138,7 +139,7 @@ class RedisBroker(Broker):
                     self.published += n
                     backoff = 0.1
                 except (RedisError, OSError) as exc:
-                    if k.cancelling():
+                    if redis_pool.cancelling():
                         raise asyncio.CancelledError from None
                     # Real-time frames go stale fast: drop them (and what queued meanwhile);
                     # the reconnect resync and the store's re-announce repair the views.
@@ -161,7 +162,7 @@ class RedisBroker(Broker):
     async def _supervise(self) -> None:
         backoff = 0.1
         while True:
-            k.check_cancelled()
+            redis_pool.check_cancelled()
             ps = self.redis.pubsub()
             reader: asyncio.Task[None] | None = None
             try:
@@ -176,7 +177,7 @@ class RedisBroker(Broker):
                 backoff = 0.1
                 reader = asyncio.get_running_loop().create_task(self._read(ps))
                 while True:
-                    k.check_cancelled()
+                    redis_pool.check_cancelled()
                     self._changed.clear()
                     add = self._wanted - requested
                     remove = requested - self._wanted
@@ -198,7 +199,7 @@ class RedisBroker(Broker):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if k.cancelling():
+                if redis_pool.cancelling():
                     raise asyncio.CancelledError from None
                 if self._connected:
                     log.warning(
@@ -232,7 +233,7 @@ class RedisBroker(Broker):
         callback_nid = self._nid
         plen = len(PREFIX)
         while True:
-            k.check_cancelled()
+            redis_pool.check_cancelled()
             msg = await ps.get_message(timeout=1.0)
             if msg is None:
                 continue

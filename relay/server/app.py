@@ -32,7 +32,8 @@ WS_LOG = logging.getLogger("relay.websockets")
 def make_backends(config: PresenceConfig) -> tuple[PresenceStore, Broker]:
     if config.redis_url:
         from relay.backends.redis_broker import RedisBroker
-        from relay.backends.redis_common import RedisShared, new_node_id
+        from relay.backends.redis_keys import new_node_id
+        from relay.backends.redis_pool import RedisShared
         from relay.backends.redis_store import RedisStore
 
         try:

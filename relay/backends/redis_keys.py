@@ -1,5 +1,4 @@
-"""What the Redis store and broker share: one connection pool per process, the key names,
-and the record formats other services read.
+"""The Redis keys the relay writes and the record formats other services read.
 
 Keys (`<doc>` is the document id itself, no braces, exactly as the seed builds them):
 
@@ -21,18 +20,12 @@ keys may live on different Redis Cluster shards. See docs/redis.md.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from relay.core.model import ActivityType, Session, UserInfo
 
@@ -252,68 +245,3 @@ def parse_member_record(raw: bytes) -> MemberRecord | None:
 def user_from_record(r: MemberRecord) -> UserInfo:
     m = r.member
     return UserInfo(user_id=m[1], name=m[2], workspace_id=r.workspace_id, avatar_url=m[3])
-
-
-# ---------------------------------------------------------------- the one pool
-
-
-class RedisShared:
-    """One `redis.asyncio` client (one pool) shared by the store and the broker.
-
-    Explicit retry (2 quick retries; the backends add their own backoff on top), socket
-    timeouts so a hung server cannot hold a task forever, and a health check so idle pooled
-    connections (and the pub/sub connection) notice a dead server.
-    """
-
-    def __init__(self, url: str, max_connections: int = 32) -> None:
-        self.url = url
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=2.0,  # waiting for a free pooled connection
-            socket_timeout=2.0,
-            socket_connect_timeout=1.0,
-            socket_keepalive=True,
-            health_check_interval=5,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-            client_name="presence-relay",
-        )
-        self.redis: Redis = Redis.from_pool(pool)
-        self._users = 0
-
-    def acquire(self) -> Redis:
-        self._users += 1
-        return self.redis
-
-    async def release(self) -> None:
-        self._users -= 1
-        if self._users <= 0:
-            await self.redis.aclose()
-
-
-def cancelling() -> bool:
-    """True inside a task that is being cancelled.
-
-    redis-py turns a cancellation in the middle of a command into a ConnectionError; a
-    loop that retries on connection errors must check this, or it never stops.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def check_cancelled() -> None:
-    """Raise CancelledError if a cancellation was requested and then swallowed below us."""
-    if cancelling():
-        raise asyncio.CancelledError
-
-
-async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], timeout: float = 2.0) -> None:
-    tasks = [t for t in tasks if not t.done()]
-    for t in tasks:
-        t.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout)
-    for t in tasks:
-        if t.done():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                t.result()

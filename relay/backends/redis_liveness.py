@@ -1,0 +1,136 @@
+"""Node liveness: this node's heartbeat, and the reaper of nodes that stopped beating.
+
+The seed puts one EXPIRE on a whole document hash, so a crashed node's users live as long as
+anyone else keeps the document busy. Instead each node refreshes `presence:node:<id>` (a key
+with a TTL of 0.8 x presence_ttl_seconds) four times per TTL and lists what it owns in
+`presence:node:<id>:sessions`; every node runs a reaper (every min(1 s, TTL/10)): a
+registered node whose heartbeat key is gone has crashed, and its sessions are removed from
+Redis and announced as `left` on their documents' channels (and to this node's members).
+Removal is claimed per session with HDEL (`Writer.remove_sessions`), so two reapers never
+both announce one session.
+
+While Redis is down the heartbeat task probes it instead (0.1 s doubling to 2 s) and marks
+it reachable again when it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from relay.backends import redis_keys as k
+from relay.backends import redis_pool
+from relay.backends.redis_pool import UNREACHABLE, Reachability
+from relay.backends.redis_writebehind import WriteBehind
+from relay.backends.redis_writes import Writer
+
+log = logging.getLogger("relay.redis.store")
+
+
+class Liveness:
+    def __init__(
+        self,
+        redis: Redis,
+        writer: Writer,
+        writebehind: WriteBehind,
+        reach: Reachability,
+        presence_ttl_ms: int,
+    ) -> None:
+        self.redis = redis
+        self.writer = writer
+        self.writebehind = writebehind
+        self.reach = reach
+        self.node_id = writer.node_id
+        self.node_ttl_ms = self.node_ttl_ms_for(presence_ttl_ms)
+        self.heartbeat_s = self.node_ttl_ms / 4000
+        self.reap_interval_s = min(1.0, presence_ttl_ms / 10_000)
+
+    @staticmethod
+    def node_ttl_ms_for(presence_ttl_ms: int) -> int:
+        """The heartbeat key lives 0.8 x TTL and is refreshed 4 times in that; reapers look
+        every TTL/10 (at most 1 s): a crashed node is swept within ~0.9 x TTL."""
+        return max(800, int(presence_ttl_ms * 0.8))
+
+    async def heartbeat(self, value: str) -> None:
+        """Heartbeat while up; while down, probe with backoff (0.1 s doubling to 2 s)."""
+        backoff = 0.1
+        while True:
+            redis_pool.check_cancelled()
+            if not self.reach.up:
+                try:
+                    await self.redis.ping()
+                except (*UNREACHABLE, RedisError):
+                    if redis_pool.cancelling():
+                        raise asyncio.CancelledError from None
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.1
+                self.reach.back()
+            else:
+                try:
+                    ok = await self.redis.set(
+                        k.node_key(self.node_id), value, px=self.node_ttl_ms, xx=True
+                    )
+                    if not ok:  # expired (we were away too long) or Redis lost it
+                        log.warning("redis: this node's heartbeat key was gone; reconciling")
+                        self.writebehind.request_reconcile(announce=True)
+                except (*UNREACHABLE, RedisError) as exc:
+                    if redis_pool.cancelling():
+                        raise asyncio.CancelledError from None
+                    if isinstance(exc, UNREACHABLE):
+                        self.reach.down(exc)
+                        continue
+                    log.warning("redis heartbeat failed: %s", exc)
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def reaper(self) -> None:
+        while True:
+            redis_pool.check_cancelled()
+            await asyncio.sleep(self.reap_interval_s)
+            if not self.reach.up:
+                continue
+            try:
+                await self.reap_dead_nodes()
+            except Exception as exc:
+                if redis_pool.cancelling():
+                    raise asyncio.CancelledError from None
+                if isinstance(exc, UNREACHABLE):
+                    self.reach.down(exc)
+                else:
+                    log.exception("reaper failed")
+
+    async def reap_dead_nodes(self) -> list[str]:
+        """Find registered nodes whose heartbeat expired; remove their sessions."""
+        nodes = [n.decode() for n in await self.redis.smembers(k.NODE_REGISTRY)]
+        others = [n for n in nodes if n != self.node_id]
+        if not others:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for n in others:
+            pipe.exists(k.node_key(n))
+        alive = await pipe.execute()
+        dead = [n for n, a in zip(others, alive, strict=True) if not a]
+        for n in dead:
+            log.warning("redis: node %s stopped heartbeating; removing its sessions", n)
+            await self.reap_node(n, publish=True)
+        return dead
+
+    async def reap_node(self, node_id: str, publish: bool) -> None:
+        """Remove every session Redis lists for `node_id` (this node's too, at shutdown)."""
+        owned = await self.redis.smembers(k.node_sessions_key(node_id))
+        by_doc: dict[str, list[int]] = defaultdict(list)
+        for x in map(k.parse_owned, owned):
+            if x is not None:
+                by_doc[x[1]].append(x[0])
+        for doc_id, sids in by_doc.items():
+            await self.writer.remove_sessions(doc_id, sids, node_id, publish)
+        if node_id != self.node_id:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(k.node_sessions_key(node_id))
+            pipe.srem(k.NODE_REGISTRY, node_id)
+            await pipe.execute()
