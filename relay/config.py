@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.core.document import DocumentRules
+from relay.core.session import SessionRules
 from relay.exceptions import ConfigError
 
 ENV_PREFIX = "PRESENCE_"
@@ -193,6 +194,17 @@ class PresenceConfig:
             activity_timeout_ms=self.activity_timeout_ms,
             away_after_ms=self.away_after_ms,
             away_after_blur_ms=self.away_after_blur_ms,
+        )
+
+    def session_rules(self) -> SessionRules:
+        return SessionRules(
+            auth_timeout_ms=self.auth_timeout_ms,
+            max_documents=self.max_documents,
+            max_frames_per_s=self.max_frames_per_s,
+            max_frames_burst=self.max_frames_burst,
+            rate_limit_close_after_ms=self.rate_limit_close_after_s * 1000,
+            max_bad_frames=self.max_bad_frames,
+            bad_frames_window_ms=self.bad_frames_window_s * 1000,
         )
 
     def welcome_settings(self) -> dict[str, Any]:

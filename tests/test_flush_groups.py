@@ -67,12 +67,12 @@ async def test_groups_take_turns(relay_factory: Any, client_factory: Any) -> Non
     await stop_ticker(r)
     pairs = await documents_with_members(r, client_factory, 6)
     hub = r.hub
-    group_of = {doc.doc_id: g for doc, g in hub._group_of.items()}
+    group_of = {doc.doc_id: g for doc, g in hub.registry.group_of.items()}
     assert sorted(group_of.values()) == [0, 0, 1, 1, 2, 2]  # balanced: fewest first
     await move_all(r, pairs, 5)
     turns = []
     for _ in range(3):
-        g = hub._next_group
+        g = hub.ticker.next_group
         hub.tick(hub.clock())
         seen = await batches_seen(pairs)
         assert seen == [i for i in range(6) if group_of[f"doc-{i}"] == g]
@@ -99,9 +99,9 @@ async def test_group_sizes_follow_documents(relay_factory: Any, client_factory: 
     await stop_ticker(r)
     pairs = await documents_with_members(r, client_factory, 3)
     hub = r.hub
-    assert hub._group_sizes == [2, 1]  # doc-0 and doc-2 in group 0, doc-1 in group 1
+    assert hub.registry.group_sizes == [2, 1]  # doc-0 and doc-2 in group 0, doc-1 in group 1
     gone = hub.documents["doc-0"]
-    assert hub._group_of[gone] == 0
+    assert hub.registry.group_of[gone] == 0
     for c in pairs[0]:
         await c.send([3, 1])  # both members leave doc-0
     for _ in range(200):
@@ -110,12 +110,12 @@ async def test_group_sizes_follow_documents(relay_factory: Any, client_factory: 
         await asyncio.sleep(0.01)
     for _ in hub.groups:
         hub.tick(hub.clock())
-    assert "doc-0" not in hub.documents and gone not in hub._group_of
-    assert hub._group_sizes == [1, 1]
+    assert "doc-0" not in hub.documents and gone not in hub.registry.group_of
+    assert hub.registry.group_sizes == [1, 1]
     late = await client_factory(r, "late")
     await late.join(1, "doc-new")
-    assert hub._group_of[hub.documents["doc-new"]] == 0
-    assert hub._group_sizes == [2, 1]
+    assert hub.registry.group_of[hub.documents["doc-new"]] == 0
+    assert hub.registry.group_sizes == [2, 1]
 
 
 async def test_flush_all_flushes_every_group(relay_factory: Any, client_factory: Any) -> None:
@@ -124,7 +124,7 @@ async def test_flush_all_flushes_every_group(relay_factory: Any, client_factory:
     r = await relay_factory(batch_ms=1000, flush_groups=5)
     await stop_ticker(r)
     pairs = await documents_with_members(r, client_factory, 5)
-    assert sorted(r.hub._group_of.values()) == [0, 1, 2, 3, 4]
+    assert sorted(r.hub.registry.group_of.values()) == [0, 1, 2, 3, 4]
     for _, mover in pairs:
         await mover.send([3, 1])  # LEAVE
     for _ in range(200):

@@ -50,3 +50,110 @@ def test_core_does_not_import_the_shell() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert not node.module.startswith(("relay.server", "relay.backends")), p.name
+
+
+# ---------------------------------------------------------------- no import cycles
+
+RELAY = CORE.parent
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(RELAY.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _relay_imports(path: Path) -> set[str]:
+    """The relay modules a module imports, TYPE_CHECKING imports included (a cycle in
+    types is still a cycle in the design)."""
+    tree = ast.parse(path.read_text())
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "relay")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "relay":
+                continue
+            out.add(mod)
+            for a in node.names:  # `from relay.server import hub` imports a module
+                if (
+                    (RELAY.parent / (mod + "." + a.name).replace(".", "/"))
+                    .with_suffix(".py")
+                    .exists()
+                ):
+                    out.add(f"{mod}.{a.name}")
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in RELAY.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for dep in _relay_imports(path):
+            # a package import means its __init__; a name in a module means that module
+            while dep and dep not in modules:
+                dep = dep.rpartition(".")[0]
+            if dep and dep != name and dep != "relay":
+                deps.add(dep)
+        graph[name] = deps
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                return [*stack[stack.index(d) :], d]
+            if d not in state:
+                found = visit(d)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycles_in_relay() -> None:
+    graph = _graph()
+    assert len(graph) > 30
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_shell_modules_talk_to_the_registry_not_the_hub() -> None:
+    graph = _graph()
+    for name in (
+        "relay.server.cluster",
+        "relay.server.ticker",
+        "relay.server.registry",
+        "relay.server.outlet",
+        "relay.server.fanout",
+        "relay.server.client",
+    ):
+        assert "relay.server.hub" not in graph[name], name

@@ -17,7 +17,7 @@ from helpers import RawSocket, eventually, kernel_has_socket, pk, ws_frame
 
 from relay.core import protocol as p
 from relay.server.app import Relay
-from relay.server.outlet import kernel_queue, unsent_bytes
+from relay.server.sockets import kernel_queue, unsent_bytes
 
 pytestmark = pytest.mark.timeout(60)
 

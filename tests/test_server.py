@@ -160,3 +160,16 @@ async def test_one_user_cannot_fill_a_document(relay_factory: Any, client_factor
     assert err[:3] == [35, 1, 5] and "2 sessions of one user" in err[3]
     other = await client_factory(r, "bob")
     assert (await other.join(1, "d"))[0] == 33
+
+
+async def test_sessions_run_the_twin_the_process_runs(relay: Relay, client_factory: Any) -> None:
+    """The session's peer (what the fast path calls for every read) is the selected twin's,
+    not the pure reference by accident."""
+    import relay.twin as twin
+
+    c = await client_factory(relay, "ann")
+    await c.join(1, "d")
+    (client,) = relay.hub.clients
+    assert type(client.session.peer) is twin.Peer
+    assert type(client.session.peer.bucket) is twin.TokenBucket
+    assert type(next(iter(client.session.handles.values()))) is twin.Membership

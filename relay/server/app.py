@@ -21,7 +21,7 @@ from relay.server.connection import handle_connection
 from relay.server.fastpath import RelayConnection
 from relay.server.http import HttpRoutes, MetricsRoutes
 from relay.server.hub import Hub
-from relay.server.outlet import abort
+from relay.server.sockets import abort
 
 log = logging.getLogger("relay")
 # websockets logs through this logger, never below INFO: at DEBUG it writes request lines
@@ -106,7 +106,7 @@ class Relay:
             process_request=routes,
             ping_interval=cfg.ping_interval_s or None,
             ping_timeout=cfg.ping_timeout_s or None,
-            # Closes the relay starts are cut short at close_timeout_s (outlet.close_within,
+            # Closes the relay starts are cut short at close_timeout_s (sockets.close_within,
             # with SO_LINGER 0); websockets' own deadline is the backstop for the closes it
             # starts (keepalive timeout, protocol errors).
             close_timeout=cfg.close_timeout_s + 1.0,

@@ -1,10 +1,12 @@
-"""The hub's side of shared presence (active when the store is `clustered`, i.e. Redis).
+"""Shared presence across nodes (active when the store is `clustered`, i.e. Redis).
 
-- Joins become a cold-path coroutine the connection handler awaits (nothing else from that
-  connection is processed meanwhile, so frame order holds): on this node's first join of a
-  document it subscribes to the document's channel, THEN loads the members other nodes
-  own from the store, so no event falls between the snapshot and the subscription; the sid
-  comes from the store (`INCR presence:<doc>:sid`, unique across nodes).
+It asks the registry for documents and answers with values; it never acts on the hub.
+
+- `prepare(doc_id)` is the async part of a join (the session holds the client's later
+  frames meanwhile, so frame order holds): on this node's first join of a document it
+  subscribes to the document's channel, THEN loads the members other nodes own from the
+  store, so no event falls between the snapshot and the subscription; the sid comes from the
+  store (`INCR presence:<doc>:sid`, unique across nodes). The hub admits the session.
 - The mirror: BATCH frames from other nodes are forwarded unchanged (the hub does that) and
   also applied here to `remote=True` sessions in the local Document, by writing their
   fields directly, so nothing is re-queued as an event and re-broadcast. That makes a
@@ -12,9 +14,10 @@
 - Resync: after the pub/sub connection comes back (frames were lost meanwhile) and every
   `presence_ttl_seconds` as anti-entropy, each document's remote members are re-read from
   the store; differences (joins, leaves, and the fields of members both sides know) go to
-  this node's members as a local-only BATCH. A field is taken from the store only when the
-  record is at least as new as the last BATCH the mirror applied to it (both times are the
-  owner's clock): the write-behind store may be older than the mirror, never the reverse.
+  this node's members as a local-only BATCH (through the `deliver` callback the hub gives).
+  A field is taken from the store only when the record is at least as new as the last BATCH
+  the mirror applied to it (both times are the owner's clock): the write-behind store may be
+  older than the mirror, never the reverse.
 
 Redis down at a join: no remote snapshot and a fallback sid (see docs/redis.md).
 """
@@ -26,20 +29,17 @@ import contextlib
 import itertools
 import logging
 import zlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
-from relay.backends.base import FALLBACK_SID_BASE
+from relay.backends.base import FALLBACK_SID_BASE, Broker, PresenceStore
 from relay.core import protocol as p
 from relay.core.model import ActivityType, UserInfo
-from relay.exceptions import ProtocolError
-from relay.server.fanout import fan_out
-from relay.twin import Document, DocumentFull
+from relay.server.registry import Registry
+from relay.twin import Document
 from relay.twin import Session as TwinSession
-
-if TYPE_CHECKING:
-    from relay.server.hub import Client, Hub
 
 log = logging.getLogger("relay.cluster")
 
@@ -58,20 +58,38 @@ F_CURSOR, F_TYPING, F_VIEWPORT, F_FOCUS, F_ACTIVITY = range(5)
 N_FIELDS = 5
 
 
+# Local members' difference after a resync: (doc_id, events) -> sent to its local members.
+Deliver = Callable[[str, list[tuple[Any, ...]]], None]
+
+
 class Cluster:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(
+        self,
+        registry: Registry,
+        store: PresenceStore,
+        broker: Broker,
+        clock: Callable[[], int],
+        presence_ttl_seconds: int,
+        deliver: Deliver,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.broker = broker
+        self.clock = clock
+        self.presence_ttl_seconds = presence_ttl_seconds
+        self.deliver = deliver
         self.opening: dict[str, asyncio.Task[Document]] = {}
         self.joining: dict[str, int] = {}
         self.seen: dict[str, dict[int, int]] = {}  # doc -> remote sid -> mirrored at (ms)
         self.tombstones: dict[str, dict[int, int]] = {}  # doc -> sid -> left at (ms)
         # doc -> remote sid -> per field group, when its owner set it (see F_CURSOR, ...)
         self.stamps: dict[str, dict[int, list[int]]] = {}
-        self.stripe = zlib.crc32(hub.broker.node_id.encode()) & 0xFF
+        self.stripe = zlib.crc32(broker.node_id.encode()) & 0xFF
         self._fallback = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.resyncs = 0
-        hub.broker.set_reconnect_callback(self.on_reconnect)
+        broker.set_reconnect_callback(self.on_reconnect)
+        registry.on_drop.append(lambda doc: self.forget(doc.doc_id))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -96,7 +114,7 @@ class Cluster:
 
     def unused(self, doc: Document) -> bool:
         """No local member (only mirrored ones, or none) and no join under way."""
-        return not self.hub.local.get(doc.doc_id) and not self.busy(doc.doc_id)
+        return not self.registry.local.get(doc.doc_id) and not self.busy(doc.doc_id)
 
     def forget(self, doc_id: str) -> None:
         self.seen.pop(doc_id, None)
@@ -105,42 +123,33 @@ class Cluster:
 
     # ------------------------------------------------------------ joins
 
-    async def join(self, client: Client, h: int, doc_id: str) -> None:
-        hub = self.hub
+    def begin(self, doc_id: str) -> None:
+        """A join of `doc_id` starts: the document must not be dropped until `end`."""
         self.joining[doc_id] = self.joining.get(doc_id, 0) + 1
-        try:
-            doc = await self._open(doc_id)
-            sid = await hub.store.allocate_sid(doc_id, self._floor(doc))
-            if client.closing or client not in hub.clients:
-                return
-            if hub.documents.get(doc_id) is not doc:  # cannot happen while joining; be safe
-                raise ProtocolError(p.UNAVAILABLE, "document reloaded; join again", h)
-            if sid is None or sid in doc.sessions:
-                sid = self._fallback_sid(doc)
-            try:
-                session = doc.join(client.user, hub.clock(), sid=sid)
-            except DocumentFull:
-                raise ProtocolError(p.DOCUMENT_AT_CAPACITY, "document is at capacity", h) from None
-            hub._admit(client, h, doc, session)
-        except ProtocolError as exc:
-            hub._error(client, exc.handle, exc.code, exc.message, hub.clock())
-        except Exception:
-            log.exception("join of %s failed", doc_id)
-            hub._error(client, h, p.UNAVAILABLE, "join failed; try again", hub.clock())
-        finally:
-            n = self.joining.get(doc_id, 1) - 1
-            if n:
-                self.joining[doc_id] = n
-            else:
-                self.joining.pop(doc_id, None)
-            doc_ = hub.documents.get(doc_id)
-            if doc_ is not None and not hub.local.get(doc_id) and not self.busy(doc_id):
-                hub._drop_document(doc_)
+
+    def end(self, doc_id: str) -> None:
+        """The join is over: drop the document if nothing holds it any more."""
+        n = self.joining.get(doc_id, 1) - 1
+        if n:
+            self.joining[doc_id] = n
+        else:
+            self.joining.pop(doc_id, None)
+        doc = self.registry.get(doc_id)
+        if doc is not None and self.unused(doc):
+            self.registry.drop(doc)
+
+    async def prepare(self, doc_id: str) -> tuple[Document, int]:
+        """The document (opened, its remote members mirrored) and a sid for a new session."""
+        doc = await self._open(doc_id)
+        sid = await self.store.allocate_sid(doc_id, self._floor(doc))
+        if sid is None or sid in doc.sessions:
+            sid = self._fallback_sid(doc)
+        return doc, sid
 
     async def _open(self, doc_id: str) -> Document:
         task = self.opening.get(doc_id)
         if task is None:
-            doc = self.hub.documents.get(doc_id)
+            doc = self.registry.get(doc_id)
             if doc is not None:
                 return doc
             task = asyncio.get_running_loop().create_task(self._load(doc_id))
@@ -154,23 +163,20 @@ class Cluster:
         return await asyncio.shield(task)
 
     async def _load(self, doc_id: str) -> Document:
-        hub = self.hub
-        doc = hub.new_document(doc_id)
-        hub.documents[doc_id] = doc
-        hub.local[doc_id] = {}
+        doc = self.registry.open(doc_id)
         self.seen[doc_id] = {}
         self.stamps[doc_id] = {}
         self.tombstones.setdefault(doc_id, {})
         # Subscribe first, then read: an event that races the read is either in the
         # snapshot or arrives on the channel (and a `left` leaves a tombstone).
-        await hub.broker.ensure_subscribed(doc_id)
+        await self.broker.ensure_subscribed(doc_id)
         try:
-            stored = await hub.store.load_members(doc_id)
+            stored = await self.store.load_members(doc_id)
         except Exception as exc:
             log.info("no remote snapshot for %s: %s", doc_id, exc)
             stored = []
-        if hub.documents.get(doc_id) is doc:
-            self._merge(doc, stored, hub.clock())
+        if self.registry.get(doc_id) is doc:
+            self._merge(doc, stored, self.clock())
             # A join on another node published before our SUBSCRIBE took effect but written
             # to Redis after our read is in neither: look again once writes have landed.
             self._spawn(self._settle(doc_id))
@@ -179,7 +185,7 @@ class Cluster:
     async def _settle(self, doc_id: str) -> None:
         for delay in SETTLE_RESYNCS:
             await asyncio.sleep(delay)
-            if self.hub.documents.get(doc_id) is None:
+            if self.registry.get(doc_id) is None:
                 return
             with contextlib.suppress(Exception):
                 await self.resync(doc_id)
@@ -199,7 +205,7 @@ class Cluster:
 
     def _merge(self, doc: Document, sessions: list[Any], now: int) -> list[tuple[Any, ...]]:
         """Add remote sessions (store records) not known yet; return their `joined` events."""
-        local = self.hub.local.get(doc.doc_id, {})
+        local = self.registry.local.get(doc.doc_id, {})
         seen = self.seen.setdefault(doc.doc_id, {})
         stamps = self.stamps.setdefault(doc.doc_id, {})
         tomb = self.tombstones.setdefault(doc.doc_id, {})
@@ -221,7 +227,7 @@ class Cluster:
 
     def apply(self, doc_id: str, frame: bytes) -> None:
         """Apply another node's BATCH to the mirrored sessions (no events are queued)."""
-        doc = self.hub.documents.get(doc_id)
+        doc = self.registry.get(doc_id)
         if doc is None:
             return
         try:
@@ -232,7 +238,7 @@ class Cluster:
         except Exception:
             log.warning("ignoring a malformed frame from another node for %s", doc_id)
             return
-        local = self.hub.local.get(doc_id, {})
+        local = self.registry.local.get(doc_id, {})
         sessions = doc.sessions
         seen = self.seen.setdefault(doc_id, {})
         stamps = self.stamps.setdefault(doc_id, {})
@@ -310,7 +316,7 @@ class Cluster:
 
     def on_reconnect(self) -> None:
         """The pub/sub connection is (re)established: frames may have been lost."""
-        if self.hub.documents:
+        if self.registry.documents:
             for delay in RECONNECT_RESYNCS:
                 self._spawn(self._resync_later(delay))
 
@@ -319,13 +325,13 @@ class Cluster:
         await self.resync_all()
 
     async def _anti_entropy(self) -> None:
-        interval = max(1.0, float(self.hub.config.presence_ttl_seconds))
+        interval = max(1.0, float(self.presence_ttl_seconds))
         while True:
             await asyncio.sleep(interval)
             await self.resync_all()
 
     async def resync_all(self) -> None:
-        for doc_id in list(self.hub.documents):
+        for doc_id in list(self.registry.documents):
             try:
                 await self.resync(doc_id)
             except Exception as exc:
@@ -334,15 +340,22 @@ class Cluster:
 
     async def resync(self, doc_id: str) -> None:
         """Make the mirror of `doc_id` match the store; tell local members the difference."""
-        hub = self.hub
-        if hub.documents.get(doc_id) is None or self.busy(doc_id):
-            return
-        records = await hub.store.load_members(doc_id)
-        doc = hub.documents.get(doc_id)
+        events = await self.difference(doc_id)
+        if events and self.registry.local.get(doc_id):
+            self.deliver(doc_id, events)
+
+    async def difference(self, doc_id: str) -> list[tuple[Any, ...]]:
+        """Bring the mirror of `doc_id` to the store's view; the events that say what
+        changed (for this node's members)."""
+        registry = self.registry
+        if registry.get(doc_id) is None or self.busy(doc_id):
+            return []
+        records = await self.store.load_members(doc_id)
+        doc = registry.get(doc_id)
         if doc is None:
-            return
+            return []
         self.resyncs += 1
-        now = hub.clock()
+        now = self.clock()
         stored = {s.sid: s for s in records}
         seen = self.seen.setdefault(doc_id, {})
         stamps = self.stamps.setdefault(doc_id, {})
@@ -361,16 +374,7 @@ class Cluster:
                 tomb[sid] = now
                 events.append((p.EV_LEFT, sid))
         events.extend(self._merge(doc, list(stored.values()), now))
-        local = hub.local.get(doc_id)
-        if events and local:
-            # Same path and rules as forwarded batches (Hub.on_remote_frame): one frame,
-            # counted, and a member past the send backlog is closed.
-            frame = p.encode_batch(doc_id, now, events)
-            slow: list[Client] = []
-            sent = fan_out(local, None, frame, hub.config.max_send_backlog, slow)
-            hub.stats.frames_out += sent
-            hub.stats.bytes_out += len(frame) * sent
-            hub._close_slow(slow)
+        return events
 
     @staticmethod
     def _heal(

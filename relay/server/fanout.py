@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from websockets.protocol import OPEN
 
-from relay.server.outlet import kernel_queue
+from relay.server.sockets import kernel_queue
 
 if TYPE_CHECKING:
-    from relay.server.hub import Client
+    from relay.server.client import Client
 
 
 def binary_frame(payload: bytes) -> bytes:
@@ -41,7 +41,7 @@ def fan_out(
     A member whose unsent bytes pass `backlog_limit` gets nothing and is appended to `slow`
     (the hub closes it with 4408). Unsent bytes are the transport's buffer plus the kernel's
     queue, which is read (one ioctl) only when the transport holds bytes: until then the
-    kernel took everything, and it holds at most the fixed `socket_send_buffer` (outlet.py).
+    kernel took everything, and it holds at most the fixed `socket_send_buffer` (sockets.py).
     Guards per member: the connection is OPEN, no fragmented send is in progress and no
     extension is negotiated (compression is off), so the bytes websockets would write are
     exactly the pre-built frame; anything unusual goes through websockets' own path with the

@@ -30,7 +30,7 @@ from websockets' queue, and the handler hands it to the hub in the same step as 
 frame cannot overtake it (`tests/test_fastpath.py::test_fragmented_message_keeps_order`).
 
 The connection is counted (`hub.sockets`) from accept to close, HELLO or not, and its kernel
-send buffer is fixed at accept (`relay.server.outlet`). Anything websockets writes on its
+send buffer is fixed at accept (`relay.server.sockets`). Anything websockets writes on its
 own (pongs, close frames) is checked against `max_send_backlog` like the hub's writes.
 
 Internals used (stable from websockets 13 to 17, pinned in pyproject): `data_received`,
@@ -47,11 +47,15 @@ from websockets.protocol import CONNECTING, OPEN
 
 from relay.core import protocol as p
 from relay.core.wire import FRAME, frame_header, next_frame
-from relay.server.outlet import prepare_socket, unsent_bytes
+from relay.server.sockets import prepare_socket, unsent_bytes
 from relay.twin import NEED_MORE, NOT_OURS
 
 if TYPE_CHECKING:
-    from relay.server.hub import Client, Hub
+    from relay.core.session import Session
+    from relay.server.client import Client
+    from relay.server.hub import Hub
+
+SESSION_OPEN = 1  # relay.core.session.OPEN (read on every read: a module global is quicker)
 
 REQUEST_END = b"\r\n\r\n"
 HOLD_LIMIT = 65536  # bytes a client may send before its handshake completes (then: paused)
@@ -64,6 +68,7 @@ class RelayConnection(ServerConnection):
         super().__init__(*args, **kwargs)
         self.hub = hub
         self.fast_client: Client | None = None
+        self.fast_session: Session | None = None
         self.max_payload = hub.config.max_frame_bytes
         self.fd = -1
         self._clear = False  # websockets was idle when last asked and got nothing since
@@ -108,30 +113,32 @@ class RelayConnection(ServerConnection):
         """After HELLO: this client's hot frames may skip websockets from the next frame on
         (None once the handler is done: what still arrives goes to websockets)."""
         self.fast_client = client
+        self.fast_session = client.session if client is not None else None
 
     # ------------------------------------------------------------ inbound
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        client = self.fast_client
+        session = self.fast_session
         if (
-            client is not None
+            session is not None
             and self._clear
             and self._framing
-            and not client.closing
-            and client.held is None
+            and session.state == SESSION_OPEN
+            and session.held is None
         ):
             # The common case, kept to one compiled call: every hot frame of this read. (A
-            # client is set only after HELLO, so the handshake is over: no state to check.)
+            # session is set only after HELLO, so the handshake is over: no state to check.)
             buf = self._pending + data if self._pending else data
             now = self.hub.clock()
-            i, kind, payload = client.peer.feed_wire(buf, 0, self.max_payload, now)
+            i, kind, payload = session.peer.feed_wire(buf, 0, self.max_payload, now)
             self.fast_bytes += i
             if kind == NEED_MORE:
                 self._pending = buf[i:] if i < len(buf) else b""
                 return
             if kind != NOT_OURS:
-                self.hub.on_unapplied(client, payload, kind, now)  # type: ignore[arg-type]
+                assert self.fast_client is not None and payload is not None
+                self.hub.on_unapplied(self.fast_client, payload, kind, now)
             self._frames(buf, i)
         elif self._framing:
             self._frames(self._pending + data if self._pending else data)
@@ -179,27 +186,31 @@ class RelayConnection(ServerConnection):
         n = len(buf)
         while i < n:
             client = self.fast_client
+            session = self.fast_session
             if (
                 client is not None
-                and not client.closing
+                and session is not None
+                and session.state == SESSION_OPEN
                 and (self._clear or self._websockets_idle())
             ):
                 hub = self.hub
                 now = hub.clock()
                 start = i
-                if client.held is not None:
-                    # A clustered JOIN is completing: the hub holds frames, in order.
+                if session.held is not None:
+                    # A join is completing: the session holds frames, in order.
                     i, kind, payload = next_frame(buf, i, limit)
                     if kind == FRAME:
+                        assert payload is not None
                         self.fast_bytes += i - start
-                        hub.on_frame(client, payload)  # type: ignore[arg-type]
+                        hub.receive(client, payload)
                         continue
                 else:
                     # The common case: one compiled call applies every hot frame here.
-                    i, kind, payload = client.peer.feed_wire(buf, i, limit, now)
+                    i, kind, payload = session.peer.feed_wire(buf, i, limit, now)
                     self.fast_bytes += i - start
                     if kind != NEED_MORE and kind != NOT_OURS:
-                        hub.on_unapplied(client, payload, kind, now)  # type: ignore[arg-type]
+                        assert payload is not None
+                        hub.on_unapplied(client, payload, kind, now)
                         continue
                 if kind == NEED_MORE:
                     break

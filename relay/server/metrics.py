@@ -1,13 +1,12 @@
 """Prometheus metrics read at scrape time.
 
 prometheus_client's `inc()` takes a lock; at tens of thousands of frames a second that is
-real CPU. So the hot path bumps plain integers on `Stats` and `CounterHistogram`, and the
+real CPU. So the hot path bumps plain integers (relay/server/stats.py), and the
 `RelayCollector` turns them into metric families only when /metrics is scraped.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -21,82 +20,23 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from relay.twin import HotCounts
+from relay.server.stats import CounterHistogram
 
 if TYPE_CHECKING:
     from relay.server.hub import Hub
 
-# The seed's buckets for cursor latency, in seconds.
-LATENCY_BUCKETS = (0.005, 0.010, 0.025, 0.050, 0.100)
-BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
-TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.010, 0.025, 0.050, 0.100)
 # Client-driven updates, by the message type that carries them (index = wire type).
 HOT_TYPES = {"cursor": 4, "typing": 5, "viewport": 6, "focus": 7}
 
 
-class CounterHistogram:
-    """A histogram that is a list of ints: observe() is a bisect and an increment."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def family(self, name: str, doc: str) -> HistogramMetricFamily:
-        cumulative, running = [], 0
-        for bound, count in zip(self.bounds, self.counts, strict=False):
-            running += count
-            cumulative.append((repr(float(bound)), running))
-        running += self.counts[-1]
-        cumulative.append(("+Inf", running))
-        return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=self.sum)
-
-
-class Stats:
-    """Plain counters bumped on the hot path."""
-
-    __slots__ = (
-        "batch_sizes",
-        "bytes_out",
-        "closes",
-        "connections_total",
-        "cursor_latency",
-        "errors",
-        "flush_failures",
-        "frames_other",
-        "frames_out",
-        "hot",
-        "tick_duration",
-        "updates",
-    )
-
-    def __init__(self) -> None:
-        # Frames in = hot frames applied (counted by the peers, by type) + all the others
-        # (general path, rate-limited, text, held-over).
-        self.hot = HotCounts()
-        self.frames_other = 0
-        self.frames_out = 0
-        self.bytes_out = 0
-        self.connections_total = 0
-        self.flush_failures = 0
-        self.updates = {"joined": 0, "left": 0}
-        self.errors: dict[int, int] = {}
-        self.closes: dict[int, int] = {}
-        self.cursor_latency = CounterHistogram(LATENCY_BUCKETS)
-        self.batch_sizes = CounterHistogram(BATCH_SIZE_BUCKETS)
-        self.tick_duration = CounterHistogram(TICK_BUCKETS)
-
-    def error(self, code: int) -> None:
-        self.errors[code] = self.errors.get(code, 0) + 1
-
-    def close(self, code: int) -> None:
-        self.closes[code] = self.closes.get(code, 0) + 1
+def histogram_family(h: CounterHistogram, name: str, doc: str) -> HistogramMetricFamily:
+    cumulative, running = [], 0
+    for bound, count in zip(h.bounds, h.counts, strict=False):
+        running += count
+        cumulative.append((repr(float(bound)), running))
+    running += h.counts[-1]
+    cumulative.append(("+Inf", running))
+    return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=h.sum)
 
 
 class RelayCollector(Collector):
@@ -130,7 +70,8 @@ class RelayCollector(Collector):
         for kind, t in HOT_TYPES.items():
             updates.add_metric([kind], st.hot[t])
         yield updates
-        yield st.cursor_latency.family(
+        yield histogram_family(
+            st.cursor_latency,
             "materi_cursor_update_latency_seconds",
             "Time from a cursor frame's arrival to the broadcast that carries it",
         )
@@ -168,9 +109,13 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             "presence_relay_bytes_out", "Payload bytes written to members", value=st.bytes_out
         )
-        yield st.batch_sizes.family("presence_relay_batch_events", "Events per BATCH frame")
-        yield st.tick_duration.family(
-            "presence_relay_flush_duration_seconds", "Time to advance, encode and send one tick"
+        yield histogram_family(
+            st.batch_sizes, "presence_relay_batch_events", "Events per BATCH frame"
+        )
+        yield histogram_family(
+            st.tick_duration,
+            "presence_relay_flush_duration_seconds",
+            "Time to advance, encode and send one tick",
         )
         errors = CounterMetricFamily("presence_relay_errors", "ERROR frames sent", labels=["code"])
         for code, n in sorted(st.errors.items()):
