@@ -1,8 +1,9 @@
 """Build hook for the compiled hot path.
 
-`relay/_fast.pyx` (the Cython twin of `relay/core/hotpath.py`) is built here once it
-exists. `RELAY_NO_EXTENSIONS=1` skips the build entirely; otherwise a failed compile
-fails the install loudly: a silent fallback is a performance bug nobody sees.
+`relay/_fast.pyx` (the compiled twin; its pure-Python reference is `relay/core/pure.py`,
+and `relay/twin.py` picks one at import) is built here. `RELAY_NO_EXTENSIONS=1` skips the
+build entirely; otherwise a failed compile fails the install loudly: a silent fallback is a
+performance bug nobody sees.
 """
 
 import os

@@ -373,7 +373,7 @@ cdef class Session:
             self.a_line, self.a_col, self.a_off, self.backward = value
 
     def member(self):
-        """The MEMBER array of PROTOCOL.md."""
+        """The MEMBER array of docs/protocol.md."""
         u = self.user
         return (self.sid, u.user_id, u.name, u.avatar_url, self.color, self._activity,
                 self.typing, self.focused, self.cursor, self.selection, self.viewport,

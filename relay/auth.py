@@ -1,6 +1,6 @@
 """Who a connection is: HS256 JWTs (PyJWT), or anonymous HELLO in development mode.
 
-Claims (PROTOCOL.md): `sub` user id, `name`, optional `avatar` (http/https URL), `ws`
+Claims (docs/protocol.md): `sub` user id, `name`, optional `avatar` (http/https URL), `ws`
 workspace, `docs` (document ids, or prefixes ending in `*`), `exp` (required). The algorithm
 is pinned to HS256, so `alg: none` and RS/HS confusion tokens are refused.
 """

@@ -372,7 +372,7 @@ async def test_errors_are_routed(relay_url: str) -> None:
 
 
 async def test_protocol_violation_is_fatal(relay_url: str) -> None:
-    # PROTOCOL.md: more than max_bad_frames (20) bad frames in 10 s closes with 4400, which
+    # docs/protocol.md: more than max_bad_frames (20) bad frames in 10 s closes with 4400, which
     # is fatal for the SDK (no reconnect).
     async with _connect(relay_url, "ann") as conn:
         doc = await conn.join(_doc_id())

@@ -1,6 +1,6 @@
 """Which document ids the relay accepts, and why some well-formed ones are refused.
 
-PROTOCOL.md allows `^[A-Za-z0-9._~:@-]{1,128}$`. The Redis keys (the seed's and the relay's)
+docs/protocol.md allows `^[A-Za-z0-9._~:@-]{1,128}$`. The Redis keys (the seed's and the relay's)
 are built by plain concatenation, with no hash tag and no escaping, because other services
 build them the same way (`format!("presence:{}:users", doc)`):
 

@@ -13,7 +13,7 @@ from typing import Any
 
 
 class ActivityType(IntEnum):
-    """Wire codes from PROTOCOL.md (MEMBER.activity, BATCH event 6)."""
+    """Wire codes from docs/protocol.md (MEMBER.activity, BATCH event 6)."""
 
     EDITING = 0
     VIEWING = 1
@@ -67,7 +67,7 @@ class Session:
     remote: bool = False
 
     def member(self) -> tuple[Any, ...]:
-        """The MEMBER array of PROTOCOL.md."""
+        """The MEMBER array of docs/protocol.md."""
         u = self.user
         return (
             self.sid,

@@ -1,6 +1,6 @@
 """Fixtures for the wire-protocol conformance suite.
 
-Everything here is written from `/work/shared/PROTOCOL.md` only: the suite never imports the
+Everything here is written from `docs/protocol.md` only: the suite never imports the
 `relay` package. It starts the relay as a subprocess (`python -m relay serve ...`) and talks to
 it with a plain `websockets` client and `msgpack`, exactly like a third-party client would.
 """
@@ -33,7 +33,7 @@ from websockets.typing import Subprotocol
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBPROTOCOL = "presence.v1"
 
-# Frame types (PROTOCOL.md, "Client -> server" / "Server -> client").
+# Frame types (docs/protocol.md, sections 2 and 3).
 HELLO, JOIN, LEAVE, CURSOR, TYPING, VIEWPORT, FOCUS, PING = 1, 2, 3, 4, 5, 6, 7, 8
 WELCOME, JOINED, BATCH, ERROR, PONG = 32, 33, 34, 35, 36
 
@@ -271,7 +271,7 @@ def events_of(frames: Iterable[list], doc: str | None = None) -> list[list]:
 
 
 class RawClient:
-    """A protocol client written from PROTOCOL.md: one msgpack array per binary frame."""
+    """A protocol client written from docs/protocol.md: one msgpack array per binary frame."""
 
     def __init__(self, ws: ClientConnection):
         self.ws = ws
@@ -511,7 +511,7 @@ COLOR_RE = r"hsl\(\d+(\.\d+)?, 70%, 50%\)"
 
 
 def check_member(m: Any) -> None:
-    """Assert `m` is a MEMBER with the 13 fields of PROTOCOL.md, with the listed types."""
+    """Assert `m` is a MEMBER with the 13 fields of docs/protocol.md, with the listed types."""
     assert isinstance(m, list) and len(m) == 13, f"MEMBER must have 13 fields: {m!r}"
     (
         sid,

@@ -1,4 +1,4 @@
-"""Tokens (PROTOCOL.md: HELLO, Tokens): HS256 JWT, `docs` scoping, 4401 on bad tokens."""
+"""Tokens (docs/protocol.md: HELLO, Tokens): HS256 JWT, `docs` scoping, 4401 on bad tokens."""
 
 from __future__ import annotations
 

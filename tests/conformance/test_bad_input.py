@@ -1,4 +1,4 @@
-"""Bad frames, check order, frame size, bad-frame budget (PROTOCOL.md: checks, Errors).
+"""Bad frames, check order, frame size, bad-frame budget (docs/protocol.md: checks, Errors).
 
 Every case also proves "a bad frame costs the sender an ERROR, never the connection" and that
 everyone else in the document notices nothing.

@@ -1,4 +1,4 @@
-"""JOIN / JOINED / LEAVE, MEMBER snapshots and document-level errors (PROTOCOL.md)."""
+"""JOIN / JOINED / LEAVE, MEMBER snapshots and document-level errors (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Server shutdown (close 1001) and the HTTP endpoints on the same port (PROTOCOL.md: HTTP)."""
+"""Server shutdown (close 1001) and the HTTP endpoints on the same port (docs/protocol.md: HTTP)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Transport, handshake, HELLO/WELCOME and PING/PONG (PROTOCOL.md: Transport, HELLO, WELCOME)."""
+"""Transport, handshake, HELLO/WELCOME and PING/PONG (docs/protocol.md: Transport, HELLO, WELCOME)."""
 
 from __future__ import annotations
 
@@ -238,7 +238,7 @@ async def test_non_minimal_msgpack_encodings_are_accepted(server, client_factory
 
 
 async def test_welcome_settings_defaults(fresh_server_factory, client_factory):
-    """PROTOCOL.md defaults: max_frame_bytes 8 KiB, max_frames_per_s 200, burst 400."""
+    """docs/protocol.md defaults: max_frame_bytes 8 KiB, max_frames_per_s 200, burst 400."""
     srv = fresh_server_factory({})
     c = await client_factory(srv)
     settings = c.welcome[5]

@@ -7,7 +7,7 @@
 
 Every vector is {"name", "direction", "hex", "value"} or, for a client frame the relay must
 reject, {"name", "direction", "hex", "error"} with the ERROR code (1 BAD_FRAME, 2 UNKNOWN_TYPE,
-7 INVALID_VALUE). The expected values and codes below are written from PROTOCOL.md, never
+7 INVALID_VALUE). The expected values and codes below are written from docs/protocol.md, never
 read back from the codec: the vectors judge relay/core/protocol.py, they do not copy it.
 
 Client bytes are canonical msgpack (`msgpack.packb`) unless the vector pins a non-canonical
