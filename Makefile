@@ -42,6 +42,7 @@ browser-deps:
 test: $(STAMP) redis-server browser-deps
 	$(BIN)/ruff check relay tests bench sdk/python
 	$(BIN)/ruff format --check relay tests bench sdk/python
+	$(BIN)/mypy
 	node --test sdk/browser/test/msgpack.test.mjs
 	$(BIN)/python -m pytest -q
 	RELAY_NO_EXTENSIONS=1 RELAY_TEST_LOOP=asyncio $(BIN)/python -m pytest -q -p no:cacheprovider
@@ -84,6 +85,7 @@ test-debug: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check relay tests bench sdk/python
 	$(BIN)/ruff format --check relay tests bench sdk/python
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info relay/*.so relay/_fast.c

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(ns: argparse.Namespace) -> tuple[dict[str, Any], dict[str, float], list[str]]:
     """The load settings, the targets and the names of settings overriding the scenario."""
-    defaults = {
+    defaults: dict[str, Any] = {
         "docs": 10,
         "users": 5,
         "rate": 10.0,

@@ -88,7 +88,10 @@ def cumulative(
     i = 0
     for edge in REPORT_EDGES_MS:
         edge_us = round(edge * 1000)
-        while i < len(counts) and edges_us[i][1] is not None and edges_us[i][1] <= edge_us:
+        while i < len(counts):
+            upper = edges_us[i][1]
+            if upper is None or upper > edge_us:
+                break
             running += counts[i]
             i += 1
         out.append(

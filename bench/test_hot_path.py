@@ -17,8 +17,9 @@ from relay.core import pure
 from relay.core.document import DocumentRules
 from relay.core.model import UserInfo
 
+_fast: Any
 try:
-    from relay import _fast  # type: ignore[attr-defined]
+    from relay import _fast
 except ImportError:  # pragma: no cover
     _fast = None
 

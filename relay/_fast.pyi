@@ -38,6 +38,25 @@ class Session:
     cursor_moved: bool
     cursor_arrived_ms: int
     remote: bool
+    def __init__(
+        self,
+        sid: int,
+        user: UserInfo,
+        color: str,
+        connected_at_ms: int,
+        last_active_ms: int,
+        activity: ActivityType | int = ...,
+        typing: bool = ...,
+        typing_until_ms: int = ...,
+        focused: bool = ...,
+        blurred_at_ms: int = ...,
+        cursor: tuple[int, int, int] | None = ...,
+        selection: tuple[int, int, int, bool] | None = ...,
+        viewport: tuple[int, int, float] | None = ...,
+        cursor_moved: bool = ...,
+        cursor_arrived_ms: int = ...,
+        remote: bool = ...,
+    ) -> None: ...
     def member(self) -> tuple[Any, ...]: ...
 
 class Document:

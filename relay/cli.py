@@ -65,11 +65,9 @@ def _run_serve(config: PresenceConfig) -> int:
     try:
         import uvloop
     except ImportError:  # not available on this platform: the stock loop still works
-        uvloop = None
-    if uvloop is not None:
-        uvloop.run(serve_forever(config))
-    else:
         asyncio.run(serve_forever(config))
+    else:
+        uvloop.run(serve_forever(config))
     return 0
 
 

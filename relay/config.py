@@ -226,9 +226,9 @@ SECRET_FIELDS = {"jwt_secret", "internal_api_key", "redis_url"}
 
 
 def _field_type(name: str) -> type:
-    kind = FIELDS[name].metadata.get("kind")
+    kind: type | None = FIELDS[name].metadata.get("kind")
     if kind is not None:
-        return kind  # type: ignore[no-any-return]
+        return kind
     default = FIELDS[name].default
     if isinstance(default, bool):
         return bool

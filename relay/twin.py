@@ -4,20 +4,42 @@
 if it is missing (a source checkout that was never built), the pure twin runs and a warning
 says so once: `relay.implementation()` and the `presence_relay_implementation_info` metric
 report which one is live, and the test suite fails when the compiled one did not load.
+
+For the type checker both twins are the one interface of relay/_fast.pyi (tests/test_twins.py
+holds them to it), so code that uses the twin is checked once, against that.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
-if os.environ.get("RELAY_NO_EXTENSIONS") == "1":
+if TYPE_CHECKING:
+    from relay._fast import (
+        FALLBACK,
+        IMPLEMENTATION,
+        NEED_MORE,
+        NEVER,
+        NOT_OURS,
+        RATE_LIMITED,
+        BadFrameWindow,
+        Batch,
+        Document,
+        DocumentFull,
+        HotCounts,
+        Membership,
+        Peer,
+        Session,
+        TokenBucket,
+    )
+elif os.environ.get("RELAY_NO_EXTENSIONS") == "1":
     from relay.core.pure import *  # noqa: F403
     from relay.core.pure import IMPLEMENTATION
 else:
     try:
-        from relay._fast import *  # type: ignore[import-not-found]  # noqa: F403
-        from relay._fast import IMPLEMENTATION  # type: ignore[import-not-found]
+        from relay._fast import *  # noqa: F403
+        from relay._fast import IMPLEMENTATION
     except ImportError as exc:  # not built: run, but never silently
         warnings.warn(
             f"relay._fast is not built ({exc}); running the pure-Python hot path. "
@@ -28,4 +50,20 @@ else:
         from relay.core.pure import *  # noqa: F403
         from relay.core.pure import IMPLEMENTATION
 
-__all__ = ["IMPLEMENTATION"]
+__all__ = [
+    "FALLBACK",
+    "IMPLEMENTATION",
+    "NEED_MORE",
+    "NEVER",
+    "NOT_OURS",
+    "RATE_LIMITED",
+    "BadFrameWindow",
+    "Batch",
+    "Document",
+    "DocumentFull",
+    "HotCounts",
+    "Membership",
+    "Peer",
+    "Session",
+    "TokenBucket",
+]

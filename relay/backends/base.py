@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from relay.core.model import Session, UserPresenceSummary
+from relay.core.model import SessionLike, UserPresenceSummary
 
 # Frames received from another node for a document: (doc_id, frame bytes).
 BrokerCallback = Callable[[str, bytes], None]
@@ -32,11 +32,11 @@ class PresenceStore(ABC):
         """Flush what can be flushed and release resources."""
 
     @abstractmethod
-    def session_changed(self, doc_id: str, session: Session) -> None:
+    def session_changed(self, doc_id: str, session: SessionLike) -> None:
         """A session joined or its presence changed. Must not block; may coalesce."""
 
     @abstractmethod
-    def session_left(self, doc_id: str, session: Session) -> None:
+    def session_left(self, doc_id: str, session: SessionLike) -> None:
         """A session left the document. Must not block."""
 
     @abstractmethod
@@ -59,7 +59,7 @@ class PresenceStore(ABC):
     # node's sessions, and the hub joins synchronously without them.
     clustered = False
 
-    async def load_members(self, doc_id: str) -> list[Session]:
+    async def load_members(self, doc_id: str) -> list[SessionLike]:
         """The document's sessions owned by OTHER nodes (`remote=True`), for the mirror."""
         return []
 

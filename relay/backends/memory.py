@@ -12,18 +12,18 @@ import uuid
 from collections import defaultdict
 
 from relay.backends.base import Broker, BrokerCallback, PresenceStore
-from relay.core.model import Session, UserPresenceSummary, summarize
+from relay.core.model import SessionLike, UserPresenceSummary, summarize
 
 
 class MemoryStore(PresenceStore):
     def __init__(self) -> None:
         # doc_id -> {(node-local identity of the session object): session}
-        self._docs: dict[str, dict[int, Session]] = defaultdict(dict)
+        self._docs: dict[str, dict[int, SessionLike]] = defaultdict(dict)
 
-    def session_changed(self, doc_id: str, session: Session) -> None:
+    def session_changed(self, doc_id: str, session: SessionLike) -> None:
         self._docs[doc_id][id(session)] = session
 
-    def session_left(self, doc_id: str, session: Session) -> None:
+    def session_left(self, doc_id: str, session: SessionLike) -> None:
         sessions = self._docs.get(doc_id)
         if sessions is None:
             return

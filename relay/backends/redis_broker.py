@@ -166,9 +166,11 @@ class RedisBroker(Broker):
             ps = self.redis.pubsub()
             reader: asyncio.Task[None] | None = None
             try:
-                await ps.connect()
-                assert ps.connection is not None
-                ps.connection.register_connect_callback(self._on_connect)
+                await ps.connect()  # type: ignore[no-untyped-call]  # (redis-py: untyped)
+                conn: Any = ps.connection  # (redis-py types it as None: unannotated)
+                if conn is None:
+                    raise ConnectionError("pub/sub did not connect")
+                conn.register_connect_callback(self._on_connect)
                 requested: set[str] = set()
                 if self._wanted:
                     requested = set(self._wanted)
@@ -213,14 +215,15 @@ class RedisBroker(Broker):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
-                if ps.connection is not None:
-                    ps.connection.deregister_connect_callback(self._on_connect)
+                conn = ps.connection
+                if conn is not None:
+                    conn.deregister_connect_callback(self._on_connect)
                 if reader is not None:
                     reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await reader
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ps.aclose(), 1.0)
+                    await asyncio.wait_for(ps.aclose(), 1.0)  # type: ignore[no-untyped-call]
 
     async def _on_connect(self, connection: Any) -> None:
         """A (re)connected pub/sub connection: anything published meanwhile was missed."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from relay.core.model import ActivityType, Session, UserInfo
+from relay.core.model import ActivityType, Session, SessionLike, UserInfo
 
 # ---------------------------------------------------------------- keys
 
@@ -79,8 +79,13 @@ def owned(sid: int, doc_id: str) -> str:
     return f"{sid}:{doc_id}"
 
 
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text (the client returns bytes: decode_responses is off)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def parse_owned(value: bytes | str) -> tuple[int, str] | None:
-    s = value.decode() if isinstance(value, bytes) else value
+    s = as_text(value)
     sid, sep, doc_id = s.partition(":")
     if not sep or not sid.isdigit():
         return None
@@ -110,7 +115,7 @@ def _pos(c: tuple[int, int, int]) -> dict[str, int]:
     return {"line": c[0], "column": c[1], "offset": c[2]}
 
 
-def user_presence(doc_id: str, s: Session) -> dict[str, Any]:
+def user_presence(doc_id: str, s: SessionLike) -> dict[str, Any]:
     """The seed's UserPresence, field for field."""
     u = s.user
     vp = s.viewport
@@ -150,11 +155,11 @@ def user_presence(doc_id: str, s: Session) -> dict[str, Any]:
     }
 
 
-def user_presence_json(doc_id: str, s: Session) -> str:
+def user_presence_json(doc_id: str, s: SessionLike) -> str:
     return json.dumps(user_presence(doc_id, s), separators=(",", ":"))
 
 
-def member_record(node_id: str, s: Session, written_at_ms: int) -> bytes:
+def member_record(node_id: str, s: SessionLike, written_at_ms: int) -> bytes:
     """The value in `presence:<doc>:members`: enough to rebuild the session elsewhere.
 
     `written_at_ms` is the owner's wall clock when it read the live session (the clock its
@@ -162,10 +167,11 @@ def member_record(node_id: str, s: Session, written_at_ms: int) -> bytes:
     reflected in the record, so another node can tell whether its mirror, updated by those
     BATCHes, or the record is the newer view of a field (see `Cluster.resync`).
     """
-    return msgpack.packb(
+    record: bytes = msgpack.packb(
         [node_id, s.user.workspace_id, s.member(), s.cursor_arrived_ms, written_at_ms],
         use_bin_type=True,
     )
+    return record
 
 
 @dataclass(slots=True, eq=False)
@@ -232,7 +238,7 @@ class MemberRecord:
         )
 
 
-def parse_member_record(raw: bytes) -> MemberRecord | None:
+def parse_member_record(raw: bytes | str) -> MemberRecord | None:
     try:
         # Four elements: written by a node from before `written_at`. Elements past the fifth
         # are ignored, so a later format can add some without blinding this reader.

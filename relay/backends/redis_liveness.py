@@ -106,7 +106,7 @@ class Liveness:
 
     async def reap_dead_nodes(self) -> list[str]:
         """Find registered nodes whose heartbeat expired; remove their sessions."""
-        nodes = [n.decode() for n in await self.redis.smembers(k.NODE_REGISTRY)]
+        nodes = [k.as_text(n) for n in await self.redis.smembers(k.NODE_REGISTRY)]
         others = [n for n in nodes if n != self.node_id]
         if not others:
             return []

@@ -30,7 +30,7 @@ from relay.backends.redis_pool import UNREACHABLE, Reachability, RedisShared
 from relay.backends.redis_writebehind import SID_COUNTER_TTL_MS, WriteBehind, heartbeat_value
 from relay.backends.redis_writes import LiveSessions, Writer, now_ms
 from relay.config import PresenceConfig
-from relay.core.model import Session, UserPresenceSummary, summarize
+from relay.core.model import SessionLike, UserPresenceSummary, summarize
 from relay.exceptions import BackendUnavailable
 
 log = logging.getLogger("relay.redis.store")
@@ -132,10 +132,10 @@ class RedisStore(PresenceStore):
 
     # ------------------------------------------------------------ hot path (no awaits)
 
-    def session_changed(self, doc_id: str, session: Session) -> None:
+    def session_changed(self, doc_id: str, session: SessionLike) -> None:
         self.writebehind.session_changed(doc_id, session)
 
-    def session_left(self, doc_id: str, session: Session) -> None:
+    def session_left(self, doc_id: str, session: SessionLike) -> None:
         self.writebehind.session_left(doc_id, session)
 
     def queue_depth(self) -> int:
@@ -186,9 +186,9 @@ class RedisStore(PresenceStore):
             out.append([r for r in map(k.parse_member_record, values) if r is not None])
         return out
 
-    def _merge_local(self, doc_id: str, records: list[MemberRecord]) -> list[Session]:
+    def _merge_local(self, doc_id: str, records: list[MemberRecord]) -> list[SessionLike]:
         """Redis' view of the document, with this node's own sessions taken live."""
-        by_sid: dict[int, Session] = {}
+        by_sid: dict[int, SessionLike] = {}
         for r in records:
             if r.node_id != self.node_id:
                 by_sid[r.sid] = r.session()
@@ -203,7 +203,7 @@ class RedisStore(PresenceStore):
     async def workspace_documents(self, workspace_id: str) -> dict[str, int]:
         self._check_up()
         try:
-            docs = {m.decode() for m in await self.redis.smembers(k.workspace_key(workspace_id))}
+            docs = {k.as_text(m) for m in await self.redis.smembers(k.workspace_key(workspace_id))}
         except UNREACHABLE as exc:
             self.reach.down(exc)
             raise BackendUnavailable("redis unreachable") from None
@@ -222,14 +222,14 @@ class RedisStore(PresenceStore):
                 out[doc_id] = len(users)
         return out
 
-    async def load_members(self, doc_id: str) -> list[Session]:
+    async def load_members(self, doc_id: str) -> list[SessionLike]:
         """Other nodes' sessions in the document; BackendUnavailable when unreachable."""
         self._check_up()
         try:
             raw = await asyncio.wait_for(self.redis.hvals(k.members_key(doc_id)), 1.0)
         except (*UNREACHABLE, RedisError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from None
-        out: list[Session] = []
+        out: list[SessionLike] = []
         for value in raw:
             r = k.parse_member_record(value)
             if r is not None and r.node_id != self.node_id:

@@ -31,7 +31,7 @@ from relay.backends.base import FALLBACK_SID_BASE
 from relay.backends.redis_pool import UNREACHABLE, Reachability
 from relay.backends.redis_writes import LiveSessions, Writer, now_ms, raise_unreachable
 from relay.core import protocol as p
-from relay.core.model import Session
+from relay.core.model import SessionLike
 
 log = logging.getLogger("relay.redis.store")
 
@@ -56,7 +56,7 @@ class Entry:
 
     def __init__(
         self,
-        session: Session,
+        session: SessionLike,
         remove: bool = False,
         announce: bool = False,
         publish_left: bool = False,
@@ -68,7 +68,7 @@ class Entry:
         self.publish_left = publish_left  # left while Redis was down: others never heard
 
 
-def signature(s: Session) -> tuple[Any, ...]:
+def signature(s: SessionLike) -> tuple[Any, ...]:
     """What a write of the session records (a sweep skips sessions whose signature held)."""
     return (
         s.activity,
@@ -122,7 +122,7 @@ class WriteBehind:
 
     # ------------------------------------------------------------ hot path (no awaits)
 
-    def session_changed(self, doc_id: str, session: Session) -> None:
+    def session_changed(self, doc_id: str, session: SessionLike) -> None:
         new = self.live.add(doc_id, session)
         key = (doc_id, session.sid)
         e = self.queue.get(key)
@@ -136,7 +136,7 @@ class WriteBehind:
             self.queue[key] = Entry(session, announce=new)
         self.wake.set()
 
-    def session_left(self, doc_id: str, session: Session) -> None:
+    def session_left(self, doc_id: str, session: SessionLike) -> None:
         if not self.live.remove(doc_id, session):
             return
         key = (doc_id, session.sid)
@@ -215,7 +215,9 @@ class WriteBehind:
 
     # ------------------------------------------------------------ writing
 
-    def _write_upsert(self, pipe: Any, doc_id: str, s: Session, full: bool, announce: bool) -> None:
+    def _write_upsert(
+        self, pipe: Any, doc_id: str, s: SessionLike, full: bool, announce: bool
+    ) -> None:
         nid = self.node_id
         uid = s.user.user_id
         # Stamped when read from the live session (not when Redis stores it): the record
@@ -260,7 +262,7 @@ class WriteBehind:
         writer = self.writer
         pipe = self.redis.pipeline(transaction=False)
         sigs: list[tuple[tuple[str, int], tuple[Any, ...]]] = []
-        removed: dict[str, list[Session]] = defaultdict(list)
+        removed: dict[str, list[SessionLike]] = defaultdict(list)
         left_events: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         for key, e in entries:
             doc_id, sid = key

@@ -19,7 +19,7 @@ from relay.backends import redis_keys as k
 from relay.backends.redis_keys import MemberRecord
 from relay.backends.redis_pool import UNREACHABLE
 from relay.core import protocol as p
-from relay.core.model import Session
+from relay.core.model import SessionLike
 
 log = logging.getLogger("relay.redis.store")
 
@@ -42,10 +42,10 @@ class LiveSessions:
     """This node's live sessions (references: a write always writes their current state)."""
 
     def __init__(self) -> None:
-        self.by_doc: dict[str, dict[int, Session]] = {}
-        self._by_user: dict[tuple[str, str], dict[int, Session]] = {}
+        self.by_doc: dict[str, dict[int, SessionLike]] = {}
+        self._by_user: dict[tuple[str, str], dict[int, SessionLike]] = {}
 
-    def add(self, doc_id: str, session: Session) -> bool:
+    def add(self, doc_id: str, session: SessionLike) -> bool:
         """Record a session; True when it is new."""
         sid = session.sid
         live = self.by_doc.get(doc_id)
@@ -62,7 +62,7 @@ class LiveSessions:
         by_user[sid] = session
         return True
 
-    def remove(self, doc_id: str, session: Session) -> bool:
+    def remove(self, doc_id: str, session: SessionLike) -> bool:
         """Forget a session; False when it was not live."""
         sid = session.sid
         live = self.by_doc.get(doc_id)
@@ -78,7 +78,7 @@ class LiveSessions:
                 del self._by_user[ukey]
         return True
 
-    def best(self, doc_id: str, user_id: str) -> Session | None:
+    def best(self, doc_id: str, user_id: str) -> SessionLike | None:
         """The user's most recently active session here (the seed keeps one per user)."""
         sessions = self._by_user.get((doc_id, user_id))
         if not sessions:
@@ -140,7 +140,7 @@ class Writer:
         self,
         pipe: Any,
         doc_id: str,
-        removed: Iterable[Session | MemberRecord],
+        removed: Iterable[SessionLike | MemberRecord],
         remaining_raw: list[bytes],
     ) -> None:
         """After sessions left: the seed's per-user and per-workspace keys follow suit.
@@ -156,7 +156,7 @@ class Writer:
             else:
                 users[x.user.user_id] = x.user.workspace_id
         for uid in users:
-            best: Session | None = self.live.best(doc_id, uid)
+            best: SessionLike | None = self.live.best(doc_id, uid)
             if best is None:
                 others = [r for r in remaining if r.user_id == uid]
                 if others:

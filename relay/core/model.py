@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class ActivityType(IntEnum):
@@ -86,6 +86,27 @@ class Session:
         )
 
 
+class SessionLike(Protocol):
+    """What the backends and readers see of a session, whichever twin made it (the pure
+    `Session` above, the compiled `relay._fast.Session`, a `StoredSession` read back)."""
+
+    sid: int
+    user: UserInfo
+    color: str
+    connected_at_ms: int
+    last_active_ms: int
+    activity: ActivityType
+    typing: bool
+    focused: bool
+    cursor: Cursor | None
+    selection: Selection | None
+    viewport: Viewport | None
+    cursor_arrived_ms: int
+    remote: bool
+
+    def member(self) -> tuple[Any, ...]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class UserPresenceSummary:
     """The seed's `UserPresenceSummary` (HTTP `/internal/presence/{doc}`)."""
@@ -100,9 +121,9 @@ class UserPresenceSummary:
         return asdict(self)
 
 
-def summarize(sessions: list[Session]) -> list[UserPresenceSummary]:
+def summarize(sessions: list[SessionLike]) -> list[UserPresenceSummary]:
     """Distinct users, each with their most recently active session's presence."""
-    by_user: dict[str, Session] = {}
+    by_user: dict[str, SessionLike] = {}
     for s in sessions:
         seen = by_user.get(s.user.user_id)
         if seen is None or s.last_active_ms > seen.last_active_ms:

@@ -13,6 +13,7 @@ shape and msgpack types (ERROR 1 / 2); the caller then checks the handle (ERROR 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -194,7 +195,8 @@ def check_ranges(frame: list[Any]) -> None:
 # ---------------------------------------------------------------- server frames
 
 _packer = msgpack.Packer(use_bin_type=True)
-pack = _packer.pack
+pack: Callable[[Any], bytes] = _packer.pack  # (msgpack is untyped: say what it returns)
+_array_header: Callable[[int], bytes] = _packer.pack_array_header
 
 
 def encode_welcome(
@@ -214,12 +216,7 @@ def encode_batch(doc_id: str, server_ms: int, events: list[tuple[Any, ...]]) -> 
 def batch_prefix(doc_id: str, server_ms: int, event_count: int) -> bytes:
     """Everything of a BATCH frame before its events (msgpack concatenates: the events'
     own encodings follow, and the result equals `encode_batch` byte for byte)."""
-    return (
-        b"\x94\x22"
-        + _packer.pack(doc_id)
-        + _packer.pack(server_ms)
-        + _packer.pack_array_header(event_count)
-    )
+    return b"\x94\x22" + pack(doc_id) + pack(server_ms) + _array_header(event_count)
 
 
 def encode_error(handle: int | None, code: int, message: str) -> bytes:

@@ -29,14 +29,20 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.core import protocol as p
 from relay.core.colors import preferred_color
 from relay.core.document import NEVER
-from relay.core.peer import FALLBACK, RATE_LIMITED, HotCounts, Membership, Peer
-from relay.core.ratelimit import BadFrameWindow, TokenBucket
+from relay.core.peer import FALLBACK, RATE_LIMITED
+from relay.core.peer import Peer as PurePeer
+from relay.core.ratelimit import BadFrameWindow
+from relay.core.ratelimit import TokenBucket as PureBucket
 from relay.exceptions import AuthError, ProtocolError
+
+if TYPE_CHECKING:
+    # Both twins have the interface of relay/_fast.pyi; the session works with either.
+    from relay.twin import HotCounts, Membership, Peer
 
 AWAITING_HELLO = 0
 OPEN = 1
@@ -116,12 +122,13 @@ def new_peer(
     peer_class: Any,
     bucket_class: Any,
     counts: HotCounts | None = None,
-) -> Any:
+) -> Peer:
     """A Peer of the given twin (relay.twin's, or the pure one) with the session's limits."""
     bucket = bucket_class(
         rules.max_frames_per_s, rules.max_frames_burst, rules.rate_limit_close_after_ms, now_ms
     )
-    return peer_class(bucket, counts)
+    peer: Peer = peer_class(bucket, counts)
+    return peer
 
 
 class Session:
@@ -150,7 +157,7 @@ class Session:
         authenticate: Authenticate,
         connection_id: str,
         now_ms: int,
-        peer: Any = None,
+        peer: Peer | None = None,
         stats: SessionStats | None = None,
     ) -> None:
         self.rules = rules
@@ -162,7 +169,9 @@ class Session:
         self.grant: Any = None
         # The hot path's view: handles -> memberships, and the rate limit. The shell passes
         # the twin's Peer (compiled or pure: `new_peer`); the rules here work with either.
-        self.peer = peer if peer is not None else new_peer(rules, now_ms, Peer, TokenBucket)
+        self.peer: Peer = (
+            peer if peer is not None else new_peer(rules, now_ms, PurePeer, PureBucket)
+        )
         self.bad_frames = BadFrameWindow(rules.max_bad_frames, rules.bad_frames_window_ms)
         # While a join is in progress, later frames wait here (in order).
         self.held: deque[bytes] | None = None
@@ -395,13 +404,18 @@ class Session:
         them starts another join (the rest wait for that one)."""
         if self.joining:
             return
-        held, self.held = self.held, None
+        held = self._take_held()
         while held and self.state == OPEN:
             self.receive(held.popleft(), now_ms)
-            if self.held is not None:  # another join began: it holds the rest
-                held.extend(self.held)
-                self.held = held
+            again = self._take_held()
+            if again is not None:  # another join began: it holds the rest, after its own
+                again.extend(held)
+                self.held = again
                 return
+
+    def _take_held(self) -> deque[bytes] | None:
+        held, self.held = self.held, None
+        return held
 
     def _send(self, frame: bytes) -> None:
         self._actions.append(Send(frame))

@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.typing import Origin, Subprotocol
 
 import relay
 from relay.backends.base import Broker, PresenceStore
@@ -78,12 +79,12 @@ class Relay:
     @property
     def port(self) -> int:
         assert self.server is not None
-        return self.server.sockets[0].getsockname()[1]  # type: ignore[no-any-return]
+        return int(self.server.sockets[0].getsockname()[1])
 
     @property
     def metrics_port(self) -> int:
         assert self.metrics_server is not None
-        return self.metrics_server.sockets[0].getsockname()[1]  # type: ignore[no-any-return]
+        return int(self.metrics_server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         cfg, hub = self.config, self.hub
@@ -95,14 +96,16 @@ class Relay:
 
         WS_LOG.setLevel(logging.INFO if cfg.log_level == "debug" else logging.WARNING)
         routes = HttpRoutes(hub, relay.implementation)
+        allowed = cfg.origins
+        origins = None if allowed is None else [Origin(o) if o else None for o in allowed]
         self.server = await serve(
             handler,
             cfg.host,
             cfg.port,
-            subprotocols=[p.SUBPROTOCOL],  # type: ignore[list-item]
+            subprotocols=[Subprotocol(p.SUBPROTOCOL)],
             compression=None,  # permessage-deflate costs ~40 % CPU and doubles memory
             max_size=cfg.max_frame_bytes,
-            origins=cfg.origins,  # a listed Origin or none at all; others get HTTP 403
+            origins=origins,  # a listed Origin or none at all; others get HTTP 403
             process_request=routes,
             ping_interval=cfg.ping_interval_s or None,
             ping_timeout=cfg.ping_timeout_s or None,

@@ -67,7 +67,7 @@ def _proxied(request: Request) -> bool:
 
 
 def _offered_subprotocols(request: Request) -> list[str]:
-    out = []
+    out: list[str] = []
     for value in request.headers.get_all("Sec-WebSocket-Protocol"):
         out.extend(v.strip() for v in value.split(","))
     return out

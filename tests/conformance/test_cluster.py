@@ -1,4 +1,5 @@
-"""Two relay nodes sharing Redis (docs/protocol.md: sid unique across nodes, bytes forwarded unchanged).
+"""Two relay nodes sharing Redis (docs/protocol.md: sid unique across nodes, bytes forwarded
+unchanged).
 
 Skipped when no `redis-server` binary is installed.
 """

@@ -1,4 +1,4 @@
-"""Transport, handshake, HELLO/WELCOME and PING/PONG (docs/protocol.md: Transport, HELLO, WELCOME)."""
+"""Transport, handshake, HELLO/WELCOME and PING/PONG (docs/protocol.md: sections 1 to 3)."""
 
 from __future__ import annotations
 

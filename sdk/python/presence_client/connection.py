@@ -479,7 +479,7 @@ class Connection:
                 except ConnectionClosedError as exc:
                     self._shutdown(exc)
                     return
-                if self._closing:
+                if self._closing_now():  # close() may have come while we reconnected
                     with contextlib.suppress(Exception):
                         await session.ws.close()
                     return
@@ -492,6 +492,9 @@ class Connection:
         finally:
             if self._closing:
                 self._shutdown(None)
+
+    def _closing_now(self) -> bool:
+        return self._closing
 
     def _renews(self, code: int, reason: str) -> bool:
         """True for the relay ending a welcomed connection at its token's `exp`, when a
