@@ -1,16 +1,17 @@
-"""Shared fixtures: an in-process relay on a free loopback port, and a raw protocol client."""
+"""Fixtures: in-process relays on free loopback ports, clients, real redis-servers. (The
+helpers they use, and every other shared piece of test code, are in tests/helpers.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import msgpack
 import pytest
-from redis_fixture import redis_factory, redis_server, redis_url  # noqa: F401 (fixtures)
+from helpers import MS, REDIS_BIN, RawClient, RedisServer
 from websockets.asyncio.client import ClientConnection, connect
 
 from relay.config import PresenceConfig
@@ -27,57 +28,6 @@ def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[
     import uvloop
 
     return {"uvloop": uvloop.new_event_loop}
-
-
-class RawClient:
-    """A protocol client with no SDK in the way: lists in, lists out."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-
-    async def send(self, frame: list[Any]) -> None:
-        await self.ws.send(msgpack.packb(frame))
-
-    async def recv(self, timeout: float = 2.0) -> list[Any]:
-        data = await asyncio.wait_for(self.ws.recv(), timeout)
-        return msgpack.unpackb(data)  # type: ignore[no-any-return]
-
-    async def recv_until(
-        self, pred: Callable[[list[Any]], bool], timeout: float = 3.0
-    ) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            frame = await self.recv(max(0.01, deadline - loop.time()))
-            if pred(frame):
-                return frame
-
-    async def hello(
-        self,
-        user_id: str,
-        name: str | None = None,
-        token: str | None = None,
-    ) -> list[Any]:
-        info = (
-            {"sdk": "test/0"}
-            if token
-            else {"sdk": "test/0", "user_id": user_id, "name": name or user_id}
-        )
-        await self.send([1, 1, token, info])
-        return await self.recv()
-
-    async def join(self, h: int, doc_id: str) -> list[Any]:
-        await self.send([2, h, doc_id])
-        return await self.recv_until(lambda f: f[0] in (33, 35))
-
-    async def quiet(self, seconds: float) -> list[list[Any]]:
-        """Everything received within `seconds` (used to assert that nothing arrives)."""
-        got = []
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                while True:
-                    got.append(msgpack.unpackb(await self.ws.recv()))
-        return got
 
 
 @pytest.fixture
@@ -121,4 +71,46 @@ async def client_factory() -> AsyncIterator[Callable[..., Any]]:
     yield open_client
     for ws in opened:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(), 2)
+            await asyncio.wait_for(ws.close(), 2000 * MS)
+
+
+# ---------------------------------------------------------------- redis-server
+
+
+def _require_binary() -> None:
+    if not os.path.exists(REDIS_BIN):
+        pytest.skip("redis-server is not installed (make redis-server installs it)")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    _require_binary()
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared server, emptied (and started again if a test killed it)."""
+    if not redis_server.running:
+        redis_server.start()
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=2000 * MS) as s:
+        s.sendall(b"FLUSHALL\r\n")
+        assert s.recv(16).startswith(b"+OK")
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_factory() -> Iterator[Callable[[], RedisServer]]:
+    _require_binary()
+    servers: list[RedisServer] = []
+
+    def make() -> RedisServer:
+        server = RedisServer().start()
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        s.kill()

@@ -1,39 +1,69 @@
-"""Test helpers shared by several test modules: raw WebSocket bytes and a raw socket client.
+"""Test helpers: the one module the test modules share (no test module imports another).
 
-`RawSocket` speaks WebSocket by hand over a plain non-blocking socket, so a test decides
-exactly what the relay gets (any split, any frame) and whether the client reads at all
-(a tiny receive buffer and no reads: a client that stopped reading).
+- Time: `MS`, one millisecond scaled by RELAY_TEST_TIME_SCALE (default 1): every wait and
+  timeout in the tests is a multiple of it, so a slow machine runs the suite with, say,
+  RELAY_TEST_TIME_SCALE=3 instead of failing on timing.
+- Clients: `RawClient` (a websockets client, lists in and out), `RawSocket` (WebSocket by
+  hand over a plain socket: any split, any frame, a client that stops reading), `ws_frame`.
+- Processes and servers: `RelayProcess` (`presence-relay serve` in a subprocess),
+  `RedisServer` (a real redis-server on a free port), `free_port`, `http_get`.
+- Redis and BATCH helpers: `wait_event`, `joined`, `users_hash`, the event codes.
+- The twins, driven as the hub drives them: `Twin`, `flush_view`, `random_frame`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import os
+import random
+import shutil
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from types import ModuleType
 from typing import Any
 
 import msgpack
+import redis.asyncio as aioredis
+from websockets.asyncio.client import ClientConnection
 from websockets.speedups import apply_mask
+
+from relay.core import protocol as p
+from relay.core.document import DocumentRules
+from relay.core.model import UserInfo
+
+# One millisecond of test time: every wait and timeout is a multiple of it.
+MS = 0.001 * float(os.environ.get("RELAY_TEST_TIME_SCALE", "1"))
 
 SUBPROTOCOL = "presence.v1"
 
 
 def ws_frame(
-    payload: bytes, opcode: int = 2, fin: bool = True, mask: bool = True, key: bytes | None = None
+    payload: bytes,
+    opcode: int = 2,
+    fin: bool = True,
+    mask: bool = True,
+    key: bytes | None = None,
+    first: int | None = None,
+    ext: int | None = None,
 ) -> bytes:
-    """One client frame (masked with `key`, or a random key)."""
-    b0 = (0x80 if fin else 0) | opcode
+    """One client frame, masked with `key` (or a random key). `first` sets the first byte
+    as it is (any RSV bits, any opcode); `ext` forces the 16- (126) or 64-bit (127) length
+    form."""
+    b0 = first if first is not None else (0x80 if fin else 0) | opcode
     m = 0x80 if mask else 0
     n = len(payload)
-    if n < 126:
-        head = bytes([b0, m | n])
-    elif n < 65536:
+    if ext == 127 or n >= 65536:
+        head = bytes([b0, m | 127]) + n.to_bytes(8, "big")
+    elif ext == 126 or n >= 126:
         head = bytes([b0, m | 126]) + n.to_bytes(2, "big")
     else:
-        head = bytes([b0, m | 127]) + n.to_bytes(8, "big")
+        head = bytes([b0, m | n])
     if not mask:
         return head + payload
     key = os.urandom(4) if key is None else key
@@ -118,7 +148,7 @@ class RawSocket:
             raise ConnectionError("closed by the relay")
         self.buf += data
 
-    async def recv_frame(self, timeout: float = 3.0) -> tuple[int, bytes]:
+    async def recv_frame(self, timeout: float = 3000 * MS) -> tuple[int, bytes]:
         deadline = time.monotonic() + timeout
         while True:
             frame = take_server_frame(self.buf)
@@ -127,7 +157,7 @@ class RawSocket:
             await self._fill(max(0.01, deadline - time.monotonic()))
 
     async def recv_msg(
-        self, pred: Callable[[Any], bool] = lambda m: True, timeout: float = 3.0
+        self, pred: Callable[[Any], bool] = lambda m: True, timeout: float = 3000 * MS
     ) -> Any:
         """The next binary message matching `pred` (pings answered, others skipped)."""
         deadline = time.monotonic() + timeout
@@ -157,7 +187,9 @@ class RawSocket:
         self.sock.close()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+async def eventually(
+    check: Callable[[], Any], timeout: float = 5000 * MS, interval: float = 20 * MS
+) -> Any:
     """Poll `check` (sync or async) until it returns something true, or the time is up."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -211,7 +243,7 @@ class RelayProcess:
             stderr=subprocess.STDOUT,
         )
 
-    async def ready(self, timeout: float = 15.0) -> None:
+    async def ready(self, timeout: float = 15000 * MS) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -221,14 +253,14 @@ class RelayProcess:
                     return
             except OSError:
                 pass
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(50 * MS)
         raise RuntimeError(f"relay not ready: {self.output()}")
 
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-4000:]
 
-    def terminate(self, timeout: float = 10.0) -> float | None:
+    def terminate(self, timeout: float = 10000 * MS) -> float | None:
         """SIGTERM; seconds until the process exited (None: still running after `timeout`,
         then killed)."""
         import signal
@@ -262,3 +294,305 @@ def kernel_has_socket(local_port: int, peer_port: int) -> bool:
             if f[1].endswith(want_local) and f[2].endswith(want_peer) and f[3] != "06":
                 return True
     return False
+
+
+# ---------------------------------------------------------------- a websockets client
+
+
+class RawClient:
+    """A protocol client with no SDK in the way: lists in, lists out."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def send(self, frame: list[Any]) -> None:
+        await self.ws.send(msgpack.packb(frame))
+
+    async def recv(self, timeout: float = 2000 * MS) -> list[Any]:
+        data = await asyncio.wait_for(self.ws.recv(), timeout)
+        return msgpack.unpackb(data)  # type: ignore[no-any-return]
+
+    async def recv_until(
+        self, pred: Callable[[list[Any]], bool], timeout: float = 3000 * MS
+    ) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.recv(max(0.01, deadline - loop.time()))
+            if pred(frame):
+                return frame
+
+    async def hello(
+        self,
+        user_id: str,
+        name: str | None = None,
+        token: str | None = None,
+    ) -> list[Any]:
+        info = (
+            {"sdk": "test/0"}
+            if token
+            else {"sdk": "test/0", "user_id": user_id, "name": name or user_id}
+        )
+        await self.send([1, 1, token, info])
+        return await self.recv()
+
+    async def join(self, h: int, doc_id: str) -> list[Any]:
+        await self.send([2, h, doc_id])
+        return await self.recv_until(lambda f: f[0] in (33, 35))
+
+    async def quiet(self, seconds: float) -> list[list[Any]]:
+        """Everything received within `seconds` (used to assert that nothing arrives)."""
+        got = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while True:
+                    got.append(msgpack.unpackb(await self.ws.recv()))
+        return got
+
+
+# ---------------------------------------------------------------- redis-server
+
+REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def _ping(port: int, timeout: float = 200 * MS) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 5000 * MS) -> RedisServer:
+        assert self.proc is None, "already running"
+        self.proc = subprocess.Popen(
+            [
+                REDIS_BIN,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not _ping(self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not answer")
+            time.sleep(0.02)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: like a crash; everything in it is lost (no persistence)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+            self.proc = None
+
+    def restart(self) -> RedisServer:
+        self.kill()
+        return self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+# ---------------------------------------------------------------- BATCH events, Redis keys
+
+BATCH = 34
+JOINED = 33
+EV_CURSOR, EV_JOINED, EV_LEFT = 1, 2, 3
+
+
+SEED_FIELDS = {
+    "user_id",
+    "document_id",
+    "workspace_id",
+    "name",
+    "avatar_url",
+    "color",
+    "state",
+    "cursor",
+    "selection",
+    "connected_at",
+    "last_active_at",
+    "last_cursor_update",
+}
+
+
+async def wait_event(
+    c: RawClient,
+    pred: Callable[[list[Any]], bool],
+    timeout: float = 3000 * MS,
+) -> tuple[float, list[Any]]:
+    """The first BATCH event matching `pred`: (monotonic arrival time, event)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            raise TimeoutError("no matching event")
+        frame = await c.recv(left)
+        if frame[0] == BATCH:
+            for ev in frame[3]:
+                if pred(ev):
+                    return time.monotonic(), ev
+
+
+async def users_hash(r: aioredis.Redis, doc: str) -> dict[str, dict[str, Any]]:
+    raw = await r.hgetall(f"presence:{doc}:users")
+    return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+
+async def joined(c: RawClient, h: int, doc: str) -> tuple[int, list[Any]]:
+    reply = await c.join(h, doc)
+    assert reply[0] == JOINED, reply
+    return reply[3], reply[4]
+
+
+async def http_get_json(port: int, path: str) -> tuple[int, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode()
+
+
+# ---------------------------------------------------------------- the twins
+
+TWIN_RULES = DocumentRules(
+    max_users_per_document=2000,
+    typing_debounce_ms=500,
+    activity_timeout_ms=3000,
+    away_after_ms=9000,
+    away_after_blur_ms=2000,
+)
+U32 = 2**32 - 1
+
+
+class Twin:
+    """One twin's document with peers, driven the way the hub drives it."""
+
+    def __init__(self, mod: ModuleType, doc_id: str = "doc-1") -> None:
+        self.mod = mod
+        self.dirty: set[Any] = set()
+        self.doc = mod.Document(doc_id, TWIN_RULES, self.dirty)
+        self.peers: dict[int, Any] = {}  # peer id -> Peer
+
+    def join(self, peer_id: int, h: int, user: UserInfo, now: int) -> Any:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            peer = self.mod.Peer(self.mod.TokenBucket(200, 400, 5000, now))
+            self.peers[peer_id] = peer
+        s = self.doc.join(user, now)
+        peer.handles[h] = self.mod.Membership(self.doc, s.sid)
+        return s.sid
+
+    def leave(self, peer_id: int, h: int, now: int) -> Any:
+        m = self.peers[peer_id].handles.pop(h)
+        return self.doc.leave(m.sid, now) is not None
+
+    def feed(self, peer_id: int, data: bytes, now: int) -> tuple[int, Any]:
+        """Peer.feed, then the general path's answer for what it declined (the error code)."""
+        peer = self.peers[peer_id]
+        r = peer.feed(data, now)
+        if r != self.mod.FALLBACK:
+            return r, None
+        try:
+            frame = p.decode_client_frame(data)
+            if frame[0] in (p.CURSOR, p.TYPING, p.VIEWPORT, p.FOCUS):
+                if frame[1] not in peer.handles:
+                    raise p.ProtocolError(p.NOT_JOINED, "not joined", frame[1])
+                p.check_ranges(frame)
+                raise AssertionError(f"feed declined a valid hot frame {frame!r}")
+            return r, ("cold", frame[0])
+        except p.ProtocolError as exc:
+            return r, (exc.code, exc.handle)
+
+    def state(self) -> Any:
+        return (
+            self.doc.snapshot(),
+            self.doc.next_deadline_ms,
+            self.doc.dirty,
+            sorted(self.doc.sessions),
+        )
+
+
+def flush_view(batch: Any) -> Any:
+    if batch is None:
+        return None
+    return (bytes(batch.frame), batch.skip_sid, batch.event_count, list(batch.cursor_arrivals))
+
+
+def random_frame(rng: random.Random, handles: list[int]) -> bytes:
+    h = rng.choice([*handles, rng.randrange(0, 70000)]) if handles else rng.randrange(9)
+
+    def u():
+        return rng.choice([0, 1, 127, 128, 255, 256, 65535, 65536, U32, rng.randrange(10**6)])
+
+    kind = rng.randrange(16)
+    if kind == 0:
+        return msgpack.packb([4, h, u(), u(), u()])
+    if kind == 1:
+        return msgpack.packb([4, h, u(), u(), u(), u(), u(), u(), rng.random() < 0.5])
+    if kind == 2:
+        return msgpack.packb([4, h])
+    if kind == 3:
+        return msgpack.packb([5, h] + ([rng.random() < 0.5] if rng.random() < 0.5 else []))
+    if kind == 4:
+        top = u()
+        pct = rng.choice([0, 50, 100, 42.5, -0.0, 100.5, -1, float("nan"), float("inf"), 7])
+        return msgpack.packb([6, h, top, top + rng.randrange(50), pct])
+    if kind == 5:
+        return msgpack.packb([6, h, 1, 2, 3.0], use_single_float=True)
+    if kind == 6:
+        return msgpack.packb([7, h, rng.random() < 0.5])
+    if kind == 7:  # non-canonical but valid: array16 header, uint32 for a small int
+        return b"\xdc\x00\x05\x04" + msgpack.packb(h) + b"\xce\x00\x00\x00\x01\x02\x03"
+    if kind == 8:
+        return b"\x95\x04" + msgpack.packb(h) + b"\xd0\xff\x01\x02"  # negative line
+    if kind == 9:
+        return msgpack.packb([4, h, U32 + 1, 0, 0])
+    if kind == 10:
+        return msgpack.packb([4, h, 1.5, 0, 0])
+    if kind == 11:
+        return msgpack.packb([4, h, 1, 2, 3]) + b"\x00"  # trailing byte
+    if kind == 12:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12)))
+    if kind == 13:
+        return msgpack.packb([8, rng.randrange(1000)])
+    if kind == 14:
+        return msgpack.packb([rng.choice([2, 3, 9, 99]), h, "doc"])
+    data = bytearray(msgpack.packb([4, h, u(), u(), u()]))
+    data[rng.randrange(len(data))] = rng.randrange(256)  # one flipped byte
+    return bytes(data)

@@ -7,10 +7,11 @@ join the `params` lists when they exist, and every test here runs against each.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from helpers import MS, eventually
 
 from relay.backends.base import Broker, PresenceStore
 from relay.backends.memory import MemoryBroker, MemoryBus, MemoryStore
@@ -28,10 +29,10 @@ def session(sid: int, user_id: str, ws: str = "w1", last_active: int = 1000) -> 
 
 
 async def _until_ready(*backends: PresenceStore | Broker) -> None:
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(5000 * MS):
         for b in backends:
             while not await b.ready():
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(10 * MS)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -71,16 +72,6 @@ async def broker_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Bro
     yield a, b
     for x in (a, b):
         await x.close()
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 2.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result or loop.time() > deadline:
-            return result
-        await asyncio.sleep(0.01)
 
 
 async def test_store_lists_distinct_users_with_latest_activity(store: PresenceStore) -> None:
@@ -168,7 +159,7 @@ async def test_broker_delivers_to_other_nodes_not_self(broker_pair: tuple[Broker
         return got_b
 
     assert await eventually(arrived) == [("doc", b"\x94frame")]
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(50 * MS)
     assert got_a == []  # a node ignores its own messages
     assert got_b == [("doc", b"\x94frame")]  # exactly once despite the double subscribe
 
@@ -182,6 +173,6 @@ async def test_broker_unsubscribe_stops_delivery(broker_pair: tuple[Broker, Brok
     b.unsubscribe("doc")  # idempotent
     a.publish("doc", b"x")
     a.publish("other", b"y")
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(100 * MS)
     assert got == []
     assert await a.ready() and await b.ready()

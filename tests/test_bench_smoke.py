@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import MS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +63,7 @@ def test_load_bench_tiny_run(tmp_path: Path) -> None:
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=80, env=env, check=False
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=80000 * MS, env=env, check=False
     )
     # 0: fine (no targets in an ad hoc run); 2: the generator looked starved on a busy
     # machine, which this test does not judge. Anything else is a broken tool.

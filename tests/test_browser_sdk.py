@@ -27,6 +27,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from helpers import MS
 from websockets.asyncio.client import connect as ws_connect
 
 from relay.server.app import Relay
@@ -97,7 +98,7 @@ def chromium() -> Iterator[str]:
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=10000 * MS)
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(profile, ignore_errors=True)
@@ -131,7 +132,7 @@ class Page:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.replies[i] = fut
         await self.ws.send(json.dumps({"id": i, "method": method, "params": params}))
-        reply = await asyncio.wait_for(fut, 60)
+        reply = await asyncio.wait_for(fut, 60000 * MS)
         if "error" in reply:
             raise AssertionError(f"{method}: {reply['error']}")
         return reply["result"]  # type: ignore[no-any-return]
@@ -150,7 +151,7 @@ class Page:
 @pytest.fixture
 async def page(chromium: str, static_site: str) -> AsyncIterator[Page]:
     new_tab = urllib.request.Request(f"{chromium}/json/new?about:blank", method="PUT")
-    with _HTTP.open(new_tab, timeout=10) as r:
+    with _HTTP.open(new_tab, timeout=10000 * MS) as r:
         target = json.loads(r.read())
     async with ws_connect(target["webSocketDebuggerUrl"], max_size=None) as ws:
         p = Page(ws)
@@ -160,7 +161,7 @@ async def page(chromium: str, static_site: str) -> AsyncIterator[Page]:
         for _ in range(500):  # bounded: the module graph loads in well under 5 s
             if await p.evaluate("window.ready === true"):
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(10 * MS)
         else:
             raise AssertionError(f"e2e.js did not load; console: {p.console}")
         yield p
@@ -168,7 +169,7 @@ async def page(chromium: str, static_site: str) -> AsyncIterator[Page]:
         with contextlib.suppress(asyncio.CancelledError):
             await p.reader
     with contextlib.suppress(OSError):
-        _HTTP.open(f"{chromium}/json/close/{target['id']}", timeout=5).close()
+        _HTTP.open(f"{chromium}/json/close/{target['id']}", timeout=5000 * MS).close()
 
 
 def ws_url(relay: Relay) -> str:

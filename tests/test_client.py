@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from helpers import MS
 from presence_client import (
     FATAL_CLOSE_CODES,
     Activity,
@@ -67,7 +68,7 @@ def _free_port() -> int:
 
 def _healthy(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1000 * MS) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -145,7 +146,7 @@ async def _wait_event(
 async def _eventually(cond: Callable[[], bool], timeout: float = TIMEOUT) -> None:
     async with asyncio.timeout(timeout):
         while not cond():
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(10 * MS)
 
 
 # ---------------------------------------------------------------------------- handshake
@@ -240,7 +241,7 @@ async def test_rapid_moves_end_with_the_last_position(
     # Throttled: far fewer than 20 frames went out, and the last one is the final state.
     seen = [e.cursor for e in _drain(db) if isinstance(e, CursorMoved) and e.sid == da.sid]
     assert len(seen) <= 3
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(200 * MS)
     assert db.members[da.sid].cursor == (19, 20, 119)
 
 
@@ -566,7 +567,7 @@ async def test_fatal_close_codes_do_not_reconnect(code: int) -> None:
     async def script(ws: ServerConnection, n: int) -> None:
         await relay.handshake(ws, n)
         await relay.joined(ws, n, 1, [])
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(50 * MS)
         await ws.close(code, "bye")
 
     async with ScriptedRelay(script) as relay:
@@ -577,7 +578,7 @@ async def test_fatal_close_codes_do_not_reconnect(code: int) -> None:
         assert info.value.code == code
         with pytest.raises(ConnectionClosedError):
             await conn.wait_closed()
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(100 * MS)
         assert relay.connections == 1
         assert conn.closed and not doc.joined
         await conn.close()
@@ -635,7 +636,7 @@ async def test_other_4401_closes_are_fatal_even_with_a_provider(reason: str) -> 
         with pytest.raises(ConnectionClosedError) as info:
             await doc.next_event(TIMEOUT)
         assert (info.value.code, info.value.reason) == (4401, reason)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(100 * MS)
         assert relay.connections == 1 and len(calls) == 1
         await conn.close()
 
@@ -658,7 +659,7 @@ async def test_reconnect_after_going_away_keeps_handles() -> None:
         if n == 0:
             await relay.joined(ws, n, 1, [])
             await relay.joined(ws, n, 2, [])
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(50 * MS)
             await ws.close(1001, "server shutting down")
             return
         # Rejoin: both documents, same handles, fresh sids.
@@ -701,11 +702,11 @@ async def test_cursor_throttle_on_the_wire() -> None:
         doc = await c.join("d1")
         for i in range(100):  # 100 moves over ~0.5 s
             doc.move_cursor(i, 0, i)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(5 * MS)
         doc.clear_cursor()
         doc.move_cursor(1000, 1, 1000, selection=(999, 0, 900, True))
         await _eventually(lambda: bool(arrivals) and arrivals[-1][1][2] == 1000)
-        await asyncio.sleep(0.15)  # nothing else trails
+        await asyncio.sleep(150 * MS)  # nothing else trails
     cursors = [(t, f) for t, f in arrivals if f[0] == 4]
     assert cursors[0][1] == [4, doc.handle, 0, 0, 0]  # leading edge: the first move at once
     assert cursors[-1][1] == [4, doc.handle, 1000, 1, 1000, 999, 0, 900, True]

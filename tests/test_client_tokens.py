@@ -17,6 +17,7 @@ from typing import Any
 
 import jwt
 import pytest
+from helpers import MS
 from presence_client import (
     Connection,
     ConnectionClosedError,
@@ -114,7 +115,7 @@ async def _eventually(cond: Callable[[], bool], what: str) -> None:
     try:
         async with asyncio.timeout(TIMEOUT):
             while not cond():
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(10 * MS)
     except TimeoutError:
         raise AssertionError(f"timed out: {what}") from None
 
@@ -133,7 +134,7 @@ async def test_expiry_reconnects_with_a_fresh_token(
     provider = Provider("ann")
 
     async def async_provider() -> str:
-        await asyncio.sleep(0.01)  # a real one would ask a token service
+        await asyncio.sleep(10 * MS)  # a real one would ask a token service
         return provider()
 
     # A backoff of up to 30 s: the reconnect after an expiry must not wait for it.
@@ -180,7 +181,7 @@ async def test_a_refused_fresh_token_is_fatal(
         assert info.value.reason.startswith("invalid token"), info.value.reason
         with pytest.raises(ConnectionClosedError):
             await doc.next_event(TIMEOUT)
-        await asyncio.sleep(0.5)  # no loop: nothing asks the provider again
+        await asyncio.sleep(500 * MS)  # no loop: nothing asks the provider again
         assert len(provider.calls) == 2
         assert ann.closed and ann.reconnects == 0
     finally:

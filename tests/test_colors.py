@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import MS
 
 from relay.core.colors import PALETTE, PALETTE_SIZE, assign_color, preferred_color, preferred_slot
 from relay.core.document import Document, DocumentRules
@@ -91,7 +92,7 @@ class TestStable:
                 capture_output=True,
                 text=True,
                 check=True,
-                timeout=60,
+                timeout=60000 * MS,
                 env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
             ).stdout.strip()
             assert out.split("|") == here

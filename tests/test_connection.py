@@ -10,7 +10,7 @@ from typing import Any
 
 import jwt
 import pytest
-from helpers import RawSocket, eventually
+from helpers import MS, RawSocket, eventually
 from websockets.exceptions import ConnectionClosed
 
 from relay.auth import mint_token
@@ -30,10 +30,10 @@ async def test_connections_before_hello_count_toward_max_connections(
     socks = [await RawSocket.open(r.port) for _ in range(6)]
     try:
         assert [s.status for s in socks] == [101, 101, 101, 503, 503, 503]
-        assert await eventually(lambda: len(r.hub.sockets) == 3, 3.0)
+        assert await eventually(lambda: len(r.hub.sockets) == 3, 3000 * MS)
         # A slot frees when its socket closes, HELLO or not.
         socks[0].close()
-        assert await eventually(lambda: len(r.hub.sockets) == 2, 3.0)
+        assert await eventually(lambda: len(r.hub.sockets) == 2, 3000 * MS)
         again = await RawSocket.open(r.port)
         socks.append(again)
         assert again.status == 101
@@ -81,7 +81,7 @@ async def test_a_token_whose_claims_cannot_be_carried_is_refused_and_frees_its_s
             await c.recv()
         assert c.ws.close_code == p.CLOSE_UNAUTHENTICATED
         assert "surrogate" in c.ws.close_reason
-    assert await eventually(lambda: len(r.hub.sockets) == 0 and not r.hub.clients, 3.0)
+    assert await eventually(lambda: len(r.hub.sockets) == 0 and not r.hub.clients, 3000 * MS)
     ok = await client_factory(r)
     good = mint_token(SECRET, "ann", "Ann", "w", ["*"], 60)
     assert (await ok.hello("ignored", token=good))[0] == p.WELCOME
@@ -126,7 +126,7 @@ async def test_the_connection_closes_4401_when_its_token_expires(
     assert (await c.hello("ignored", token=token))[0] == p.WELCOME
     sid = (await c.join(1, "d"))[3]
     with pytest.raises(ConnectionClosed):
-        await c.recv_until(lambda f: False, timeout=5)
+        await c.recv_until(lambda f: False, timeout=5000 * MS)
     assert c.ws.close_code == p.CLOSE_UNAUTHENTICATED
     assert c.ws.close_reason == "token expired"
     assert abs(time.time() - deadline) < 1.0, "closed at exp, not before, not much after"
@@ -148,7 +148,7 @@ async def test_join_is_checked_against_the_token_as_it_stands(
     r.hub.clock = lambda: wall_ms() + 120_000
     await c.send([2, 2, "e"])
     with pytest.raises(ConnectionClosed):
-        await c.recv_until(lambda f: False, timeout=3)
+        await c.recv_until(lambda f: False, timeout=3000 * MS)
     assert c.ws.close_code == p.CLOSE_UNAUTHENTICATED
     assert "e" not in r.hub.documents
 
@@ -210,7 +210,7 @@ async def test_no_token_or_query_string_is_logged_at_debug(
                 await ws.send(p.pack([1, 1, token, {"sdk": "t"}]))
                 with pytest.raises((ConnectionClosed, TimeoutError)):
                     while True:
-                        await asyncio.wait_for(ws.recv(), 0.5)
+                        await asyncio.wait_for(ws.recv(), 500 * MS)
     # (the test's own client logs its request line: only the relay's lines count)
     relay_lines = "\n".join(
         rec.getMessage() for rec in caplog.records if not rec.name.startswith("websockets.client")

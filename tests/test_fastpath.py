@@ -9,7 +9,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from helpers import pk, ws_frame
+from helpers import MS, pk, ws_frame
 from websockets.exceptions import ConnectionClosed
 
 from relay.server.app import Relay
@@ -49,7 +49,7 @@ async def test_frames_split_byte_by_byte(relay: Relay, client_factory: Any) -> N
     data = ws_frame(pk([2, 3, "d"])) + ws_frame(pk([4, 3, 7, 8, 9]))
     for i in range(len(data)):
         raw.ws.transport.write(data[i : i + 1])
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(1 * MS)
     joined = await raw.recv_until(lambda f: f[0] == 33)
     await watcher.recv_until(lambda f: f[0] == 34 and [1, joined[3], 7, 8, 9] in f[3])
 
@@ -74,7 +74,7 @@ async def test_fragmented_message_keeps_order(relay: Relay, client_factory: Any)
     joined = await raw.recv_until(lambda f: f[0] in (33, 35))
     assert joined[0] == 33
     await watcher.recv_until(lambda f: f[0] == 34 and [1, joined[3], 1, 1, 1] in f[3])
-    assert not [f for f in await raw.quiet(0.2) if f[0] == 35]
+    assert not [f for f in await raw.quiet(200 * MS) if f[0] == 35]
     # ...and the fast path resumes afterwards
     before = server_conn(relay, "raw").fast_bytes
     await raw.send([4, 5, 2, 2, 2])
@@ -104,7 +104,7 @@ async def test_oversized_frame_closes_1009(relay_factory: Any, client_factory: A
     await raw.join(1, "d")
     raw.ws.transport.write(ws_frame(pk([4, 1, 1, 1, 1])) + ws_frame(b"\x90" + b"x" * 300))
     with pytest.raises(ConnectionClosed):
-        await raw.recv_until(lambda f: False, timeout=5)
+        await raw.recv_until(lambda f: False, timeout=5000 * MS)
     assert raw.ws.close_code == 1009
     await watcher.send([8, 1])  # everyone else unaffected
     assert (await watcher.recv_until(lambda f: f[0] == 36))[1] == 1
@@ -115,7 +115,7 @@ async def test_unmasked_frame_is_a_protocol_error(relay: Relay, client_factory: 
     await raw.join(1, "d")
     raw.ws.transport.write(ws_frame(pk([4, 1, 1, 1, 1]), mask=False))
     with pytest.raises(ConnectionClosed):
-        await raw.recv_until(lambda f: False, timeout=5)
+        await raw.recv_until(lambda f: False, timeout=5000 * MS)
     assert raw.ws.close_code == 1002
     left = await watcher.recv_until(lambda f: f[0] == 34 and any(e[0] == 3 for e in f[3]))
     assert left

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from helpers import handshake_request, pk, take_server_frame, ws_frame
+from helpers import MS, handshake_request, pk, take_server_frame, ws_frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -121,8 +121,8 @@ async def play(relay: Relay, observer: Any, doc: str, stream: Stream, cuts: list
             while conn is None or conn.bytes_in < sent:
                 assert time.monotonic() < deadline, f"the relay did not read up to {sent}"
                 conn = conn or server_conn(relay, local)
-                await asyncio.sleep(0.001)
-            await asyncio.sleep(0.003)  # the handler runs between two reads
+                await asyncio.sleep(1 * MS)
+            await asyncio.sleep(3 * MS)  # the handler runs between two reads
         # What the raw client gets: replies in order, pongs in order, no close.
         buf = bytearray()
         head: bytearray | None = bytearray()  # the HTTP response, before the frames
@@ -133,7 +133,7 @@ async def play(relay: Relay, observer: Any, doc: str, stream: Stream, cuts: list
             assert time.monotonic() < deadline, (replies, pongs)
             frame = take_server_frame(buf) if head is None else None
             if frame is None:
-                chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5000 * MS)
                 assert chunk, "the relay closed the connection"
                 if head is not None:
                     head += chunk
@@ -163,7 +163,7 @@ async def play(relay: Relay, observer: Any, doc: str, stream: Stream, cuts: list
         deadline = time.monotonic() + 5
         while len(seen) < len(stream.viewports):
             assert time.monotonic() < deadline, (seen, stream.viewports)
-            f = await observer.recv(5)
+            f = await observer.recv(5000 * MS)
             if f[0] == 34 and f[1] == doc:
                 seen += [e[2] for e in f[3] if e[0] == 5]
         assert seen == stream.viewports
@@ -254,7 +254,7 @@ def relay_loop() -> Any:
     opened: list[Any] = []
 
     async def open_client(relay: Relay, user_id: str) -> Any:
-        from conftest import RawClient
+        from helpers import RawClient
         from websockets.asyncio.client import connect
 
         ws = await connect(
@@ -270,6 +270,6 @@ def relay_loop() -> Any:
     finally:
         for ws in opened:
             with contextlib.suppress(Exception):
-                loop.run_until_complete(asyncio.wait_for(ws.close(), 2))
+                loop.run_until_complete(asyncio.wait_for(ws.close(), 2000 * MS))
         loop.run_until_complete(r.stop())
         loop.close()

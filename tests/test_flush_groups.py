@@ -9,6 +9,7 @@ import contextlib
 from typing import Any
 
 import pytest
+from helpers import MS
 
 from relay.backends.memory import MemoryBroker, MemoryStore
 from relay.config import PresenceConfig
@@ -37,8 +38,8 @@ async def documents_with_members(r: Relay, client_factory: Any, n: int) -> list[
     for _ in r.hub.groups:  # one full turn: every group flushes its joins
         r.hub.tick(r.hub.clock())
     for watcher, mover in pairs:
-        await watcher.quiet(0.05)
-        await mover.quiet(0.05)
+        await watcher.quiet(50 * MS)
+        await mover.quiet(50 * MS)
     return pairs
 
 
@@ -49,7 +50,7 @@ async def move_all(r: Relay, pairs: list[tuple[Any, Any]], col: int) -> None:
     for _ in range(200):  # bounded wait until the relay applied every move
         if r.hub.stats.hot[4] - before == len(pairs):
             return
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(10 * MS)
     raise AssertionError("moves not applied")
 
 
@@ -57,7 +58,7 @@ async def batches_seen(pairs: list[tuple[Any, Any]]) -> list[int]:
     """Which documents' watchers got a BATCH (each pair's index), after a short wait."""
     seen = []
     for i, (watcher, _) in enumerate(pairs):
-        if [f for f in await watcher.quiet(0.1) if f[0] == 34]:
+        if [f for f in await watcher.quiet(100 * MS) if f[0] == 34]:
             seen.append(i)
     return seen
 
@@ -107,7 +108,7 @@ async def test_group_sizes_follow_documents(relay_factory: Any, client_factory: 
     for _ in range(200):
         if gone.empty:
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(10 * MS)
     for _ in hub.groups:
         hub.tick(hub.clock())
     assert "doc-0" not in hub.documents and gone not in hub.registry.group_of
@@ -130,10 +131,10 @@ async def test_flush_all_flushes_every_group(relay_factory: Any, client_factory:
     for _ in range(200):
         if all(len(d.sessions) == 1 for d in r.hub.documents.values()):
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(10 * MS)
     r.hub.flush_all(r.hub.clock())
     for watcher, _ in pairs:
-        batches = [f for f in await watcher.quiet(0.1) if f[0] == 34]
+        batches = [f for f in await watcher.quiet(100 * MS) if f[0] == 34]
         assert len(batches) == 1 and batches[0][3][0][0] == 3  # the mover's `left`
 
 
@@ -168,19 +169,21 @@ async def test_a_failing_document_does_not_silence_the_others(client_factory: An
         for turn in range(5):
             for _, mover in [*pairs, (bad_w, bad_m)]:
                 await mover.send([4, 1, turn, 0, turn])
-            await asyncio.sleep(0.05)  # the frames are in
+            await asyncio.sleep(50 * MS)  # the frames are in
             r.hub.tick(r.hub.clock())
             for i, (watcher, _) in enumerate(pairs):
-                got = await watcher.recv_until(lambda f: f[0] == 34, timeout=1)
+                got = await watcher.recv_until(lambda f: f[0] == 34, timeout=1000 * MS)
                 assert [1, 2, turn, 0, turn] in got[3], f"doc-{i} silent at turn {turn}"
             # the failing document's own members still got their batch (fan-out came first)
-            got = await bad_w.recv_until(lambda f: f[0] == 34 and f[1] == "doc-bad", timeout=1)
+            got = await bad_w.recv_until(
+                lambda f: f[0] == 34 and f[1] == "doc-bad", timeout=1000 * MS
+            )
             assert any(e[0] == 1 for e in got[3])
         assert r.hub.stats.flush_failures >= 5
         # ...and an emptied document is dropped, failure or not
         await bad_m.ws.close()
         await bad_w.ws.close()
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(100 * MS)
         r.hub.tick(r.hub.clock())
         assert "doc-bad" not in r.hub.documents
     finally:

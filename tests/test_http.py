@@ -6,6 +6,8 @@ import asyncio
 import json
 from typing import Any
 
+from helpers import MS
+
 from relay import implementation
 from relay.server.app import Relay
 
@@ -21,7 +23,7 @@ async def http(
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     await writer.drain()
-    raw = await asyncio.wait_for(reader.read(), 5)
+    raw = await asyncio.wait_for(reader.read(), 5000 * MS)
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode().split("\r\n")
@@ -176,12 +178,12 @@ async def test_metrics_on_their_own_port(relay_factory: Any) -> None:
     assert (await http(r, "GET", "/metrics"))[0] == 404  # not on the main port any more
     reader, writer = await asyncio.open_connection("127.0.0.1", r.metrics_port)
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    raw = await asyncio.wait_for(reader.read(), 5)
+    raw = await asyncio.wait_for(reader.read(), 5000 * MS)
     writer.close()
     assert raw.startswith(b"HTTP/1.1 200") and b"presence_relay_sockets" in raw
     reader, writer = await asyncio.open_connection("127.0.0.1", r.metrics_port)
     writer.write(b"GET /internal/presence/d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    raw = await asyncio.wait_for(reader.read(), 5)
+    raw = await asyncio.wait_for(reader.read(), 5000 * MS)
     writer.close()
     assert raw.startswith(b"HTTP/1.1 404")
 

@@ -157,3 +157,13 @@ def test_the_shell_modules_talk_to_the_registry_not_the_hub() -> None:
         "relay.server.client",
     ):
         assert "relay.server.hub" not in graph[name], name
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in tests/helpers.py (fixtures in conftest.py): a test module
+    imported by another runs its tests twice and hides what the other depends on."""
+    tests_dir = Path(__file__).resolve().parent
+    own = {p.stem for p in tests_dir.glob("*.py")}
+    for path in tests_dir.glob("test_*.py"):
+        imported = _imports(path)
+        assert not imported & (own - {"helpers"}), (path.name, sorted(imported & own))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from collections.abc import Callable
@@ -11,40 +10,25 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis_helpers import EV_CURSOR, EV_JOINED, EV_LEFT, eventually, joined, users_hash, wait_event
+from helpers import (
+    EV_CURSOR,
+    EV_JOINED,
+    EV_LEFT,
+    MS,
+    SEED_FIELDS,
+    eventually,
+    http_get_json,
+    joined,
+    pk,
+    users_hash,
+    wait_event,
+    ws_frame,
+)
 
 from relay.config import PresenceConfig
 from relay.server.app import Relay
 
 pytestmark = pytest.mark.timeout(60)
-
-SEED_FIELDS = {
-    "user_id",
-    "document_id",
-    "workspace_id",
-    "name",
-    "avatar_url",
-    "color",
-    "state",
-    "cursor",
-    "selection",
-    "connected_at",
-    "last_active_at",
-    "last_cursor_update",
-}
-
-
-async def http_get(port: int, path: str) -> tuple[int, Any]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    data = await reader.read()
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split()[1])
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body.decode()
 
 
 @pytest.fixture
@@ -59,7 +43,7 @@ async def two_nodes(relay_factory: Callable[..., Any], url: str, **kw: Any) -> t
     r1 = await relay_factory(redis_url=url, **kw)
     r2 = await relay_factory(redis_url=url, **kw)
     for r in (r1, r2):
-        await eventually(r.hub.store.ready, 5)
+        await eventually(r.hub.store.ready, 5000 * MS)
     return r1, r2
 
 
@@ -111,7 +95,7 @@ async def test_members_on_two_nodes_share_one_document(
         lambda: _cursor_of(rds, "ann", {"line": 7, "column": 8, "offset": 9}), 4
     )
     assert users
-    bob_sel = await eventually(lambda: _selection_of(rds, "bob"), 4)
+    bob_sel = await eventually(lambda: _selection_of(rds, "bob"), 4000 * MS)
     assert bob_sel == {
         "anchor": {"line": 1, "column": 0, "offset": 1},
         "head": {"line": 1, "column": 2, "offset": 3},
@@ -120,10 +104,10 @@ async def test_members_on_two_nodes_share_one_document(
 
     # HTTP reads answer for the whole cluster, from either node.
     for r in (r1, r2):
-        status, body = await http_get(r.port, "/internal/presence/doc-x")
+        status, body = await http_get_json(r.port, "/internal/presence/doc-x")
         assert status == 200, body
         assert {u["user_id"] for u in body["active_users"]} == {"ann", "bob", "cy"}
-        status, body = await http_get(r.port, "/internal/workspaces/default/documents")
+        status, body = await http_get_json(r.port, "/internal/workspaces/default/documents")
         assert body["documents"] == [{"document_id": "doc-x", "active_users": 3}]
 
     # Leaves cross nodes, and Redis and the stream follow.
@@ -171,7 +155,7 @@ async def test_graceful_stop_removes_a_nodes_sessions_at_once(
     finally:
         t0 = time.monotonic()
         await r1.stop()
-    await wait_event(b, lambda e: e == [EV_LEFT, sid_a], timeout=2)
+    await wait_event(b, lambda e: e == [EV_LEFT, sid_a], timeout=2000 * MS)
     assert time.monotonic() - t0 < 2, "not after the TTL (30 s here)"
     assert "ann" not in await users_hash(rds, "doc-g")
     assert r1.hub.broker.node_id.encode() not in await rds.smembers("presence:node:registry")
@@ -194,7 +178,7 @@ async def test_idle_member_never_expires_and_a_frozen_node_is_reaped(
     sid_a, _ = await joined(a, 1, "doc-i")
     await joined(b, 1, "doc-i")
     # Idle (no frames at all) for twice the TTL: heartbeats, not actions, keep members alive.
-    got = await b.quiet(4.0)
+    got = await b.quiet(4000 * MS)
     assert not [e for f in got if f[0] == 34 for e in f[3] if e[0] == EV_LEFT]
     assert await _has(rds, "doc-i", "ann")
 
@@ -203,7 +187,7 @@ async def test_idle_member_never_expires_and_a_frozen_node_is_reaped(
     t0 = time.monotonic()
     for t in r1.hub.store._tasks:
         t.cancel()
-    await wait_event(b, lambda e: e == [EV_LEFT, sid_a], timeout=4)
+    await wait_event(b, lambda e: e == [EV_LEFT, sid_a], timeout=4000 * MS)
     assert time.monotonic() - t0 <= 2.5
     assert not await _has(rds, "doc-i", "ann")
     # The snapshot on node 2 no longer lists ann either.
@@ -227,7 +211,7 @@ async def test_sids_stay_unique_under_concurrent_joins(
     late = await client_factory(r1, "late")
     _, members = await joined(late, 1, "doc-c")
     view = {m[0] for m in members}
-    for f in await late.quiet(1.5):
+    for f in await late.quiet(1500 * MS):
         view |= {e[1][0] for e in f[3] if e[0] == EV_JOINED} if f[0] == 34 else set()
     assert view >= set(sids)
 
@@ -247,7 +231,7 @@ async def test_slow_member_of_remote_batches_is_closed_4408(
     )
     watcher = await client_factory(r2, "watcher")
     await joined(watcher, 1, "big")
-    drain = asyncio.create_task(watcher.quiet(30))  # keeps reading: never slow
+    drain = asyncio.create_task(watcher.quiet(30000 * MS))  # keeps reading: never slow
     # max_queue=1: the client library stops reading the socket once one message is unread.
     slow = await client_factory(r2, None, max_queue=1)
     await slow.hello("slow")
@@ -272,7 +256,7 @@ async def test_slow_member_of_remote_batches_is_closed_4408(
             await c.send([3, 1])
         if r2.hub.stats.closes.get(4408):
             break
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(2 * MS)
     assert r2.hub.stats.closes.get(4408) == 1
     assert not r1.hub.stats.closes.get(4408)
     # It left at once (no ghost), on node 2 and, through its BATCH, in node 1's mirror.
@@ -280,7 +264,7 @@ async def test_slow_member_of_remote_batches_is_closed_4408(
     # The watcher on node 2 is still served, and sees node 1's churn.
     drain.cancel()
     await watcher.send([8, 1])
-    assert (await watcher.recv_until(lambda f: f[0] == 36, timeout=5))[1] == 1
+    assert (await watcher.recv_until(lambda f: f[0] == 36, timeout=5000 * MS))[1] == 1
 
 
 async def test_frames_past_the_held_cap_get_error_6(
@@ -290,7 +274,6 @@ async def test_frames_past_the_held_cap_get_error_6(
 ) -> None:
     """While a clustered JOIN waits for Redis, at most max_frames_burst later frames wait with
     it; the rest are dropped and the client is told (ERROR 6), before its JOINED."""
-    from test_fastpath import pk, ws_frame
 
     r1, _ = await two_nodes(
         relay_factory, redis_url, max_frames_burst=5, max_frames_per_s=1_000_000

@@ -21,9 +21,19 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis_fixture import free_port
-from redis_helpers import EV_CURSOR, EV_JOINED, EV_LEFT, eventually, joined, users_hash, wait_event
-from test_redis_cluster import SEED_FIELDS, http_get
+from helpers import (
+    EV_CURSOR,
+    EV_JOINED,
+    EV_LEFT,
+    MS,
+    SEED_FIELDS,
+    eventually,
+    free_port,
+    http_get_json,
+    joined,
+    users_hash,
+    wait_event,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,17 +65,17 @@ class Node:
             stderr=subprocess.STDOUT,
         )
 
-    async def ready(self, timeout: float = 10.0) -> None:
+    async def ready(self, timeout: float = 10000 * MS) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited: {self.output()}")
             try:
-                if (await http_get(self.port, "/readyz"))[0] == 200:
+                if (await http_get_json(self.port, "/readyz"))[0] == 200:
                     return
             except OSError:
                 pass
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(50 * MS)
         raise RuntimeError(f"node not ready: {self.output()}")
 
     def output(self) -> str:
@@ -119,7 +129,7 @@ async def cursor_latencies(src: Any, dst: Any, sid: int, n: int, base: int) -> l
         await src.send([4, 1, line, 0, 0])
         t1, _ = await wait_event(dst, lambda e, line=line: e == [EV_CURSOR, sid, line, 0, 0])
         out.append((t1 - t0) * 1000)
-        await asyncio.sleep(0.013)  # land at varying points of the batch interval
+        await asyncio.sleep(13 * MS)  # land at varying points of the batch interval
     return out
 
 
@@ -186,7 +196,7 @@ async def test_two_processes_share_presence_and_sweep_a_killed_node(
     )
 
     # kill -9 node 1: ann leaves bob's view and Redis within the TTL (5 s) plus a little.
-    await b.quiet(0.05)
+    await b.quiet(50 * MS)
     t0 = time.monotonic()
     n1.kill9()
     t_left, _ = await wait_event(b, lambda e: e == [EV_LEFT, sid_a], timeout=TTL_S + 2)
@@ -195,7 +205,7 @@ async def test_two_processes_share_presence_and_sweep_a_killed_node(
     async def ann_gone() -> bool:
         return "ann" not in await users_hash(rds, "doc-e2e")
 
-    assert await eventually(ann_gone, 1)
+    assert await eventually(ann_gone, 1000 * MS)
     gone_s = time.monotonic() - t0
     print(
         f"kill -9 -> left on the other node after {reap_s:.2f} s; Redis clean after "
@@ -206,11 +216,11 @@ async def test_two_processes_share_presence_and_sweep_a_killed_node(
     assert (b"left", b"ann") in [
         (f[b"type"], f[b"user_id"]) for _, f in await rds.xrange("materi:events:presence")
     ]
-    _, body = await http_get(n2.port, "/internal/presence/doc-e2e")
+    _, body = await http_get_json(n2.port, "/internal/presence/doc-e2e")
     assert [u["user_id"] for u in body["active_users"]] == ["bob"]
 
     # Graceful stop of node 2: Redis is left clean at once.
-    await b.quiet(0.05)
+    await b.quiet(50 * MS)
     assert n2.stop() == 0
     assert await users_hash(rds, "doc-e2e") == {}
     assert b"doc-e2e" not in await rds.smembers("presence:workspace:default:documents")

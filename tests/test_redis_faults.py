@@ -9,9 +9,18 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis_fixture import RedisServer, free_port
-from redis_helpers import EV_CURSOR, EV_JOINED, eventually, joined, users_hash, wait_event
-from test_redis_cluster import http_get
+from helpers import (
+    EV_CURSOR,
+    EV_JOINED,
+    MS,
+    RedisServer,
+    eventually,
+    free_port,
+    http_get_json,
+    joined,
+    users_hash,
+    wait_event,
+)
 
 from relay.backends.base import FALLBACK_SID_BASE
 from relay.backends.redis_pool import RedisShared
@@ -33,7 +42,7 @@ class LagMonitor:
         loop = asyncio.get_running_loop()
         while True:
             t = loop.time()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(5 * MS)
             self.max_lag = max(self.max_lag, loop.time() - t - 0.005)
 
     def stop(self) -> None:
@@ -66,10 +75,10 @@ async def test_redis_killed_for_10s_then_back_empty(
         while not stop.is_set():
             i += 1
             await c.send([4, 1, base + i, 0, 0])
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(50 * MS)
 
     movers = [asyncio.ensure_future(move(a1, 0)), asyncio.ensure_future(move(b, 10_000))]
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(500 * MS)
     server.kill()
     t_down = time.monotonic()
     # During the outage: the document keeps working on each node.
@@ -79,13 +88,13 @@ async def test_redis_killed_for_10s_then_back_empty(
     sid_c, members = await joined(c, 1, "doc-f")  # joins still answer, with a fallback sid
     assert sid_c >= FALLBACK_SID_BASE and sid_a1 in {m[0] for m in members}
     while time.monotonic() - t_down < 10:
-        _, ev = await wait_event(a2, lambda e: e[:2] == [EV_CURSOR, sid_a1], timeout=1)
+        _, ev = await wait_event(a2, lambda e: e[:2] == [EV_CURSOR, sid_a1], timeout=1000 * MS)
         seen_lines.append(ev[2])
         depths.append(r1.hub.store.queue_depth())
     assert seen_lines == sorted(seen_lines) and len(seen_lines) > 50, "local delivery went on"
-    status, body = await http_get(r1.port, "/readyz")
+    status, body = await http_get_json(r1.port, "/readyz")
     assert status == 503 and "degraded" in body
-    status, _ = await http_get(r1.port, "/internal/presence/doc-f")
+    status, _ = await http_get_json(r1.port, "/internal/presence/doc-f")
     assert status == 503
     assert max(depths) <= 10, f"the write queue stays bounded (coalesced): {max(depths)}"
     assert lag.max_lag < 0.1, f"event loop stalled {lag.max_lag * 1000:.0f} ms"
@@ -101,7 +110,7 @@ async def test_redis_killed_for_10s_then_back_empty(
             users = await users_hash(rds, "doc-f")
             return {"ann", "al", "bob", "cy"} <= set(users)
 
-        assert await eventually(rebuilt, 5)
+        assert await eventually(rebuilt, 5000 * MS)
         # bob (node 2) never heard of cy (joined on node 1 during the outage): now he does.
         await wait_event(
             b,
@@ -109,22 +118,22 @@ async def test_redis_killed_for_10s_then_back_empty(
             timeout=5 - (time.monotonic() - t_up),
         )
         for r in (r1, r2):
-            assert (await http_get(r.port, "/readyz"))[0] == 200
+            assert (await http_get_json(r.port, "/readyz"))[0] == 200
         # Pub/sub is back: ann's cursor reaches bob on the other node again.
         line = seen_lines[-1] + 1_000
         stop.set()
         await asyncio.gather(*movers)
         await a1.send([4, 1, line, 1, 1])
-        await wait_event(b, lambda e: e == [EV_CURSOR, sid_a1, line, 1, 1], timeout=2)
+        await wait_event(b, lambda e: e == [EV_CURSOR, sid_a1, line, 1, 1], timeout=2000 * MS)
         # A new member on node 2 gets the whole cluster in its snapshot.
         d = await client_factory(r2, "dee")
         _, members = await joined(d, 1, "doc-f")
         assert {sid_a1, sid_c} <= {m[0] for m in members}
         assert time.monotonic() - t_up < 6
-        status, body = await http_get(r2.port, "/internal/presence/doc-f")
+        status, body = await http_get_json(r2.port, "/internal/presence/doc-f")
         assert {u["user_id"] for u in body["active_users"]} == {"ann", "al", "bob", "cy", "dee"}
         for x in (a1, a2, b, c, d):  # unread frames would stall the clients' close handshakes
-            await x.quiet(0.05)
+            await x.quiet(50 * MS)
     finally:
         stop.set()
         lag.stop()
@@ -138,9 +147,9 @@ async def test_redis_down_at_start(
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     r = await relay_factory(redis_url=url)  # starts although nothing listens there
-    status, body = await http_get(r.port, "/readyz")
+    status, body = await http_get_json(r.port, "/readyz")
     assert status == 503 and body.startswith("degraded")
-    assert (await http_get(r.port, "/healthz"))[0] == 200
+    assert (await http_get_json(r.port, "/healthz"))[0] == 200
     a = await client_factory(r, "ann")
     sid, members = await joined(a, 1, "doc-s")
     assert sid >= FALLBACK_SID_BASE and [m[0] for m in members] == [sid]
@@ -148,16 +157,16 @@ async def test_redis_down_at_start(
     try:
 
         async def ready() -> bool:
-            return (await http_get(r.port, "/readyz"))[0] == 200
+            return (await http_get_json(r.port, "/readyz"))[0] == 200
 
-        assert await eventually(ready, 5), "retries with backoff (at most 2 s apart)"
+        assert await eventually(ready, 5000 * MS), "retries with backoff (at most 2 s apart)"
         rds = aioredis.from_url(url)
         try:
 
             async def written() -> bool:
                 return "ann" in await users_hash(rds, "doc-s")
 
-            assert await eventually(written, 3)
+            assert await eventually(written, 3000 * MS)
         finally:
             await rds.aclose()
     finally:
@@ -200,7 +209,7 @@ async def test_write_queue_coalesces_and_stays_bounded_while_down() -> None:
                 users = await users_hash(rds, "doc")
                 return set(users) == {f"u{i}" for i in range(1, 101)}
 
-            assert await eventually(consistent, 6), "the reconcile wrote every live session"
+            assert await eventually(consistent, 6000 * MS), "the reconcile wrote every live session"
             assert store.queue_depth() == 0
             assert (await users_hash(rds, "doc"))["u1"]["last_active_at"] == 999
         finally:

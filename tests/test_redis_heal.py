@@ -17,10 +17,18 @@ from typing import Any
 import msgpack
 import pytest
 import redis.asyncio as aioredis
-from conftest import RawClient
+from helpers import (
+    BATCH,
+    EV_CURSOR,
+    EV_JOINED,
+    MS,
+    RawClient,
+    RedisServer,
+    eventually,
+    joined,
+    wait_event,
+)
 from redis.exceptions import ResponseError
-from redis_fixture import RedisServer
-from redis_helpers import BATCH, EV_CURSOR, EV_JOINED, eventually, joined, wait_event
 
 from relay.backends.redis_keys import member_record, members_key, parse_member_record
 from relay.core.model import Session, UserInfo
@@ -117,8 +125,8 @@ async def test_fields_lost_in_a_pubsub_gap_reach_the_other_node(
         r1 = await relay_factory(redis_url=server.url, **CFG)
         r2 = await relay_factory(redis_url=f"redis://node2:pw@127.0.0.1:{server.port}/0", **CFG)
         for r in (r1, r2):
-            assert await eventually(r.hub.store.ready, 5)
-            assert await eventually(r.hub.broker.ready, 5)
+            assert await eventually(r.hub.store.ready, 5000 * MS)
+            assert await eventually(r.hub.broker.ready, 5000 * MS)
         a = await client_factory(r1, "ann")
         obs = await client_factory(r1, "obs")  # sees what node 1 batches (and publishes)
         b = await client_factory(r2, "bob")
@@ -143,7 +151,7 @@ async def test_fields_lost_in_a_pubsub_gap_reach_the_other_node(
         await follow(obs, sid_a, obs_view, before, 5)
         # Node 2's re-reads after it opened the document (0.15 s and 1.15 s later) are done:
         # what heals below must be the resyncs that follow the pub/sub reconnect.
-        assert await eventually(lambda: _resyncs_at_least(r2, 2), 5)
+        assert await eventually(lambda: _resyncs_at_least(r2, 2), 5000 * MS)
 
         # Every frame node 2 receives from other nodes, from here on.
         via_pubsub: list[list[Any]] = []
@@ -174,7 +182,7 @@ async def test_fields_lost_in_a_pubsub_gap_reach_the_other_node(
         }  # Editing (typing)
         # Node 1 batched all of it (its local observer saw it) and published it...
         await follow(obs, sid_a, obs_view, final, 5)
-        assert await eventually(lambda: outbox_drained(r1), 5)
+        assert await eventually(lambda: outbox_drained(r1), 5000 * MS)
         # ... to a channel node 2 was not subscribed to. The gap ends at once, most likely
         # before ann's new state is in Redis (her owner's sweep writes it within a second):
         # the resyncs after the reconnect have to catch the write that follows.
@@ -198,9 +206,9 @@ async def test_fields_lost_in_a_pubsub_gap_reach_the_other_node(
             _, n = await admin.execute_command("PUBSUB", "NUMSUB", f"presence:channel:{DOC}")
             return bool(n == 2)
 
-        assert await eventually(both_subscribed, 5)
+        assert await eventually(both_subscribed, 5000 * MS)
         await a.send([4, 1, 30, 0, 400])
-        await wait_event(b, lambda e: e == [EV_CURSOR, sid_a, 30, 0, 400], timeout=5)
+        await wait_event(b, lambda e: e == [EV_CURSOR, sid_a, 30, 0, 400], timeout=5000 * MS)
         assert [EV_CURSOR, sid_a, 30, 0, 400] in via_pubsub
     finally:
         await admin.execute_command("ACL", "SETUSER", "node2", "allchannels")
@@ -223,7 +231,7 @@ async def test_an_older_record_never_regresses_the_mirror(
         r1 = await relay_factory(redis_url=redis_url, **CFG)
         r2 = await relay_factory(redis_url=redis_url, **CFG)
         for r in (r1, r2):
-            assert await eventually(r.hub.store.ready, 5)
+            assert await eventually(r.hub.store.ready, 5000 * MS)
         a = await client_factory(r1, "ann")
         b = await client_factory(r2, "bob")
         sid_a, _ = await joined(a, 1, DOC)
@@ -256,7 +264,7 @@ async def test_an_older_record_never_regresses_the_mirror(
         await r2.hub.cluster.resync(DOC)
         assert r2.hub.cluster.resyncs == n + 1, "the resync ran"
         assert mirror().cursor == (2, 2, 2), "the older record did not win"
-        got_frames = await b.quiet(0.5)
+        got_frames = await b.quiet(500 * MS)
         regress = [e for f in got_frames if f[0] == BATCH for e in f[3] if about(e, sid_a)]
         assert regress == [], regress
         cy = await client_factory(r2, "cy")

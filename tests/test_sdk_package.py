@@ -14,6 +14,7 @@ from typing import Any
 
 import presence_client
 import pytest
+from helpers import MS
 from presence_client import protocol as cp
 
 from relay.core import protocol as rp
@@ -97,7 +98,7 @@ async def test_a_fresh_venv_with_only_the_sdk_connects(relay: Relay, tmp_path: P
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60000 * MS)
     assert proc.returncode == 0, stderr.decode()
     assert stdout.decode().strip() == "['ann', 'bob']"
 

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from helpers import MS
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -27,7 +28,7 @@ async def test_move_reaches_other_member_within_a_batch(relay: Relay, client_fac
     joined = await b.join(2, "d")
     await a.recv_until(is_batch_with(2))  # bob's `joined`
     await b.send([4, 2, 10, 4, 200])
-    batch = await a.recv_until(is_batch_with(1), timeout=1)
+    batch = await a.recv_until(is_batch_with(1), timeout=1000 * MS)
     assert [1, joined[3], 10, 4, 200] in batch[3]
 
 
@@ -38,7 +39,7 @@ async def test_dropped_connection_leaves_at_once(relay: Relay, client_factory: A
     sid = (await b.join(1, "d"))[3]
     await a.recv_until(is_batch_with(2))
     b.ws.transport.abort()  # no close handshake: the TCP connection just dies
-    left = await a.recv_until(is_batch_with(3), timeout=1.0)  # well under close_timeout
+    left = await a.recv_until(is_batch_with(3), timeout=1000 * MS)  # well under close_timeout
     assert [3, sid] in left[3]
     assert relay.hub.documents["d"].sessions.keys() == {1}
 
@@ -49,7 +50,7 @@ async def test_shutdown_closes_members_with_1001(relay_factory: Any, client_fact
     await a.join(1, "d")
     await r.stop()
     with pytest.raises(ConnectionClosed):
-        await a.recv_until(lambda f: False, timeout=3)
+        await a.recv_until(lambda f: False, timeout=3000 * MS)
     assert a.ws.close_code == 1001
 
 
@@ -67,7 +68,7 @@ async def test_slow_reader_is_closed_4408_and_leaves(
         c = await client_factory(r)
         await c.hello(f"user-{i}-" + "x" * 200, "N" * 200)
         assert (await c.join(1, "big"))[0] == 33
-        drains.append(asyncio.create_task(c.quiet(30)))  # these members keep reading
+        drains.append(asyncio.create_task(c.quiet(30000 * MS)))  # these members keep reading
     watcher = await client_factory(r, "watcher")
     await watcher.join(1, "big")
     # max_queue=1: the client library stops reading the socket once one message is unread.
@@ -79,7 +80,7 @@ async def test_slow_reader_is_closed_4408_and_leaves(
         await slow.send([3, 1])
         if r.hub.stats.closes.get(4408):
             break
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(2 * MS)
     assert r.hub.stats.closes.get(4408) == 1
     # It left every document at once; the other members kept their presence.
     assert all(s.user.user_id != "slow" for s in r.hub.documents["big"].sessions.values())

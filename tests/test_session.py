@@ -11,6 +11,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from helpers import pk
 
 from relay.auth import Grant
 from relay.core import protocol as p
@@ -43,10 +44,6 @@ RULES = SessionRules(
     bad_frames_window_ms=10_000,
 )
 SETTINGS = {"batch_ms": 50}
-
-
-def pk(value: Any) -> bytes:
-    return msgpack.packb(value)  # type: ignore[no-any-return]
 
 
 def authenticate(token: str | None, info: dict[Any, Any]) -> Grant:

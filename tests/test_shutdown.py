@@ -14,7 +14,7 @@ import contextlib
 import time
 
 import pytest
-from helpers import RawSocket, RelayProcess, pk, ws_frame
+from helpers import MS, RawSocket, RelayProcess, pk, ws_frame
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -53,8 +53,8 @@ async def test_sigterm_with_zero_window_clients_exits_in_time() -> None:
                 # (our own send buffer full: the relay stopped reading us)
                 with contextlib.suppress(BlockingIOError, OSError):
                     c.sock.send(churn if c in pumps else burst)
-            await asyncio.sleep(0.2)
-        took = relay.terminate(timeout=20.0)
+            await asyncio.sleep(200 * MS)
+        took = relay.terminate(timeout=20000 * MS)
         assert took is not None, "SIGTERM did not end the relay in 20 s"
         # a close deadline, one second for the rest, and process start-up/teardown slack
         assert took < CLOSE_TIMEOUT_S + 4.0, f"shutdown took {took:.1f} s"

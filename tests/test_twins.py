@@ -12,13 +12,13 @@ from typing import Any
 
 import msgpack
 import pytest
+from helpers import TWIN_RULES, Twin, flush_view, random_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import relay
 from relay.core import protocol as p
 from relay.core import pure
-from relay.core.document import DocumentRules
 from relay.core.model import UserInfo
 
 NO_EXT = os.environ.get("RELAY_NO_EXTENSIONS") == "1"
@@ -28,13 +28,7 @@ except ImportError:  # pragma: no cover - only when the build was skipped
     _fast = None
 
 needs_fast = pytest.mark.skipif(_fast is None, reason="relay._fast not built (RELAY_NO_EXTENSIONS)")
-RULES = DocumentRules(
-    max_users_per_document=2000,
-    typing_debounce_ms=500,
-    activity_timeout_ms=3000,
-    away_after_ms=9000,
-    away_after_blur_ms=2000,
-)
+RULES = TWIN_RULES
 U32 = 2**32 - 1
 
 
@@ -85,104 +79,6 @@ def test_writer_boundaries(n: int) -> None:
 
 
 # ---------------------------------------------------------------- documents in lockstep
-
-
-class Twin:
-    """One twin's document with peers, driven the way the hub drives it."""
-
-    def __init__(self, mod: ModuleType, doc_id: str = "doc-1") -> None:
-        self.mod = mod
-        self.dirty: set[Any] = set()
-        self.doc = mod.Document(doc_id, RULES, self.dirty)
-        self.peers: dict[int, Any] = {}  # peer id -> Peer
-
-    def join(self, peer_id: int, h: int, user: UserInfo, now: int) -> Any:
-        peer = self.peers.get(peer_id)
-        if peer is None:
-            peer = self.mod.Peer(self.mod.TokenBucket(200, 400, 5000, now))
-            self.peers[peer_id] = peer
-        s = self.doc.join(user, now)
-        peer.handles[h] = self.mod.Membership(self.doc, s.sid)
-        return s.sid
-
-    def leave(self, peer_id: int, h: int, now: int) -> Any:
-        m = self.peers[peer_id].handles.pop(h)
-        return self.doc.leave(m.sid, now) is not None
-
-    def feed(self, peer_id: int, data: bytes, now: int) -> tuple[int, Any]:
-        """Peer.feed, then the general path's answer for what it declined (the error code)."""
-        peer = self.peers[peer_id]
-        r = peer.feed(data, now)
-        if r != self.mod.FALLBACK:
-            return r, None
-        try:
-            frame = p.decode_client_frame(data)
-            if frame[0] in (p.CURSOR, p.TYPING, p.VIEWPORT, p.FOCUS):
-                if frame[1] not in peer.handles:
-                    raise p.ProtocolError(p.NOT_JOINED, "not joined", frame[1])
-                p.check_ranges(frame)
-                raise AssertionError(f"feed declined a valid hot frame {frame!r}")
-            return r, ("cold", frame[0])
-        except p.ProtocolError as exc:
-            return r, (exc.code, exc.handle)
-
-    def state(self) -> Any:
-        return (
-            self.doc.snapshot(),
-            self.doc.next_deadline_ms,
-            self.doc.dirty,
-            sorted(self.doc.sessions),
-        )
-
-
-def flush_view(batch: Any) -> Any:
-    if batch is None:
-        return None
-    return (bytes(batch.frame), batch.skip_sid, batch.event_count, list(batch.cursor_arrivals))
-
-
-def random_frame(rng: random.Random, handles: list[int]) -> bytes:
-    h = rng.choice([*handles, rng.randrange(0, 70000)]) if handles else rng.randrange(9)
-
-    def u():
-        return rng.choice([0, 1, 127, 128, 255, 256, 65535, 65536, U32, rng.randrange(10**6)])
-
-    kind = rng.randrange(16)
-    if kind == 0:
-        return msgpack.packb([4, h, u(), u(), u()])
-    if kind == 1:
-        return msgpack.packb([4, h, u(), u(), u(), u(), u(), u(), rng.random() < 0.5])
-    if kind == 2:
-        return msgpack.packb([4, h])
-    if kind == 3:
-        return msgpack.packb([5, h] + ([rng.random() < 0.5] if rng.random() < 0.5 else []))
-    if kind == 4:
-        top = u()
-        pct = rng.choice([0, 50, 100, 42.5, -0.0, 100.5, -1, float("nan"), float("inf"), 7])
-        return msgpack.packb([6, h, top, top + rng.randrange(50), pct])
-    if kind == 5:
-        return msgpack.packb([6, h, 1, 2, 3.0], use_single_float=True)
-    if kind == 6:
-        return msgpack.packb([7, h, rng.random() < 0.5])
-    if kind == 7:  # non-canonical but valid: array16 header, uint32 for a small int
-        return b"\xdc\x00\x05\x04" + msgpack.packb(h) + b"\xce\x00\x00\x00\x01\x02\x03"
-    if kind == 8:
-        return b"\x95\x04" + msgpack.packb(h) + b"\xd0\xff\x01\x02"  # negative line
-    if kind == 9:
-        return msgpack.packb([4, h, U32 + 1, 0, 0])
-    if kind == 10:
-        return msgpack.packb([4, h, 1.5, 0, 0])
-    if kind == 11:
-        return msgpack.packb([4, h, 1, 2, 3]) + b"\x00"  # trailing byte
-    if kind == 12:
-        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12)))
-    if kind == 13:
-        return msgpack.packb([8, rng.randrange(1000)])
-    if kind == 14:
-        return msgpack.packb([rng.choice([2, 3, 9, 99]), h, "doc"])
-    data = bytearray(msgpack.packb([4, h, u(), u(), u()]))
-    data[rng.randrange(len(data))] = rng.randrange(256)  # one flipped byte
-    return bytes(data)
 
 
 @needs_fast

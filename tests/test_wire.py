@@ -5,16 +5,15 @@ for any split of the stream, any hostile frame, and at every limit's edge."""
 from __future__ import annotations
 
 import itertools
-import os
 import random
 from types import ModuleType
 from typing import Any
 
 import msgpack
 import pytest
+from helpers import Twin, flush_view, random_frame, ws_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_twins import Twin, flush_view, random_frame
 from websockets.speedups import apply_mask
 
 from relay import twin
@@ -37,28 +36,6 @@ TWINS = [
     ),
 ]
 LIMIT = 4096
-
-
-def ws_frame(
-    payload: bytes,
-    first: int = 0x82,
-    mask: bool = True,
-    ext: int | None = None,
-    key: bytes | None = None,
-) -> bytes:
-    """A client frame; `ext` forces the 16- (126) or 64-bit (127) length form."""
-    n = len(payload)
-    m = 0x80 if mask else 0
-    if ext == 127 or n >= 65536:
-        head = bytes([first, m | 127]) + n.to_bytes(8, "big")
-    elif ext == 126 or n >= 126:
-        head = bytes([first, m | 126]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([first, m | n])
-    if not mask:
-        return head + payload
-    key = key if key is not None else os.urandom(4)
-    return head + key + apply_mask(payload, key)
 
 
 def joined_twin(mod: ModuleType) -> Twin:
