@@ -41,6 +41,7 @@ cdef class Session:
     cdef public bint cursor_moved
     cdef public int64_t cursor_arrived_ms
     cdef public bint remote
+    cdef public bint disconnected
 
 
 cdef class Document:

@@ -38,7 +38,7 @@ NOT_OURS = _NOT_OURS
 cdef int C_FALLBACK = _FALLBACK, C_RATE_LIMITED = _RATE_LIMITED
 
 cdef int64_t C_NEVER = 9223372036854775807
-cdef int EDITING = 0, VIEWING = 1, SELECTING = 2, IDLE = 3, AWAY = 4
+cdef int EDITING = 0, VIEWING = 1, SELECTING = 2, IDLE = 3, AWAY = 4, DISCONNECTED = 5
 cdef int EV_CURSOR = 1, EV_JOINED = 2, EV_LEFT = 3, EV_TYPING = 4, EV_VIEWPORT = 5
 cdef int EV_ACTIVITY = 6, EV_FOCUS = 7
 cdef object _ACTIVITY = ActivityType
@@ -315,7 +315,7 @@ cdef class Session:
     def __init__(self, sid, user, color, connected_at_ms, last_active_ms, activity=VIEWING,
                  typing=False, typing_until_ms=0, focused=True, blurred_at_ms=0, cursor=None,
                  selection=None, viewport=None, cursor_moved=False, cursor_arrived_ms=0,
-                 remote=False):
+                 remote=False, disconnected=False):
         self.sid = sid
         self.user = user
         self.color = color
@@ -332,6 +332,7 @@ cdef class Session:
         self.cursor_moved = cursor_moved
         self.cursor_arrived_ms = cursor_arrived_ms
         self.remote = remote
+        self.disconnected = disconnected
 
     @property
     def activity(self):
@@ -464,18 +465,34 @@ cdef class Document:
         self._schedule(now_ms + self.activity_timeout)
         return s
 
-    def leave(self, sid, now_ms):
+    def leave(self, sid, now_ms, reason=0):
         cdef Session s = self.sessions.pop(sid, None)
         if s is None:
             return None
         s.cursor_moved = False
-        self._events.byte(0x92)
+        self._events.byte(0x93)
         self._events.byte(EV_LEFT)
         self._events.sint(s.sid)
+        self._events.integer(reason)
         self._ecount += 1
         self._author_is(s.sid)
         self._mark()
         return s
+
+    def disconnect(self, sid, now_ms):
+        cdef Session s = self.sessions[sid]
+        if s.disconnected:
+            return
+        s.disconnected = True
+        s._activity = DISCONNECTED
+        self._event3(EV_ACTIVITY, s.sid, DISCONNECTED)
+
+    def reconnect(self, sid, now_ms):
+        cdef Session s = self.sessions[sid]
+        if not s.disconnected:
+            return
+        s.disconnected = False
+        self._schedule(self._refresh(s, now_ms))
 
     def snapshot(self):
         return [s.member() for s in self.sessions.values()]
@@ -659,6 +676,8 @@ cdef class Document:
         cdef int64_t blur_deadline = C_NEVER
         cdef int64_t deadline
         cdef int activity
+        if s.disconnected:  # held as it was: only a typing that runs out still changes
+            return s.typing_until_ms if s.typing else C_NEVER
         if not s.focused:
             blur_deadline = s.blurred_at_ms + self.away_after_blur
         if idle_for >= self.away_after or now >= blur_deadline:

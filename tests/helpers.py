@@ -518,9 +518,15 @@ class Twin:
         peer.handles[h] = self.mod.Membership(self.doc, s.sid)
         return s.sid
 
-    def leave(self, peer_id: int, h: int, now: int) -> Any:
+    def leave(self, peer_id: int, h: int, now: int, reason: int = 0) -> Any:
         m = self.peers[peer_id].handles.pop(h)
-        return self.doc.leave(m.sid, now) is not None
+        return self.doc.leave(m.sid, now, reason) is not None
+
+    def disconnect(self, peer_id: int, h: int, now: int) -> None:
+        self.doc.disconnect(self.peers[peer_id].handles[h].sid, now)
+
+    def reconnect(self, peer_id: int, h: int, now: int) -> None:
+        self.doc.reconnect(self.peers[peer_id].handles[h].sid, now)
 
     def feed(self, peer_id: int, data: bytes, now: int) -> tuple[int, Any]:
         """Peer.feed, then the general path's answer for what it declined (the error code)."""

@@ -20,7 +20,7 @@ from relay.core.model import ActivityType, UserInfo
 from relay.twin import Batch, Document, DocumentFull
 from relay.twin import Session as TwinSession
 
-EDITING, VIEWING, SELECTING, IDLE, AWAY = (int(a) for a in ActivityType)
+EDITING, VIEWING, SELECTING, IDLE, AWAY, DISCONNECTED = (int(a) for a in ActivityType)
 
 RULES = DocumentRules(
     max_users_per_document=1000,
@@ -217,7 +217,7 @@ class TestLeave:
         drain(doc)
         gone = doc.leave(a.sid, 100)
         assert gone is a
-        assert events(doc.flush(100)) == [[p.EV_LEFT, a.sid]]
+        assert events(doc.flush(100)) == [[p.EV_LEFT, a.sid, p.LEFT]]
         assert [m[0] for m in doc.snapshot()] == [b.sid]
 
     def test_unknown_sid_is_ignored(self) -> None:
@@ -234,7 +234,7 @@ class TestLeave:
         drain(doc)
         doc.leave(a.sid, 1)
         doc.leave(a.sid, 2)
-        assert events(doc.flush(3)) == [[p.EV_LEFT, a.sid]]
+        assert events(doc.flush(3)) == [[p.EV_LEFT, a.sid, p.LEFT]]
 
     def test_pending_cursor_does_not_follow_left(self) -> None:
         doc = fresh()
@@ -246,7 +246,7 @@ class TestLeave:
         doc.leave(a.sid, 12)
         b_ = doc.flush(20)
         evs = events(b_)
-        left_at = evs.index([p.EV_LEFT, a.sid])
+        left_at = evs.index([p.EV_LEFT, a.sid, p.LEFT])
         assert all(e[1] != a.sid for e in evs[left_at + 1 :])
         assert [e for e in evs if e[0] == p.EV_CURSOR] == [[p.EV_CURSOR, b.sid, 4, 5, 6]]
         assert b_ is not None and b_.cursor_arrivals == [11]
@@ -260,7 +260,7 @@ class TestLeave:
         doc.leave(a.sid, 20)
         doc.advance(10_000_000)  # far past every deadline
         evs = drain(doc, 10_000_000)
-        assert evs[0] == [p.EV_LEFT, a.sid]
+        assert evs[0] == [p.EV_LEFT, a.sid, p.LEFT]
         assert all(e[1] != a.sid for e in evs[1:])
 
     def test_join_and_leave_in_one_batch(self) -> None:
@@ -1139,3 +1139,70 @@ def test_batches_keep_a_mirror_in_sync_and_follow_the_rules(ops: list[tuple[Any,
     check_timers()
     flush()
     assert _state(doc) == mirror
+
+
+class TestDisconnected:
+    """v1.1: a connection that ended without a deliberate leave keeps its place, shown
+    DISCONNECTED (activity 5), until it is resumed or leaves with a reason."""
+
+    def test_disconnect_shows_activity_5_and_keeps_the_member(self) -> None:
+        doc = fresh()
+        a = doc.join(user("ann"), 0)
+        drain(doc)
+        doc.disconnect(a.sid, 10)
+        assert events(doc.flush(10)) == [[p.EV_ACTIVITY, a.sid, DISCONNECTED]]
+        assert doc.snapshot()[0][5] == DISCONNECTED
+        doc.disconnect(a.sid, 11)  # once
+        assert doc.flush(11) is None
+
+    def test_no_idle_or_away_while_disconnected(self) -> None:
+        doc = fresh(DocumentRules(activity_timeout_ms=100, away_after_ms=200))
+        a = doc.join(user("ann"), 0)
+        drain(doc)
+        doc.disconnect(a.sid, 10)
+        drain(doc)
+        for t in (150, 250, 10_000):
+            doc.advance(t)
+        assert doc.flush(10_000) is None
+        assert doc.sessions[a.sid].activity == ActivityType.DISCONNECTED
+
+    def test_a_typing_that_runs_out_still_stops(self) -> None:
+        doc = fresh()
+        a = doc.join(user("ann"), 0)
+        doc.set_typing(a.sid, True, 1)
+        drain(doc)
+        doc.disconnect(a.sid, 2)
+        drain(doc)
+        doc.advance(1 + 500)
+        assert events(doc.flush(600)) == [[p.EV_TYPING, a.sid, False]]
+
+    def test_reconnect_computes_the_activity_again(self) -> None:
+        doc = fresh(DocumentRules(activity_timeout_ms=100, away_after_ms=1000))
+        a = doc.join(user("ann"), 0)
+        b = doc.join(user("bob"), 0)
+        doc.move_cursor(b.sid, (1, 1, 1), (1, 0, 0, False), 5)
+        drain(doc)
+        doc.disconnect(a.sid, 10)
+        doc.disconnect(b.sid, 10)
+        drain(doc)
+        doc.reconnect(a.sid, 50)  # still within activity_timeout: Viewing
+        doc.reconnect(b.sid, 500)  # past it: Idle (its selection is kept)
+        assert events(doc.flush(500)) == [
+            [p.EV_ACTIVITY, a.sid, VIEWING],
+            [p.EV_ACTIVITY, b.sid, IDLE],
+        ]
+        assert doc.sessions[b.sid].selection == (1, 0, 0, False)
+        doc.reconnect(a.sid, 501)  # once
+        assert doc.flush(501) is None
+
+    @pytest.mark.parametrize("reason", [p.LEFT, p.LOST, p.NODE_DOWN, p.EVICTED, p.SHUTDOWN])
+    def test_left_carries_the_reason(self, reason: int) -> None:
+        doc = fresh()
+        a = doc.join(user("ann"), 0)
+        drain(doc)
+        doc.disconnect(a.sid, 1)
+        doc.leave(a.sid, 2, reason)
+        assert events(doc.flush(2)) == [
+            [p.EV_ACTIVITY, a.sid, DISCONNECTED],
+            [p.EV_LEFT, a.sid, reason],
+        ]

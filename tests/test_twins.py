@@ -103,10 +103,17 @@ def test_differential_random_operations(seed: int) -> None:
         elif op < 0.12:
             peer_id = rng.choice(list(handles))
             h = rng.choice(handles[peer_id])
-            assert a.leave(peer_id, h, now) == b.leave(peer_id, h, now)
+            reason = rng.randrange(6)
+            assert a.leave(peer_id, h, now, reason) == b.leave(peer_id, h, now, reason)
             handles[peer_id].remove(h)
             if not handles[peer_id]:
                 del handles[peer_id]
+        elif op < 0.15:  # a connection ends, or comes back (v1.1)
+            peer_id = rng.choice(list(handles))
+            h = rng.choice(handles[peer_id])
+            step = "disconnect" if rng.random() < 0.5 else "reconnect"
+            getattr(a, step)(peer_id, h, now)
+            getattr(b, step)(peer_id, h, now)
         elif op < 0.80:
             peer_id = rng.choice(list(handles))
             data = random_frame(rng, handles[peer_id])
@@ -191,7 +198,7 @@ GOLDEN = [  # pinned after checking each decoded value by hand (see the asserts 
     "ff010203c3",
     "9422a5646f632d31cf000001a3185c506496930401c3930601009505010a3ccb4029000000000000930702c293"
     "060201920102",
-    "9422a5646f632d31cf000001a3185c509691920302",
+    "9422a5646f632d31cf000001a3185c50969193030200",
 ]
 
 
@@ -215,7 +222,7 @@ def test_golden_batches_equal_between_twins_and_msgpack() -> None:
         [6, 2, 1],
         [1, 2],
     ]
-    assert decoded[3][3] == [[3, 2]]
+    assert decoded[3][3] == [[3, 2, 0]]  # left, reason LEFT (v1.1)
     assert frames_pure[2].count(b"\xcb" + struct.pack(">d", 12.5)) == 1
 
 

@@ -111,14 +111,33 @@ class Document:
         self._schedule(now_ms + self.rules.activity_timeout_ms)
         return s
 
-    def leave(self, sid: int, now_ms: int) -> Session | None:
-        """Remove a session; queue its `left` event. Unknown sids are ignored."""
+    def leave(self, sid: int, now_ms: int, reason: int = p.LEFT) -> Session | None:
+        """Remove a session; queue its `left` event (with the reason). Unknown sids are
+        ignored."""
         s = self.sessions.pop(sid, None)
         if s is None:
             return None
         s.cursor_moved = False  # its pending cursor must not follow its `left`
-        self._queue(sid, (p.EV_LEFT, sid))
+        self._queue(sid, (p.EV_LEFT, sid, reason))
         return s
+
+    def disconnect(self, sid: int, now_ms: int) -> None:
+        """The session's connection ended without a deliberate leave: it stays, shown
+        DISCONNECTED (activity 5), and its Idle/Away timers stop until `reconnect`."""
+        s = self.sessions[sid]
+        if s.disconnected:
+            return
+        s.disconnected = True
+        s.activity = ActivityType.DISCONNECTED
+        self._queue(sid, (p.EV_ACTIVITY, sid, int(ActivityType.DISCONNECTED)))
+
+    def reconnect(self, sid: int, now_ms: int) -> None:
+        """The session was resumed: its activity is computed again (and announced)."""
+        s = self.sessions[sid]
+        if not s.disconnected:
+            return
+        s.disconnected = False
+        self._schedule(self._refresh(s, now_ms))
 
     def snapshot(self) -> list[tuple[Any, ...]]:
         """Every member as a MEMBER array: the JOINED snapshot."""
@@ -259,6 +278,8 @@ class Document:
 
     def _refresh(self, s: Session, now_ms: int) -> int:
         """Recompute the session's activity (queueing a change); return its next deadline."""
+        if s.disconnected:  # held as it was: only a typing that runs out still changes
+            return s.typing_until_ms if s.typing else NEVER
         r = self.rules
         idle_for = now_ms - s.last_active_ms
         blur_deadline = s.blurred_at_ms + r.away_after_blur_ms if not s.focused else NEVER

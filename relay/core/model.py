@@ -20,6 +20,7 @@ class ActivityType(IntEnum):
     SELECTING = 2
     IDLE = 3
     AWAY = 4
+    DISCONNECTED = 5  # v1.1: the connection ended; the place is held for the grace
 
     @property
     def label(self) -> str:
@@ -65,6 +66,8 @@ class Session:
     cursor_arrived_ms: int = 0
     # Sessions owned by another relay node are mirrored here but not driven by our timers.
     remote: bool = False
+    # Its connection ended without a deliberate leave: shown DISCONNECTED, no timers.
+    disconnected: bool = False
 
     def member(self) -> tuple[Any, ...]:
         """The MEMBER array of docs/protocol.md."""

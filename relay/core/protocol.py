@@ -70,6 +70,16 @@ CLOSE_PROTOCOL = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_SLOW = 4408
 CLOSE_RATE_LIMIT = 4429
+CLOSE_RESUMED = 4409  # this connection was resumed by a newer one (v1.1)
+
+# Leave reasons: `left` is [3, sid, reason] (v1.1)
+LEFT = 0  # LEAVE, or a deliberate close
+LOST = 1  # the connection ended otherwise and was not resumed within the grace
+NODE_DOWN = 2  # the node that held the session died, and it was not resumed elsewhere
+EVICTED = 3  # the relay closed the connection: 4400, 4401, 4408, 4429
+EXPIRED = 4  # a member set over HTTP reached the end of its ttl_s
+SHUTDOWN = 5  # a relay without shared state shut down gracefully
+LEAVE_REASONS = ("LEFT", "LOST", "NODE_DOWN", "EVICTED", "EXPIRED", "SHUTDOWN")
 
 MAX_U32 = 2**32 - 1
 MAX_HANDLE = 65535

@@ -397,12 +397,14 @@ def server_vectors() -> list[dict[str, Any]]:
     batch("batch_cursor_selection_backward", [[1, 1, 10, 4, 120, 12, 8, 190, True]])
     batch("batch_cursor_cleared", [[1, 1]])
     batch("batch_joined", [[2, ZOE]])
-    batch("batch_left", [[3, 2]])
+    batch("batch_left", [[3, 2, 0]])  # v1.1: [3, sid, reason] (v1 clients read the prefix)
+    batch("batch_left_lost", [[3, 2, 1]])
     batch("batch_typing_true", [[4, 1, True]])
     batch("batch_typing_false", [[4, 1, False]])
     batch("batch_viewport", [[5, 1, 120, 160, 37.5]])
     batch("batch_viewport_integral_pct", [[5, 1, 0, 40, 50.0]])
     batch("batch_activity", [[6, 1, 3]])
+    batch("batch_activity_disconnected", [[6, 1, 5]])  # v1.1
     batch("batch_focus", [[7, 1, False]])
     batch(
         "batch_every_event",
@@ -412,7 +414,7 @@ def server_vectors() -> list[dict[str, Any]]:
             [6, 1, 0],
             [5, 3, 0, 40, 0.0],
             [7, 2, False],
-            [3, 2],
+            [3, 2, 3],
             [1, 1, 10, 5, 121],
             [1, 3, 0, 0, 0, 2, 0, 31, True],
         ],
