@@ -92,8 +92,8 @@ class PresenceConfig:
     )
     redis_url: str | None = _opt(None, "Redis URL for shared presence (unset: memory backend)")
     auth_timeout_ms: int = _opt(5000, "HELLO must arrive within this (else close 4401)", 1, 600_000)
-    ping_interval_s: float = _opt(20.0, "WebSocket keepalive ping interval (0 = off)", 0, 3600)
-    ping_timeout_s: float = _opt(20.0, "close when a keepalive pong is this late", 0, 3600)
+    liveness_timeout_ms: int = _opt(10_000, "a client silent this long (no byte, no pong) is shown DISCONNECTED; also TCP_USER_TIMEOUT (0 = off)", 0, 600_000)
+    reconnect_grace_ms: int = _opt(30_000, "how long a lost connection's place is held for a resume (0 = it leaves at once)", 0, 3_600_000)
     close_timeout_s: float = _opt(
         2.0, "a close that has not completed after this long aborts the socket", 0.05, 60
     )
@@ -169,12 +169,10 @@ class PresenceConfig:
 
     @property
     def tcp_user_timeout_ms(self) -> int:
-        """How long the kernel may wait for a peer to acknowledge data (TCP_USER_TIMEOUT):
-        as long as the keepalive would (a peer silent longer fails it anyway); 0 = the
-        kernel's default, when keepalive is off."""
-        if not (self.ping_interval_s and self.ping_timeout_s):
-            return 0
-        return int((self.ping_interval_s + self.ping_timeout_s) * 1000)
+        """How long the kernel may wait for a peer to acknowledge data (TCP_USER_TIMEOUT): the
+        liveness timeout (a peer that acknowledges nothing for that long is gone whatever it
+        might still send); 0 = the kernel's default, when liveness checks are off."""
+        return self.liveness_timeout_ms
 
     @property
     def loopback(self) -> bool:
@@ -218,6 +216,7 @@ class PresenceConfig:
             "max_frames_per_s": self.max_frames_per_s,
             "max_frames_burst": self.max_frames_burst,
             "activity_timeout_ms": self.activity_timeout_ms,
+            "reconnect_grace_ms": self.reconnect_grace_ms,
         }
 
 

@@ -327,12 +327,15 @@ class RawClient:
         user_id: str,
         name: str | None = None,
         token: str | None = None,
+        resume: str | None = None,
     ) -> list[Any]:
-        info = (
+        info: dict[str, Any] = (
             {"sdk": "test/0"}
             if token
             else {"sdk": "test/0", "user_id": user_id, "name": name or user_id}
         )
+        if resume is not None:
+            info["resume"] = resume
         await self.send([1, 1, token, info])
         return await self.recv()
 

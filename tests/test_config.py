@@ -193,10 +193,10 @@ class TestPrecedence:
     def test_native_toml_types_accepted(self, tmp_path: Path) -> None:
         path = write(
             tmp_path,
-            f"ping_interval_s = 3\nmetrics_per_document = false\njwt_secret = '{SECRET}' \n",
+            f"close_timeout_s = 3\nmetrics_per_document = false\njwt_secret = '{SECRET}' \n",
         )
         c = load_config(env={}, config_path=path)
-        assert c.ping_interval_s == 3.0 and isinstance(c.ping_interval_s, float)
+        assert c.close_timeout_s == 3.0 and isinstance(c.close_timeout_s, float)
         assert c.metrics_per_document is False
         assert c.jwt_secret == SECRET
 
@@ -293,8 +293,8 @@ class TestInvalid:
             ("max_users_per_document", "0"),
             ("max_frame_bytes", "10"),
             ("rate_limit_close_after_s", "0.05"),
-            ("ping_interval_s", "-1"),
-            ("ping_timeout_s", "inf"),
+            ("close_timeout_s", "-1"),
+            ("bad_frames_window_s", "inf"),
         ],
     )
     def test_out_of_range_names_the_setting(self, name: str, raw: str) -> None:
@@ -338,7 +338,7 @@ class TestInvalid:
             ("port", "abc"),
             ("batch_ms", "1.5"),
             ("batch_ms", "ten"),
-            ("ping_interval_s", "fast"),
+            ("close_timeout_s", "fast"),
             ("max_documents", ""),
         ],
     )
@@ -361,7 +361,7 @@ class TestInvalid:
             load_config(env={"PRESENCE_LOG_LEVEL": "verbose"})
 
     @pytest.mark.parametrize(
-        "name", ["ping_interval_s", "rate_limit_close_after_s", "bad_frames_window_s"]
+        "name", ["close_timeout_s", "rate_limit_close_after_s", "bad_frames_window_s"]
     )
     def test_nan_is_out_of_range(self, name: str) -> None:
         with pytest.raises(ConfigError, match=name):
@@ -414,7 +414,7 @@ class TestInvalid:
             ("port = 80.5", "port"),
             ("port = true", "port"),
             ("port = '80x'", "port"),
-            ("ping_interval_s = false", "ping_interval_s"),
+            ("close_timeout_s = false", "close_timeout_s"),
             ("log_level = ['info']", "log_level"),
             ("metrics_per_document = 'maybe'", "metrics_per_document"),
         ],
@@ -430,8 +430,8 @@ class TestInvalid:
             ("port = [1]", "port"),
             ("port = 1979-05-27", "port"),
             ("batch_ms = {a = 1}", "batch_ms"),
-            ("ping_interval_s = [2.0]", "ping_interval_s"),
-            ("ping_timeout_s = 07:32:00", "ping_timeout_s"),
+            ("close_timeout_s = [2.0]", "close_timeout_s"),
+            ("bad_frames_window_s = 07:32:00", "bad_frames_window_s"),
         ],
     )
     def test_non_scalar_toml_values_for_numbers_name_the_setting(
@@ -461,10 +461,10 @@ class TestInvalid:
             coerce("port", 1.0)
         with pytest.raises(ConfigError, match="port"):
             coerce("port", True)
-        with pytest.raises(ConfigError, match="ping_interval_s"):
-            coerce("ping_interval_s", True)
-        assert coerce("ping_interval_s", 3) == 3.0
-        assert math.isclose(coerce("ping_interval_s", "2.5"), 2.5)
+        with pytest.raises(ConfigError, match="close_timeout_s"):
+            coerce("close_timeout_s", True)
+        assert coerce("close_timeout_s", 3) == 3.0
+        assert math.isclose(coerce("close_timeout_s", "2.5"), 2.5)
 
 
 # ===================================================================== loopback

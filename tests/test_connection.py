@@ -115,7 +115,7 @@ async def test_the_connection_closes_4401_when_its_token_expires(
     relay_factory: Any,
     client_factory: Any,
 ) -> None:
-    r = await relay_factory(jwt_secret=SECRET)
+    r = await relay_factory(jwt_secret=SECRET, reconnect_grace_ms=round(500 * MS * 1000))
     watcher = await client_factory(r)
     await watcher.hello("w", token=mint_token(SECRET, "w", "W", "w", ["*"], 600))
     await watcher.join(1, "d")
@@ -132,7 +132,10 @@ async def test_the_connection_closes_4401_when_its_token_expires(
     assert c.ws.close_code == p.CLOSE_UNAUTHENTICATED
     assert c.ws.close_reason == "token expired"
     assert abs(time.time() - deadline) < 1.0, "closed at exp, not before, not much after"
-    left = await watcher.recv_until(lambda f: f[0] == 34 and [3, sid] in [e[:2] for e in f[3]])
+    # Held for the grace (a resume with a fresh token would keep it), then EVICTED.
+    held = await watcher.recv_until(lambda f: f[0] == 34 and [6, sid, 5] in f[3])
+    assert held
+    left = await watcher.recv_until(lambda f: f[0] == 34 and [3, sid, p.EVICTED] in f[3])
     assert left
 
 

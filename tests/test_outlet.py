@@ -74,7 +74,7 @@ async def test_a_member_that_stops_reading_is_closed_and_released(
         close_timeout_s=0.5,
         max_frames_per_s=100_000,
         max_frames_burst=100_000,
-        ping_interval_s=0,
+        liveness_timeout_ms=0,
     )
     stalled = await RawSocket.open(r.port, rcvbuf=4096)
     await stalled.hello("stalled")
@@ -101,7 +101,10 @@ async def test_websocket_pings_without_reading_are_bounded(relay_factory: Any) -
     """A client that floods WebSocket pings and never reads the pongs: websockets' replies
     obey max_send_backlog too (before: they grew the relay's buffer without limit)."""
     r = await relay_factory(
-        max_send_backlog=16 * 1024, socket_send_buffer=4096, close_timeout_s=0.5, ping_interval_s=0
+        max_send_backlog=16 * 1024,
+        socket_send_buffer=4096,
+        close_timeout_s=0.5,
+        liveness_timeout_ms=0,
     )
     raw = await RawSocket.open(r.port, rcvbuf=4096)
     await raw.hello("pinger")
@@ -124,7 +127,7 @@ async def test_websocket_pings_without_reading_are_bounded(relay_factory: Any) -
 
 async def test_unsent_bytes_count_the_kernel_queue(relay_factory: Any) -> None:
     """Once the relay's own buffer holds bytes, the kernel's queue is added (SIOCOUTQ)."""
-    r = await relay_factory(socket_send_buffer=4096, ping_interval_s=0)
+    r = await relay_factory(socket_send_buffer=4096, liveness_timeout_ms=0)
     raw = await RawSocket.open(r.port, rcvbuf=4096)
     await raw.hello("stalled")
     conn = server_side(r, raw)
@@ -148,7 +151,7 @@ async def test_close_of_a_peer_that_never_reads_completes_in_time(
 ) -> None:
     """A close is a deadline, not a wait: the relay's close of a zero-window peer ends the
     socket within close_timeout_s, whatever the peer does."""
-    r = await relay_factory(socket_send_buffer=4096, close_timeout_s=0.3, ping_interval_s=0)
+    r = await relay_factory(socket_send_buffer=4096, close_timeout_s=0.3, liveness_timeout_ms=0)
     raw = await RawSocket.open(r.port, rcvbuf=4096)
     await raw.hello("stalled")
     conn = server_side(r, raw)
@@ -170,10 +173,9 @@ async def test_a_keepalive_timeout_leaves_no_socket_in_the_kernel(
 ) -> None:
     """A member that stops reading in a quiet-enough document is found by keepalive, which
     websockets ends with a plain abort; the kernel then kept the socket and its queue for
-    minutes against the zero window. TCP_USER_TIMEOUT (ping interval + timeout) ends it."""
+    minutes against the zero window. TCP_USER_TIMEOUT (liveness_timeout_ms) ends it."""
     r = await relay_factory(
-        ping_interval_s=1.0,
-        ping_timeout_s=1.0,
+        liveness_timeout_ms=2000,
         close_timeout_s=0.5,
         max_frames_per_s=100_000,
         max_frames_burst=100_000,

@@ -84,7 +84,9 @@ async def test_redis_killed_for_10s_then_back_empty(
     # During the outage: the document keeps working on each node.
     seen_lines: list[int] = []
     depths: list[int] = []
-    c = await client_factory(r1, "cy")
+    # cy reads nothing for 10 s: an unbounded queue keeps its library reading (and
+    # answering the relay's keepalive pings), or it would look frozen and be let go.
+    c = await client_factory(r1, "cy", max_queue=None)
     sid_c, members = await joined(c, 1, "doc-f")  # joins still answer, with a fallback sid
     assert sid_c >= FALLBACK_SID_BASE and sid_a1 in {m[0] for m in members}
     while time.monotonic() - t_down < 10:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -32,16 +33,39 @@ async def test_move_reaches_other_member_within_a_batch(relay: Relay, client_fac
     assert [1, joined[3], 10, 4, 200] in batch[3]
 
 
-async def test_dropped_connection_leaves_at_once(relay: Relay, client_factory: Any) -> None:
-    a = await client_factory(relay, "ann")
-    b = await client_factory(relay, "bob")
+async def test_dropped_connection_is_disconnected_at_once_and_lost_after_the_grace(
+    relay_factory: Any, client_factory: Any
+) -> None:
+    r = await relay_factory(reconnect_grace_ms=round(600 * MS * 1000))
+    a = await client_factory(r, "ann")
+    b = await client_factory(r, "bob")
     await a.join(1, "d")
     sid = (await b.join(1, "d"))[3]
     await a.recv_until(is_batch_with(2))
     b.ws.transport.abort()  # no close handshake: the TCP connection just dies
-    left = await a.recv_until(is_batch_with(3), timeout=1000 * MS)  # well under close_timeout
-    assert [3, sid] in [e[:2] for e in left[3]]
-    assert relay.hub.documents["d"].sessions.keys() == {1}
+    t0 = time.monotonic()
+    held = await a.recv_until(is_batch_with(6), timeout=1000 * MS)  # well under close_timeout
+    assert [6, sid, 5] in held[3], "shown DISCONNECTED, not gone"
+    left = await a.recv_until(is_batch_with(3), timeout=3000 * MS)
+    assert [3, sid, 1] in left[3], "left with LOST once the grace ran out"
+    assert time.monotonic() - t0 >= 550 * MS
+    assert r.hub.documents["d"].sessions.keys() == {1}
+    assert not r.hub.resumable.keys() - {c.session.resume_token for c in r.hub.clients}
+
+
+async def test_dropped_connection_without_grace_leaves_at_once(
+    relay_factory: Any, client_factory: Any
+) -> None:
+    r = await relay_factory(reconnect_grace_ms=0)
+    a = await client_factory(r, "ann")
+    b = await client_factory(r, "bob")
+    await a.join(1, "d")
+    sid = (await b.join(1, "d"))[3]
+    await a.recv_until(is_batch_with(2))
+    b.ws.transport.abort()
+    left = await a.recv_until(is_batch_with(3), timeout=1000 * MS)
+    assert [3, sid, 1] in left[3]
+    assert r.hub.documents["d"].sessions.keys() == {1}
 
 
 async def test_shutdown_closes_members_with_1001(relay_factory: Any, client_factory: Any) -> None:

@@ -21,13 +21,17 @@ from relay.core.session import (
     AWAITING_HELLO,
     CLOSED,
     OPEN,
+    RESUMING,
+    SUSPENDED,
     Close,
     Join,
     Leave,
     Opened,
+    Resume,
     Send,
     Session,
     SessionRules,
+    Suspend,
     new_peer,
 )
 from relay.exceptions import AuthError
@@ -55,9 +59,9 @@ def authenticate(token: str | None, info: dict[Any, Any]) -> Grant:
     return Grant(UserInfo(info.get("user_id", "ann"), "Ann"), docs, exp)
 
 
-def new_session(now: int = T0, rules: SessionRules = RULES) -> Session:
+def new_session(now: int = T0, rules: SessionRules = RULES, token: str | None = None) -> Session:
     peer = new_peer(rules, now, Peer, TokenBucket)
-    return Session(rules, SETTINGS, authenticate, "node-1", now, peer)
+    return Session(rules, SETTINGS, authenticate, "node-1", now, peer, resume_token=token)
 
 
 def decoded(actions: list[Any]) -> list[Any]:
@@ -71,7 +75,11 @@ def decoded(actions: list[Any]) -> list[Any]:
         elif isinstance(a, Join):
             out.append(("join", a.handle, a.doc_id))
         elif isinstance(a, Leave):
-            out.append(("leave", a.handle))
+            out.append(("leave", a.handle) if a.reason == p.LEFT else ("leave", a.handle, a.reason))
+        elif isinstance(a, Suspend):
+            out.append(("suspend", a.handle))
+        elif isinstance(a, Resume):
+            out.append(("resume", a.token))
         elif isinstance(a, Opened):
             out.append(("opened", a.grant.user.user_id))
     return out
@@ -382,6 +390,15 @@ class TestLifetime:
         s.advance(T0 + 60_000)
         assert decoded(s.actions()) == [("close", 4401, "token expired")]
 
+    def test_an_expired_token_holds_the_documents_for_the_grace_then_evicts(self) -> None:
+        s, reg = opened(f"exp:{T0 + 60_000}"), Registry()
+        joined(s, 1, "a", reg)
+        s.advance(T0 + 60_000, grace_ms=5000)
+        assert decoded(s.actions()) == [("suspend", 1), ("close", 4401, "token expired")]
+        assert s.deadline() == T0 + 65_000
+        s.advance(T0 + 65_000, grace_ms=5000)
+        assert decoded(s.actions()) == [("leave", 1, p.EVICTED)]
+
     def test_without_exp_nothing_is_timed_after_hello(self) -> None:
         assert opened().deadline() == NEVER
 
@@ -392,7 +409,7 @@ class TestLifetime:
         s.close(4408, "send backlog exceeded")
         s.close(1001, "again")
         acts = decoded(s.actions())
-        assert sorted(acts[:2]) == [("leave", 1), ("leave", 2)]
+        assert sorted(acts[:2]) == [("leave", 1, p.EVICTED), ("leave", 2, p.EVICTED)]
         assert acts[2:] == [("close", 4408, "send backlog exceeded")]
         assert s.handles == {}
 
@@ -404,3 +421,108 @@ class TestLifetime:
         s.receive(pk([8, 1]), T0)
         s.unapplied(pk([8, 1]), -1, T0)
         assert s.actions() == [], "nothing is handled after the end"
+
+
+# ---------------------------------------------------------------- sessions that outlive sockets
+
+
+def resuming(token: str = "tok-old", user: str = "ann", now: int = T0) -> Session:
+    s = new_session(now, token="tok-new")
+    s.receive(pk([1, 1, None, {"user_id": user, "resume": token}]), now)
+    assert decoded(s.actions()) == [("resume", token)]
+    assert s.state == RESUMING
+    return s
+
+
+class TestSuspendAndResume:
+    def test_welcome_offers_a_resume_token(self) -> None:
+        s = new_session(token="tok-1")
+        s.receive(pk([1, 1, None, {"user_id": "ann"}]), T0)
+        welcome = decoded(s.actions())[0][1]
+        assert welcome[5]["resume_token"] == "tok-1" and welcome[5]["resumed"] is False
+
+    def test_a_lost_connection_suspends_then_leaves_lost_after_the_grace(self) -> None:
+        s, reg = opened(), Registry()
+        joined(s, 1, "a", reg)
+        s.suspend(T0, 3000)
+        assert decoded(s.actions()) == [("suspend", 1)]
+        assert s.state == SUSPENDED and s.resumable and s.deadline() == T0 + 3000
+        s.advance(T0 + 2999)
+        assert s.actions() == []
+        s.advance(T0 + 3000)
+        assert decoded(s.actions()) == [("leave", 1, p.LOST)]
+        assert s.state == CLOSED and not s.resumable
+
+    def test_no_grace_or_no_document_ends_at_once(self) -> None:
+        s, reg = opened(), Registry()
+        joined(s, 1, "a", reg)
+        s.suspend(T0, 0)
+        assert decoded(s.actions()) == [("leave", 1, p.LOST)]
+        bare = opened()
+        bare.suspend(T0, 3000)
+        assert bare.state == CLOSED and bare.actions() == []
+
+    def test_a_join_answered_while_suspended_leaves_again_lost(self) -> None:
+        s, reg = opened(), Registry()
+        joined(s, 1, "a", reg)
+        s.receive(pk([2, 2, "b"]), T0)
+        s.actions()
+        s.suspend(T0, 3000)
+        s.actions()
+        reg.admit(s, 2, "b", T0)
+        assert decoded(s.actions()) == [("leave", 2, p.LOST)]
+
+    def test_take_over_hands_over_handles_and_budgets_and_closes_an_open_socket_4409(
+        self,
+    ) -> None:
+        old, reg = opened(), Registry()
+        member = joined(old, 1, "a", reg)
+        new = resuming()
+        new.receive(pk([4, 1, 5, 5, 5]), T0)  # waits for the answer
+        assert new.actions() == []
+        assert old.resumable_by(new.grant)
+        peer, bad = old.take_over()
+        assert decoded(old.actions()) == [("close", 4409, "resumed by a newer connection")]
+        assert old.state == CLOSED and old.handles == {}
+        snapshot = member.doc.snapshot()
+        new.resumed(peer, bad, [(1, member, snapshot)], T0)
+        acts = decoded(new.actions())
+        assert acts[0][1][0] == p.WELCOME and acts[0][1][5]["resumed"] is True
+        assert acts[1] == ("opened", "ann")
+        assert acts[2][1][:4] == [p.JOINED, 1, "a", member.sid]
+        assert new.handles == {1: member} and new.peer is peer and new.bad_frames is bad
+        assert member.doc.sessions[member.sid].cursor == (5, 5, 5), "the held frame ran"
+
+    def test_a_suspended_session_taken_over_closes_nothing(self) -> None:
+        old, reg = opened(), Registry()
+        joined(old, 1, "a", reg)
+        old.suspend(T0, 3000)
+        old.actions()
+        old.take_over()
+        assert old.actions() == [] and old.deadline() == NEVER
+
+    def test_another_identity_or_a_narrower_grant_may_not_resume(self) -> None:
+        old, reg = opened(), Registry()
+        joined(old, 1, "a", reg)
+        assert not old.resumable_by(resuming(user="eve").grant)
+        narrow = new_session(token="t")
+        narrow.receive(pk([1, 1, "docs:b", {"user_id": "ann", "resume": "x"}]), T0)
+        assert not old.resumable_by(narrow.grant)
+        old.close(4408, "slow")
+        assert not old.resumable_by(resuming().grant), "a closed session is gone"
+
+    def test_a_refused_resume_opens_afresh_and_runs_the_held_frames(self) -> None:
+        new = resuming()
+        new.receive(pk([8, 42]), T0)
+        new.resume_refused(T0)
+        acts = decoded(new.actions())
+        assert acts[0][1][5]["resumed"] is False and acts[1] == ("opened", "ann")
+        assert acts[2][1][:2] == [p.PONG, 42]
+        assert new.state == OPEN and new.handles == {}
+
+    def test_close_reasons(self) -> None:
+        for code, why in ((4400, p.EVICTED), (4429, p.EVICTED), (1001, p.SHUTDOWN), (1000, p.LEFT)):
+            s, reg = opened(), Registry()
+            joined(s, 1, "a", reg)
+            s.close(code, "x")
+            assert decoded(s.actions())[0] == (("leave", 1) if why == p.LEFT else ("leave", 1, why))

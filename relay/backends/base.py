@@ -36,8 +36,8 @@ class PresenceStore(ABC):
         """A session joined or its presence changed. Must not block; may coalesce."""
 
     @abstractmethod
-    def session_left(self, doc_id: str, session: SessionLike) -> None:
-        """A session left the document. Must not block."""
+    def session_left(self, doc_id: str, session: SessionLike, reason: int = 0) -> None:
+        """A session left the document (`reason`: the v1.1 leave reason). Must not block."""
 
     @abstractmethod
     async def document_users(self, doc_id: str) -> list[UserPresenceSummary]:

@@ -23,7 +23,7 @@ class MemoryStore(PresenceStore):
     def session_changed(self, doc_id: str, session: SessionLike) -> None:
         self._docs[doc_id][id(session)] = session
 
-    def session_left(self, doc_id: str, session: SessionLike) -> None:
+    def session_left(self, doc_id: str, session: SessionLike, reason: int = 0) -> None:
         sessions = self._docs.get(doc_id)
         if sessions is None:
             return

@@ -27,6 +27,7 @@ from relay.backends import redis_pool
 from relay.backends.redis_pool import UNREACHABLE, Reachability
 from relay.backends.redis_writebehind import WriteBehind
 from relay.backends.redis_writes import Writer
+from relay.core import protocol as p
 
 log = logging.getLogger("relay.redis.store")
 
@@ -117,10 +118,10 @@ class Liveness:
         dead = [n for n, a in zip(others, alive, strict=True) if not a]
         for n in dead:
             log.warning("redis: node %s stopped heartbeating; removing its sessions", n)
-            await self.reap_node(n, publish=True)
+            await self.reap_node(n, publish=True, reason=p.NODE_DOWN)
         return dead
 
-    async def reap_node(self, node_id: str, publish: bool) -> None:
+    async def reap_node(self, node_id: str, publish: bool, reason: int) -> None:
         """Remove every session Redis lists for `node_id` (this node's too, at shutdown)."""
         owned = await self.redis.smembers(k.node_sessions_key(node_id))
         by_doc: dict[str, list[int]] = defaultdict(list)
@@ -128,7 +129,7 @@ class Liveness:
             if x is not None:
                 by_doc[x[1]].append(x[0])
         for doc_id, sids in by_doc.items():
-            await self.writer.remove_sessions(doc_id, sids, node_id, publish)
+            await self.writer.remove_sessions(doc_id, sids, node_id, publish, reason)
         if node_id != self.node_id:
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(k.node_sessions_key(node_id))

@@ -30,6 +30,7 @@ from relay.backends.redis_pool import UNREACHABLE, Reachability, RedisShared
 from relay.backends.redis_writebehind import SID_COUNTER_TTL_MS, WriteBehind, heartbeat_value
 from relay.backends.redis_writes import LiveSessions, Writer, now_ms
 from relay.config import PresenceConfig
+from relay.core import protocol as p
 from relay.core.model import SessionLike, UserPresenceSummary, summarize
 from relay.exceptions import BackendUnavailable
 
@@ -117,7 +118,7 @@ class RedisStore(PresenceStore):
                     if not wb.queue:
                         break
                     await wb.flush_some()
-                await self.liveness.reap_node(self.node_id, publish=True)
+                await self.liveness.reap_node(self.node_id, publish=True, reason=p.SHUTDOWN)
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.delete(k.node_key(self.node_id))
                 pipe.srem(k.NODE_REGISTRY, self.node_id)
@@ -135,8 +136,8 @@ class RedisStore(PresenceStore):
     def session_changed(self, doc_id: str, session: SessionLike) -> None:
         self.writebehind.session_changed(doc_id, session)
 
-    def session_left(self, doc_id: str, session: SessionLike) -> None:
-        self.writebehind.session_left(doc_id, session)
+    def session_left(self, doc_id: str, session: SessionLike, reason: int = 0) -> None:
+        self.writebehind.session_left(doc_id, session, reason)
 
     def queue_depth(self) -> int:
         return self.writebehind.depth()

@@ -52,7 +52,7 @@ return c
 class Entry:
     """One queued write for (doc, sid): the latest state wins."""
 
-    __slots__ = ("announce", "attempted", "publish_left", "remove", "session")
+    __slots__ = ("announce", "attempted", "publish_left", "reason", "remove", "session")
 
     def __init__(
         self,
@@ -60,8 +60,10 @@ class Entry:
         remove: bool = False,
         announce: bool = False,
         publish_left: bool = False,
+        reason: int = 0,
     ) -> None:
         self.session = session
+        self.reason = reason  # the leave reason its `left` carries
         self.remove = remove
         self.announce = announce  # the `joined` stream event is still to be written
         self.attempted = False  # a failed flush may have written part of it
@@ -136,7 +138,7 @@ class WriteBehind:
             self.queue[key] = Entry(session, announce=new)
         self.wake.set()
 
-    def session_left(self, doc_id: str, session: SessionLike) -> None:
+    def session_left(self, doc_id: str, session: SessionLike, reason: int = 0) -> None:
         if not self.live.remove(doc_id, session):
             return
         key = (doc_id, session.sid)
@@ -148,11 +150,12 @@ class WriteBehind:
         up = self.reach.up
         if e is not None:
             e.remove = True
+            e.reason = reason
             e.publish_left = e.publish_left or not up
         elif len(self.queue) >= self.max_queue:
             self._overflowed()
         else:
-            self.queue[key] = Entry(session, remove=True, publish_left=not up)
+            self.queue[key] = Entry(session, remove=True, publish_left=not up, reason=reason)
         self.wake.set()
 
     def depth(self) -> int:
@@ -273,7 +276,7 @@ class WriteBehind:
                 writer.stream_event(pipe, "left", doc_id, s.user.user_id, s.user.workspace_id)
                 removed[doc_id].append(s)
                 if e.publish_left:
-                    left_events[doc_id].append((p.EV_LEFT, sid))
+                    left_events[doc_id].append((p.EV_LEFT, sid, e.reason))
             else:
                 self._write_upsert(
                     pipe, doc_id, s, full=e.announce or e.attempted, announce=e.announce
@@ -349,7 +352,9 @@ class WriteBehind:
                 if key not in live_keys and key not in busy:
                     extras[doc_id].append(sid)
             for doc_id, sids in extras.items():
-                await self.writer.remove_sessions(doc_id, sids, self.node_id, publish=True)
+                await self.writer.remove_sessions(
+                    doc_id, sids, self.node_id, publish=True, reason=p.LOST
+                )
         except BaseException:
             self.reconcile = True
             self.announce = self.announce or announce

@@ -176,7 +176,7 @@ class Writer:
             pipe.srem(k.workspace_key(ws), doc_id)
 
     async def remove_sessions(
-        self, doc_id: str, sids: list[int], node_id: str, publish: bool
+        self, doc_id: str, sids: list[int], node_id: str, publish: bool, reason: int
     ) -> None:
         """Remove a node's sessions from a document; announce the ones this call removed.
 
@@ -203,7 +203,9 @@ class Writer:
         for r in gone:
             self.stream_event(pipe, "left", doc_id, r.user_id, r.workspace_id)
         if publish and gone:
-            self.publish_batches(pipe, {doc_id: [(p.EV_LEFT, r.sid) for r in gone]}, deliver=True)
+            self.publish_batches(
+                pipe, {doc_id: [(p.EV_LEFT, r.sid, reason) for r in gone]}, deliver=True
+            )
         self.fix_derived(pipe, doc_id, gone, remaining)
         raise_unreachable(await pipe.execute(raise_on_error=False))
         self.reaped += len(gone)

@@ -8,8 +8,10 @@ carries out what `actions()` returns:
     Opened(grant)        HELLO was accepted (WELCOME is queued before it)
     Send(frame)          a direct reply: WELCOME, JOINED, ERROR, PONG
     Join(h, doc_id)      open the document: answer with joined() or join_refused()
-    Leave(h, member)     the session left the document (LEAVE, or any close)
-    Close(code, reason)  end the connection (every document was left first)
+    Leave(h, m, reason)  the session left the document (LEAVE, a close, the grace's end)
+    Suspend(h, member)   the connection was lost: show the member DISCONNECTED, keep it
+    Resume(token)        HELLO asked to resume: answer with resumed() or resume_refused()
+    Close(code, reason)  end the connection (every document was left or suspended first)
 
 The rules, in the order docs/protocol.md gives them: HELLO first, within `auth_timeout_ms`
 (4401), version 1 (4400), a token that verifies (4401); then each frame is checked for
@@ -20,8 +22,14 @@ than `max_bad_frames` bad frames in a window closes 4400. While a join is in pro
 registry may need Redis round trips), later frames wait, in order, up to the burst size.
 
 The hot path (`Peer.feed_wire` in the inbound fast path) applies hot frames straight to the
-documents through `peer`; what it does not apply comes back through `unapplied`. A session
-is not tied to a socket: the shell may attach it to another one (resuming).
+documents through `peer`; what it does not apply comes back through `unapplied`.
+
+Sessions outlive sockets (v1.1). A connection lost without a deliberate close is
+`suspend`ed: its members stay, shown DISCONNECTED, until `reconnect_grace_ms` runs out
+(then they leave with LOST, or EVICTED when the token expired). A new connection whose HELLO
+carries `info.resume` waits (RESUMING, its frames held) while the shell finds the old
+session; `take_over` hands over the old one's peer (handles, rate-limit bucket) and
+bad-frame window, so a resume never resets a budget, and `resumed` re-attaches them.
 """
 
 from __future__ import annotations
@@ -47,6 +55,13 @@ if TYPE_CHECKING:
 AWAITING_HELLO = 0
 OPEN = 1
 CLOSED = 2
+RESUMING = 3  # HELLO asked to resume: waiting for the shell to find the old session
+SUSPENDED = 4  # the connection was lost; the members are held for the grace
+
+# Why the relay closed: the reason its documents end with.
+EVICTING_CLOSES = frozenset(
+    {p.CLOSE_PROTOCOL, p.CLOSE_UNAUTHENTICATED, p.CLOSE_TOO_SLOW, p.CLOSE_RATE_LIMIT}
+)
 
 # Errors that count toward max_bad_frames: the client sent something it should not have.
 # (RATE_LIMITED has its own escalation; FORBIDDEN / capacity answers are the server's call.)
@@ -102,6 +117,18 @@ class Join:
 class Leave:
     handle: int
     member: Membership
+    reason: int = p.LEFT
+
+
+@dataclass(frozen=True, slots=True)
+class Suspend:
+    handle: int
+    member: Membership
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +137,7 @@ class Close:
     reason: str
 
 
-Action = Opened | Send | Join | Leave | Close
+Action = Opened | Send | Join | Leave | Suspend | Resume | Close
 # (token, HELLO info) -> Grant, raising AuthError: token verification is the shell's
 # (it reads the clock); the rule that HELLO needs one is the session's.
 Authenticate = Callable[[str | None, dict[Any, Any]], Any]
@@ -137,6 +164,8 @@ class Session:
     __slots__ = (
         "_actions",
         "_auth_deadline",
+        "_end_reason",
+        "_suspended_until",
         "authenticate",
         "bad_frames",
         "connection_id",
@@ -144,6 +173,7 @@ class Session:
         "held",
         "joining",
         "peer",
+        "resume_token",
         "rules",
         "state",
         "stats",
@@ -159,8 +189,12 @@ class Session:
         now_ms: int,
         peer: Peer | None = None,
         stats: SessionStats | None = None,
+        resume_token: str | None = None,
     ) -> None:
         self.rules = rules
+        # What WELCOME offers for resuming this session later (the shell makes it: it is
+        # random, and the core takes no randomness from anywhere).
+        self.resume_token = resume_token
         self.welcome_settings = welcome_settings
         self.authenticate = authenticate
         self.connection_id = connection_id
@@ -177,6 +211,8 @@ class Session:
         self.held: deque[bytes] | None = None
         self.joining: dict[int, str] = {}  # handle -> doc_id of the join in progress
         self._auth_deadline = now_ms + rules.auth_timeout_ms
+        self._suspended_until = NEVER
+        self._end_reason = p.LOST  # how the members leave when a suspension runs out
         self._actions: list[Action] = []
 
     # ------------------------------------------------------------ reading the state
@@ -198,6 +234,8 @@ class Session:
         """When `advance` must run next (NEVER when nothing is timed)."""
         if self.state == AWAITING_HELLO:
             return self._auth_deadline
+        if self.state == SUSPENDED:
+            return self._suspended_until
         if self.state == OPEN and self.grant is not None:
             exp = self.grant.expires_at_ms
             if exp is not None:
@@ -206,18 +244,24 @@ class Session:
 
     # ------------------------------------------------------------ inputs
 
-    def advance(self, now_ms: int) -> None:
-        """Time passed: no HELLO in time, or the token expired (both close 4401)."""
+    def advance(self, now_ms: int, grace_ms: int = 0) -> None:
+        """Time passed: no HELLO in time, or the token expired (both close 4401; an expired
+        session is held for `grace_ms` so that a resume with a fresh token keeps it), or a
+        suspension ran out (its members leave)."""
         if self.state == AWAITING_HELLO and now_ms >= self._auth_deadline:
             self.close(p.CLOSE_UNAUTHENTICATED, "no HELLO in time")
         elif self.state == OPEN and self.grant is not None and self.grant.expired(now_ms):
-            self.close(p.CLOSE_UNAUTHENTICATED, "token expired")
+            self._expired(now_ms, grace_ms)
+        elif self.state == SUSPENDED and now_ms >= self._suspended_until:
+            self._end(self._end_reason)
 
     def receive(self, data: bytes, now_ms: int) -> None:
         """One binary message (the fast path took none of it)."""
         if self.state != OPEN:
             if self.state == AWAITING_HELLO:
                 self._hello(data, now_ms)
+            elif self.state == RESUMING:
+                self._hold(data, now_ms)
             return
         if self.held is not None:
             self._hold(data, now_ms)
@@ -251,8 +295,8 @@ class Session:
         """The registry admitted the join: answer JOINED, then handle what was held."""
         self.joining.pop(handle, None)
         if self.state != OPEN:
-            # closed meanwhile: the registry's member leaves again at once
-            self._actions.append(Leave(handle, member))
+            # closed or lost meanwhile: the registry's member leaves again at once
+            self._actions.append(Leave(handle, member, p.LEFT if self.state == CLOSED else p.LOST))
             return
         self.peer.handles[handle] = member
         self._send(p.encode_joined(handle, member.doc.doc_id, member.sid, snapshot))
@@ -266,24 +310,114 @@ class Session:
         self._release(now_ms)
 
     def close(self, code: int, reason: str) -> None:
-        """End the session: leave every document at once, then close the connection."""
-        if self.state == CLOSED:
+        """End the session: leave every document at once, then close the connection. The
+        documents end with EVICTED for the relay's own verdicts (4400, 4401, 4408, 4429),
+        SHUTDOWN for a going-away (1001), LEFT otherwise."""
+        if self.state in (CLOSED, SUSPENDED):
             return
-        self.state = CLOSED
-        self.held = None
+        if code in EVICTING_CLOSES:
+            why = p.EVICTED
+        elif code == p.CLOSE_GOING_AWAY:
+            why = p.SHUTDOWN
+        else:
+            why = p.LEFT
+        self._end(why)
         self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
-        for h in list(self.peer.handles):
-            self._actions.append(Leave(h, self.peer.handles.pop(h)))
         self._actions.append(Close(code, reason))
 
-    def detach(self) -> None:
-        """The connection is gone (it was not closed by the relay): leave every document."""
-        if self.state == CLOSED:
+    def detach(self, reason: int = p.LEFT) -> None:
+        """The connection is gone and its session ends now: leave every document."""
+        if self.state in (CLOSED, SUSPENDED):
             return
+        self._end(reason)
+
+    def suspend(self, now_ms: int, grace_ms: int, end_reason: int = p.LOST) -> None:
+        """The connection was lost (or the node is going away on shared state): hold every
+        document's member, shown DISCONNECTED, for `grace_ms`; then they leave with
+        `end_reason`. With no document, or no grace, the session simply ends."""
+        if self.state in (CLOSED, SUSPENDED):
+            return
+        if grace_ms <= 0 or not self.peer.handles or self.state != OPEN:
+            self._end(end_reason)
+            return
+        self.state = SUSPENDED
+        self.held = None
+        self._end_reason = end_reason
+        self._suspended_until = now_ms + grace_ms
+        for h, m in self.peer.handles.items():
+            self._actions.append(Suspend(h, m))
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a new connection may take this session over (open, or held)."""
+        return self.state in (OPEN, SUSPENDED)
+
+    def resumable_by(self, grant: Any) -> bool:
+        """The same identity (user and workspace), and a grant that still allows every
+        document the session is in."""
+        mine, theirs = self.grant.user, grant.user
+        return (
+            self.resumable
+            and mine.user_id == theirs.user_id
+            and mine.workspace_id == theirs.workspace_id
+            and all(grant.allows(m.doc.doc_id) for m in self.peer.handles.values())
+        )
+
+    def take_over(self) -> tuple[Peer, BadFrameWindow]:
+        """A newer connection resumes this session: hand over the handles and budgets. The
+        members are not left (they move to the new connection); an open socket is closed
+        with 4409."""
+        assert self.resumable
+        was_open = self.state == OPEN
+        self.state = CLOSED
+        self.held = None
+        peer, self.peer = self.peer, new_peer(self.rules, 0, PurePeer, PureBucket)
+        if was_open:
+            code = p.CLOSE_RESUMED
+            self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
+            self._actions.append(Close(code, "resumed by a newer connection"))
+        return peer, self.bad_frames
+
+    def resumed(
+        self,
+        peer: Peer,
+        bad_frames: BadFrameWindow,
+        members: list[tuple[int, Membership, list[Any]]],
+        now_ms: int,
+    ) -> None:
+        """The shell took the old session over: WELCOME (resumed), then one JOINED per
+        document (same handle and sid, a fresh snapshot), then the frames that waited."""
+        if self.state != RESUMING:
+            return
+        self.peer = peer
+        self.bad_frames = bad_frames
+        self._open(now_ms, resumed=True)
+        for h, m, snapshot in members:
+            self._send(p.encode_joined(h, m.doc.doc_id, m.sid, snapshot))
+        self._release(now_ms)
+
+    def resume_refused(self, now_ms: int) -> None:
+        """Nothing to resume (unknown or used token, another identity, the grace ran out):
+        not an error; WELCOME says `resumed: false` and the client joins afresh."""
+        if self.state != RESUMING:
+            return
+        self._open(now_ms, resumed=False)
+        self._release(now_ms)
+
+    def _expired(self, now_ms: int, grace_ms: int) -> None:
+        """The token's `exp`: close 4401; the documents are held for the grace (a resume
+        with a fresh token keeps them), then end with EVICTED."""
+        self.stats.closes[p.CLOSE_UNAUTHENTICATED] = (
+            self.stats.closes.get(p.CLOSE_UNAUTHENTICATED, 0) + 1
+        )
+        self.suspend(now_ms, grace_ms, p.EVICTED)
+        self._actions.append(Close(p.CLOSE_UNAUTHENTICATED, "token expired"))
+
+    def _end(self, reason: int) -> None:
         self.state = CLOSED
         self.held = None
         for h in list(self.peer.handles):
-            self._actions.append(Leave(h, self.peer.handles.pop(h)))
+            self._actions.append(Leave(h, self.peer.handles.pop(h), reason))
 
     # ------------------------------------------------------------ HELLO
 
@@ -304,8 +438,22 @@ class Session:
             self.close(p.CLOSE_UNAUTHENTICATED, str(exc)[:120])
             return
         self.grant = grant
+        resume = hello[3].get("resume") if isinstance(hello[3], dict) else None
+        if isinstance(resume, str) and resume:
+            # Frames that come before the answer wait (they belong to the resumed handles).
+            self.state = RESUMING
+            self.held = deque()
+            self._actions.append(Resume(resume))
+            return
+        self._open(now_ms, resumed=False)
+
+    def _open(self, now_ms: int, resumed: bool) -> None:
         self.state = OPEN
+        grant = self.grant
         user = grant.user
+        settings = self.welcome_settings
+        if self.resume_token is not None:
+            settings = {**settings, "resume_token": self.resume_token, "resumed": resumed}
         self._send(
             p.encode_welcome(
                 self.connection_id,
@@ -317,7 +465,7 @@ class Session:
                     "workspace": user.workspace_id,
                 },
                 now_ms,
-                self.welcome_settings,
+                settings,
             )
         )
         self._actions.append(Opened(grant))

@@ -22,6 +22,7 @@ from relay.server.connection import handle_connection
 from relay.server.fastpath import RelayConnection
 from relay.server.http import HttpRoutes, MetricsRoutes
 from relay.server.hub import Hub
+from relay.server.liveness import Liveness
 from relay.server.sockets import abort
 
 log = logging.getLogger("relay")
@@ -75,6 +76,8 @@ class Relay:
         self.server: Server | None = None
         self.metrics_server: Server | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._liveness: asyncio.Task[None] | None = None
+        self.liveness: Liveness | None = None
 
     @property
     def port(self) -> int:
@@ -107,8 +110,10 @@ class Relay:
             max_size=cfg.max_frame_bytes,
             origins=origins,  # a listed Origin or none at all; others get HTTP 403
             process_request=routes,
-            ping_interval=cfg.ping_interval_s or None,
-            ping_timeout=cfg.ping_timeout_s or None,
+            # Keepalive is the relay's own (relay/server/liveness.py): it pings only the
+            # connections that went quiet, and a missing pong marks the member DISCONNECTED.
+            ping_interval=None,
+            ping_timeout=None,
             # Closes the relay starts are cut short at close_timeout_s (sockets.close_within,
             # with SO_LINGER 0); websockets' own deadline is the backstop for the closes it
             # starts (keepalive timeout, protocol errors).
@@ -131,7 +136,11 @@ class Relay:
                 logger=WS_LOG,
                 server_header=f"presence-relay/{relay.__version__}",
             )
-        self._ticker = asyncio.get_running_loop().create_task(hub.run_ticker())
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.create_task(hub.run_ticker())
+        if cfg.liveness_timeout_ms > 0:
+            self.liveness = Liveness(hub.sockets, cfg.liveness_timeout_ms, loop.time)
+            self._liveness = loop.create_task(self.liveness.run())
         if hub.cluster is not None:
             hub.cluster.start()
         log.info(
@@ -155,6 +164,7 @@ class Relay:
         if self.server is not None:
             for client in list(hub.clients):
                 hub.close_client(client, p.CLOSE_GOING_AWAY, "server shutting down")
+            hub.end_suspended(p.SHUTDOWN)  # held sessions die with this process
             hub.flush_all(hub.clock())  # publish the `left` events before the broker goes away
             self.server.close()  # stops accepting; closes the rest (mid-HELLO) with 1001
             try:
@@ -169,10 +179,11 @@ class Relay:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2.0):
                         await self.server.wait_closed()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        for task in (self._ticker, self._liveness):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if hub.cluster is not None:
             await hub.cluster.stop()
         await hub.broker.close()

@@ -5,8 +5,44 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from websockets.protocol import State
+
 from relay.core.model import UserInfo
 from relay.core.session import CLOSED, Session
+
+
+class _NoTransport:
+    """Where a suspended session's batches go: nowhere (and nothing is ever unsent)."""
+
+    __slots__ = ()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class _ClosedProtocol:
+    __slots__ = ()
+    state = State.CLOSED
+    extensions: list[Any] = []
+
+
+class Detached:
+    """The socket of a session whose connection was lost: the client record stays in its
+    documents until the grace ends or a resume moves it, and every write skips it (the
+    outlet sends only to OPEN connections). The dead connection itself is let go."""
+
+    __slots__ = ()
+    transport = _NoTransport()
+    protocol = _ClosedProtocol()
+    send_in_progress = None
+    remote_address = None
+    fd = -1
+
+
+DETACHED = Detached()
 
 
 class Client:
@@ -25,6 +61,11 @@ class Client:
         self.close_task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None  # wakes the session at its deadline
         self.timer_at = -1
+
+    def detach(self) -> None:
+        """The connection is gone but the session is held (suspended): let the socket go."""
+        self.ws = DETACHED
+        self.fd = -1
 
     @property
     def connection_id(self) -> str:

@@ -372,7 +372,7 @@ class Cluster:
                 seen.pop(sid, None)
                 stamps.pop(sid, None)
                 tomb[sid] = now
-                events.append((p.EV_LEFT, sid))
+                events.append((p.EV_LEFT, sid, p.LOST))  # why is not known here
         events.extend(self._merge(doc, list(stored.values()), now))
         return events
 

@@ -40,6 +40,7 @@ Internals used (stable from websockets 13 to 17, pinned in pyproject): `data_rec
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -77,7 +78,12 @@ class RelayConnection(ServerConnection):
         self._tail = b""  # the request's last bytes so far (its end may span two reads)
         self._pending = b""  # a partial frame carried to the next read
         self._paused = False  # reading paused: too much sent before the handshake completed
-        self.bytes_in = 0  # every byte received (tests wait on it)
+        self.bytes_in = 0  # every byte received (keepalive reads it; tests wait on it)
+        # Keepalive's bookkeeping (relay/server/liveness.py): the count it last saw, when
+        # it changed, and whether a ping is out.
+        self.heard_bytes = 0
+        self.heard_at = 0.0
+        self.pinged = False
         self.fast_bytes = 0  # bytes of frames taken by the fast path (for tests)
 
     # ------------------------------------------------------------ lifecycle
@@ -86,6 +92,7 @@ class RelayConnection(ServerConnection):
         super().connection_made(transport)
         cfg = self.hub.config
         self.fd = prepare_socket(transport, cfg.socket_send_buffer, cfg.tcp_user_timeout_ms)
+        self.heard_at = asyncio.get_running_loop().time()
         self.hub.sockets.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

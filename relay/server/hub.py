@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -25,7 +26,20 @@ from relay.auth import Grant, anonymous_grant, verify_token
 from relay.backends.base import Broker, PresenceStore
 from relay.config import PresenceConfig
 from relay.core import protocol as p
-from relay.core.session import Close, Join, Leave, Opened, Send, Session, new_peer
+from relay.core.session import (
+    CLOSED,
+    OPEN,
+    SUSPENDED,
+    Close,
+    Join,
+    Leave,
+    Opened,
+    Resume,
+    Send,
+    Session,
+    Suspend,
+    new_peer,
+)
 from relay.exceptions import AuthError, DocumentFull, ProtocolError
 from relay.server.client import Client
 from relay.server.cluster import Cluster
@@ -75,7 +89,11 @@ class Hub:
             self.registry, self.outlet, broker, self.stats, config.batch_ms, self._close_slow,
             self.cluster.unused if self.cluster is not None else None,
         )  # fmt: skip
-        self.clients: set[Client] = set()  # past HELLO
+        self.clients: set[Client] = set()  # past HELLO, with a live connection
+        # Sessions a HELLO may resume, by their WELCOME's resume_token: open ones and held
+        # (suspended) ones, until they end. A token is used once: a resume removes it.
+        self.resumable: dict[str, Client] = {}
+        self.grace_ms = config.reconnect_grace_ms
         # Every accepted TCP connection until it is closed, HELLO or not (added and removed
         # by RelayConnection): what max_connections counts and what a shutdown must end.
         self.sockets: set[Any] = set()
@@ -121,6 +139,7 @@ class Hub:
             now,
             new_peer(rules, now, Peer, TokenBucket, self.stats.hot),  # the twin's (compiled)
             self.stats.sessions,
+            secrets.token_urlsafe(18),  # 144 random bits: unguessable, offered in WELCOME
         )
         client = Client(ws, session)
         self._arm(client)
@@ -158,13 +177,26 @@ class Hub:
         self._run(client)
 
     def disconnect(self, client: Client) -> None:
-        """The connection is gone (or going): leave every document now, not after close."""
-        client.session.detach()
+        """The connection is gone (or going). A deliberate close (1000 from the client)
+        leaves every document now; any other end suspends the session: its members are
+        shown DISCONNECTED and held for `reconnect_grace_ms`, for a resume to take over."""
+        session = client.session
+        why = ended_by(client.ws)
+        if session.state == OPEN and why is None:
+            session.suspend(self.clock(), self.grace_ms)
+        else:
+            session.detach(p.LEFT if why is None else why)
         self._run(client)
         self.clients.discard(client)
-        if client.timer is not None:
-            client.timer.cancel()
-            client.timer = None
+        if session.state == SUSPENDED:
+            client.detach()  # the dead socket is let go; the record stays in its documents
+
+    def end_suspended(self, reason: int) -> None:
+        """End every held session now (a shutdown without shared state)."""
+        for client in list(self.resumable.values()):
+            if client.session.state == SUSPENDED:
+                client.session.detach(reason)
+                self._run(client)
 
     # ------------------------------------------------------------ the session's actions
 
@@ -185,17 +217,28 @@ class Hub:
                 elif type(action) is Join:
                     self._join(client, action.handle, action.doc_id)
                 elif type(action) is Leave:
-                    self._leave(action.member)
+                    self._leave(action.member, action.reason)
+                elif type(action) is Suspend:
+                    self._suspend(action.member)
                 elif type(action) is Close:
                     self._close(client, action)
+                elif type(action) is Resume:
+                    self._resume(client, action.token)
                 elif type(action) is Opened:
                     self.clients.add(client)
+                    token = session.resume_token
+                    if token is not None:
+                        self.resumable[token] = client
                     self.stats.connections_total += 1
                     enable = getattr(client.ws, "enable_fast_path", None)
                     if enable is not None:
                         # From here on, whole binary frames may go straight to the session.
                         enable(client)
             actions = session.actions()
+        if session.state is CLOSED:
+            token = session.resume_token
+            if token is not None and self.resumable.get(token) is client:
+                del self.resumable[token]
         self._arm(client)
 
     def _close(self, client: Client, action: Close) -> None:
@@ -224,8 +267,40 @@ class Hub:
     def _wake(self, client: Client) -> None:
         client.timer = None
         client.timer_at = -1
-        client.session.advance(self.clock())
+        client.session.advance(self.clock(), self.grace_ms)
         self._run(client)
+
+    # ------------------------------------------------------------ suspend / resume
+
+    def _suspend(self, member: Membership) -> None:
+        doc = member.doc
+        now = self.clock()
+        doc.disconnect(member.sid, now)
+        self.store.session_changed(doc.doc_id, doc.sessions[member.sid])
+
+    def _resume(self, client: Client, token: str) -> None:
+        """HELLO asked to resume `token`: take the old session over when it is this user's
+        and still held (or open); otherwise WELCOME says `resumed: false`."""
+        session = client.session
+        now = self.clock()
+        old = self.resumable.get(token)
+        if old is None or old is client or not old.session.resumable_by(session.grant):
+            session.resume_refused(now)
+            return
+        del self.resumable[token]  # valid once
+        peer, bad_frames = old.session.take_over()
+        self._run(old)  # an old socket still open is closed with 4409
+        members = []
+        for h, m in peer.handles.items():
+            doc = m.doc
+            local = self.registry.local.get(doc.doc_id)
+            if local is not None:
+                local[m.sid] = client
+            doc.reconnect(m.sid, now)
+            self.store.session_changed(doc.doc_id, doc.sessions[m.sid])
+            members.append((h, m, doc.snapshot()))
+        session.resumed(peer, bad_frames, members, now)
+        self.stats.updates["resumed"] += 1
 
     # ------------------------------------------------------------ join / leave (cold path)
 
@@ -275,10 +350,10 @@ class Hub:
         self.store.session_changed(doc.doc_id, doc.sessions[member.sid])
         self.stats.updates["joined"] += 1
 
-    def _leave(self, member: Membership) -> None:
-        session = self.registry.leave(member, self.clock())
+    def _leave(self, member: Membership, reason: int) -> None:
+        session = self.registry.leave(member, self.clock(), reason)
         if session is not None:
-            self.store.session_left(member.doc.doc_id, session)
+            self.store.session_left(member.doc.doc_id, session, reason)
             self.stats.updates["left"] += 1
 
     # ------------------------------------------------------------ outbound
@@ -316,3 +391,19 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def ended_by(ws: Any) -> int | None:
+    """Why a connection the session did not close ended, when that ends the session too:
+    LEFT when the client closed it on purpose (1000: an SDK's close(), after LEAVE; a tab
+    going away sends 1001, which is held for a resume), EVICTED when websockets failed it
+    (a protocol error, a frame too big: the server's close frame went first). None: it was
+    lost, and is held for a resume."""
+    protocol = getattr(ws, "protocol", None)
+    rcvd = getattr(protocol, "close_rcvd", None)
+    sent = getattr(protocol, "close_sent", None)
+    if sent is not None and getattr(protocol, "close_rcvd_then_sent", None) is not True:
+        return p.EVICTED
+    if rcvd is not None and rcvd.code == 1000:
+        return p.LEFT
+    return None

@@ -61,10 +61,11 @@ class Registry:
         self.groups[self.group_of[doc]].add(doc)
         return Membership(doc, session.sid)
 
-    def leave(self, member: Membership, now_ms: int) -> Any:
-        """Remove a member; the session that left (None if it was not there)."""
+    def leave(self, member: Membership, now_ms: int, reason: int) -> Any:
+        """Remove a member (its `left` says why); the session that left (None if it was
+        not there)."""
         doc = member.doc
-        session = doc.leave(member.sid, now_ms)
+        session = doc.leave(member.sid, now_ms, reason)
         members = self.local.get(doc.doc_id)
         if members is not None:
             members.pop(member.sid, None)

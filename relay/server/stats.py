@@ -59,7 +59,7 @@ class Stats:
         self.bytes_out = 0
         self.connections_total = 0
         self.flush_failures = 0
-        self.updates = {"joined": 0, "left": 0}
+        self.updates = {"joined": 0, "left": 0, "resumed": 0}
         self.cursor_latency = CounterHistogram(LATENCY_BUCKETS)
         self.batch_sizes = CounterHistogram(BATCH_SIZE_BUCKETS)
         self.tick_duration = CounterHistogram(TICK_BUCKETS)
