@@ -32,6 +32,7 @@ from presence_client import (
     Event,
     Focus,
     Joined,
+    LeaveReason,
     Left,
     Member,
     RelayError,
@@ -322,7 +323,7 @@ async def test_leave(pair: tuple[Connection, Connection]) -> None:
     assert da.closed
     assert da.handle not in a.documents
     ev = await _wait_event(db, lambda e: isinstance(e, Left))
-    assert ev == Left(sid)
+    assert ev == Left(sid, LeaveReason.LEFT)
     assert sid not in db.members
     # events() of the left document ends (after what was already queued).
     async with asyncio.timeout(TIMEOUT):
@@ -395,7 +396,10 @@ async def test_protocol_violation_is_fatal(relay_url: str) -> None:
 # ---------------------------------------------------------------------------- reconnect
 
 
-async def test_reconnect_rejoins_and_resyncs(pair: tuple[Connection, Connection]) -> None:
+async def test_reconnect_resumes_and_resyncs(pair: tuple[Connection, Connection]) -> None:
+    """This relay speaks v1.1 and holds a dropped session for reconnect_grace_ms: the
+    reconnect resumes it (tests/test_client_resume.py has the details, and the rejoin of a
+    relay that does not resume)."""
     a, _ = pair
     da, db = await _joined_pair(pair)
     old_sid = da.sid
@@ -407,18 +411,17 @@ async def test_reconnect_rejoins_and_resyncs(pair: tuple[Connection, Connection]
     session.ws.transport.abort()  # drop the TCP connection under the SDK
 
     ev = await _wait_event(da, lambda e: isinstance(e, Resynced))
-    assert isinstance(ev, Resynced)
-    assert ev.old_sid == old_sid
-    assert ev.sid == da.sid
-    assert a.reconnects == 1
+    assert old_sid is not None and ev == Resynced(old_sid, old_sid, resumed=True)
+    assert da.sid == old_sid
+    assert a.reconnects == 1 and a.resumed
     assert a.connected and da.joined
     assert set(da.members) == {da.sid, db.sid}
     assert a.documents[da.handle] is da
 
-    # The other side sees the old session go and the new one arrive...
-    await _eventually(lambda: da.sid in db.members and old_sid not in db.members)
-    # ...with the cursor state the SDK sent again after the rejoin.
-    await _eventually(lambda: db.members[da.sid].cursor == (7, 7, 77))
+    # The other side keeps the same session, with its cursor.
+    await _eventually(lambda: not db.members[old_sid].disconnected)
+    assert set(db.members) == {old_sid, db.sid}
+    assert db.members[old_sid].cursor == (7, 7, 77)
 
     # Moves flow both ways after the reconnect.
     db.move_cursor(1, 2, 3)
@@ -562,7 +565,7 @@ async def test_batches_are_applied_idempotently() -> None:
         assert c.errors[1] == ErrorEvent(7, "bad value", doc.handle)
 
 
-@pytest.mark.parametrize("code", [1002, 1007, 1009, 4400, 4401, 4429])
+@pytest.mark.parametrize("code", [1002, 1007, 1009, 4400, 4401, 4409, 4429])
 async def test_fatal_close_codes_do_not_reconnect(code: int) -> None:
     async def script(ws: ServerConnection, n: int) -> None:
         await relay.handshake(ws, n)
@@ -589,7 +592,7 @@ def test_fatal_close_codes_match_the_browser_sdk() -> None:
     found = re.search(r"const FATAL_CLOSES = new Set\(\[([0-9, ]+)\]\)", source)
     assert found is not None, "FATAL_CLOSES not found in presence.js"
     browser = {int(code) for code in found.group(1).split(",")}
-    assert browser == set(FATAL_CLOSE_CODES) == {1002, 1007, 1009, 4400, 4401, 4429}
+    assert browser == set(FATAL_CLOSE_CODES) == {1002, 1007, 1009, 4400, 4401, 4409, 4429}
 
 
 async def test_a_token_provider_signs_every_hello() -> None:

@@ -1,4 +1,4 @@
-"""Python asyncio SDK for the presence relay (wire protocol v1).
+"""Python asyncio SDK for the presence relay (wire protocol v1, with v1.1's sessions).
 
     from presence_client import connect
 
@@ -12,6 +12,10 @@ Against a relay with a JWT secret pass ``token=``: a string, or a token provider
 callable, sync or async, returning a fresh token) that is called before every HELLO, so
 that reconnects, including the one after the relay ends a connection at the token's
 ``exp``, use a new token. See `Connection`.
+
+Against a v1.1 relay a dropped connection resumes its session when it comes back within the
+relay's ``reconnect_grace_ms``: same sids, no leave and join for the others (they see the
+member as DISCONNECTED meanwhile); `Left` events carry a `LeaveReason`.
 
 A distribution of its own (`pip install ./sdk/python`): it needs websockets and msgpack,
 nothing of the relay's (no redis, no prometheus, no uvloop, no compiler). Its wire constants
@@ -28,6 +32,7 @@ from .document import (
     Event,
     Focus,
     Joined,
+    LeaveReason,
     Left,
     Member,
     Resynced,
@@ -50,6 +55,7 @@ __all__ = [
     "Event",
     "Focus",
     "Joined",
+    "LeaveReason",
     "Left",
     "Member",
     "RelayClientError",

@@ -20,15 +20,17 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.typing import Subprotocol
 
-from .document import Document, ErrorEvent
+from .document import Document, ErrorEvent, _Link
 from .errors import ConnectionClosedError, RelayClientError, RelayError, TokenProviderError
 from .protocol import (
     ALREADY_JOINED,
     BATCH,
     CLOSE_INVALID_DATA,
+    CLOSE_NORMAL,
     CLOSE_PROTOCOL,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_RATE_LIMIT,
+    CLOSE_RESUMED,
     CLOSE_TOO_BIG,
     CLOSE_UNAUTHENTICATED,
     ERROR,
@@ -37,6 +39,7 @@ from .protocol import (
     JOINED,
     LEAVE,
     MAX_HANDLE,
+    NOT_JOINED,
     PING,
     PONG,
     SUBPROTOCOL,
@@ -54,14 +57,16 @@ log = logging.getLogger("presence_client")
 SDK_VERSION = "py/0.1.0"
 FATAL_CLOSE_CODES = frozenset({
     CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA, CLOSE_TOO_BIG,
-    CLOSE_PROTOCOL, CLOSE_UNAUTHENTICATED, CLOSE_RATE_LIMIT,
+    CLOSE_PROTOCOL, CLOSE_UNAUTHENTICATED, CLOSE_RESUMED, CLOSE_RATE_LIMIT,
 })  # fmt: skip
 """Close codes after which the SDK does not reconnect, because the same client would only
 be closed again: a WebSocket protocol violation (1002, 1007 invalid UTF-8, 1009 too big),
-4400 (relay protocol violation), 4401 (unauthenticated) and 4429 (rate-limit abuse). The
-browser SDK (sdk/browser/presence.js, FATAL_CLOSES) uses the same set. One exception: with a
-token provider, 4401 "token expired" on a connection that had been welcomed is the relay
-ending it at the token's `exp`, and the SDK reconnects with a fresh token."""
+4400 (relay protocol violation), 4401 (unauthenticated) and 4429 (rate-limit abuse); and
+4409 (v1.1), this connection was resumed by a newer one: another connection holding its
+resume token took the session over, and reconnecting would only take it back. The browser
+SDK (sdk/browser/presence.js, FATAL_CLOSES) uses the same set. One exception: with a token
+provider, 4401 "token expired" on a connection that had been welcomed is the relay ending
+it at the token's `exp`, and the SDK reconnects with a fresh token."""
 TOKEN_EXPIRED = "token expired"
 """The close reason of 4401 when the relay ends a connection at its token's `exp`."""
 ABNORMAL_CLOSURE = 1006
@@ -82,6 +87,8 @@ class _Session:
     """One physical WebSocket connection (a reconnect makes a new one)."""
 
     ws: ClientConnection
+    resumed: bool = False
+    """The relay resumed the previous connection's session (WELCOME `resumed`)."""
     queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     writer: asyncio.Task[None] | None = None
 
@@ -115,9 +122,18 @@ class Connection:
     After the handshake: `user` and `settings` (the WELCOME maps) and `connection_id`.
     `join()` opens documents, `ping()` measures the round trip, `errors` collects ERROR
     frames that belong to no call. With `reconnect=True` an unexpected close (anything but
-    a close asked for by `close()` and the `FATAL_CLOSE_CODES` 1002/1007/1009/4400/4401/4429)
-    reconnects with jittered exponential backoff, re-runs HELLO and rejoins every open
-    document with the same handles; each document then emits `Resynced`.
+    a close asked for by `close()` and the `FATAL_CLOSE_CODES`
+    1002/1007/1009/4400/4401/4409/4429) reconnects with jittered exponential backoff and
+    re-runs HELLO. Within the relay's `reconnect_grace_ms` of the drop the HELLO asks to
+    resume the session (protocol v1.1): the relay then brings every document back with the
+    same handle and sid, the others see this client as DISCONNECTED for the gap and never
+    as gone, and each document emits the differences it finds as events, then
+    `Resynced(resumed=True)`. Otherwise every open document is joined again with the same
+    handle and emits `Resynced`. Either way the latest cursor, viewport, focus and typing
+    are sent again.
+
+    `close()` is a deliberate leave: LEAVE for every document, then close 1000, so the
+    others see reason LEFT at once instead of a DISCONNECTED member.
 
     `token` is a string, or a token provider: a callable with no arguments returning a
     token or an awaitable of one, called before every HELLO, so that reconnects use a fresh
@@ -189,11 +205,22 @@ class Connection:
         """(close code, reason) of the last WebSocket that closed (1006: no close frame)."""
         self.reconnects: int = 0
         """How many times the connection came back after an unexpected close."""
+        self.resumed: bool = False
+        """True when the current WebSocket resumed the previous one's session (v1.1)."""
         self.documents: dict[int, Document] = {}
         """Open (or joining) documents by handle."""
 
         self._by_doc_id: dict[str, Document] = {}
         self._next_handle = 0
+        # Resume (v1.1): the last WELCOME's token and grace, and when its connection dropped.
+        self._resume_token: str | None = None
+        self._grace_ms = 0
+        self._dropped_at: float | None = None
+        # Handles of documents left while disconnected, which the suspended session may
+        # still hold: a resume LEAVEs them. Then `_unwanted`: LEAVE sent, and the resumed
+        # JOINED (or the NOT_JOINED) that is still to come must not be answered again.
+        self._stale: set[int] = set()
+        self._unwanted: set[int] = set()
         self._session: _Session | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
@@ -219,12 +246,17 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
         session = await self._open_session()
-        self._resume(session)
+        self._activate(session)
         self._supervisor = asyncio.create_task(self._run(session), name="relay-client")
         return self
 
     async def close(self) -> None:
-        """Close the connection (queued frames are sent first); every document ends."""
+        """Close the connection (queued frames are sent first); every document ends.
+
+        Deliberately: LEAVE for every document, then close 1000, so that the others see
+        reason LEFT at once. (A close without the LEAVEs would look like a lost connection:
+        the relay would hold this client's place as DISCONNECTED for `reconnect_grace_ms`.)
+        """
         if self._closing:
             if self._supervisor is not None:
                 with contextlib.suppress(BaseException):
@@ -233,12 +265,14 @@ class Connection:
         self._closing = True
         session = self._session
         if session is not None:
+            for handle in self._held_handles():
+                self._send(pack([LEAVE, handle]))
             session.queue.put_nowait(None)  # the writer sends what is queued, then stops
             if session.writer is not None:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(asyncio.shield(session.writer), 2.0)
             with contextlib.suppress(Exception):
-                await session.ws.close()
+                await session.ws.close(CLOSE_NORMAL)
         if self._supervisor is not None:
             if session is None:
                 self._supervisor.cancel()  # sleeping between reconnect attempts
@@ -298,13 +332,13 @@ class Connection:
         self.documents[handle] = doc
         self._by_doc_id[doc_id] = doc
         if self._session is not None:
-            self._send(pack([JOIN, handle, doc_id]))
+            self._send_join(doc)
         try:
             async with asyncio.timeout(self.request_timeout if timeout is None else timeout):
                 await waiter
         except BaseException as exc:
             # A late JOINED for this handle is answered with LEAVE by the reader.
-            self._forget(doc)
+            self._release(doc)
             doc._close(exc if isinstance(exc, RelayClientError) else None)
             raise
         return doc
@@ -336,18 +370,42 @@ class Connection:
         if session is not None:
             session.queue.put_nowait(data)
 
+    def _send_join(self, doc: Document, *, dup_ok: bool = False) -> None:
+        self._send(pack([JOIN, doc.handle, doc.doc_id]))
+        doc._link = _Link.JOINING
+        doc._dup_join = dup_ok
+
     def _forget(self, doc: Document) -> None:
         if self.documents.get(doc.handle) is doc:
             del self.documents[doc.handle]
         if self._by_doc_id.get(doc.doc_id) is doc:
             del self._by_doc_id[doc.doc_id]
 
+    def _release(self, doc: Document) -> None:
+        """Forget `doc` and undo it on the relay: LEAVE now when the relay has it, or at the
+        resume when it holds it for a suspended connection."""
+        self._forget(doc)
+        link, doc._link = doc._link, None
+        if link is None:
+            return
+        if self._session is None:
+            self._stale.add(doc.handle)
+        elif link is _Link.JOINED:
+            self._send(pack([LEAVE, doc.handle]))
+        elif link is _Link.RESUMING:
+            self._send(pack([LEAVE, doc.handle]))
+            self._unwanted.add(doc.handle)  # its resumed JOINED may be on the way already
+        # JOINING: the late JOINED is answered with LEAVE by the reader.
+
+    def _held_handles(self) -> list[int]:
+        """The handles the relay has, or will have, open on the current session."""
+        return [h for h, doc in self.documents.items() if doc._link is not None]
+
     def _cursor_interval(self) -> float:
-        ms = self.settings.get("cursor_throttle_ms", 50)
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except (TypeError, ValueError):
-            return 0.05
+        return _seconds(self.settings.get("cursor_throttle_ms"), 0.05)
+
+    def _typing_debounce(self) -> float:
+        return _seconds(self.settings.get("typing_debounce_ms"), 0.5)
 
     def _check_usable(self) -> None:
         if self._fatal is not None:
@@ -360,7 +418,7 @@ class Connection:
         for _ in range(MAX_HANDLE + 1):
             h = self._next_handle
             self._next_handle = (h + 1) % (MAX_HANDLE + 1)
-            if h not in self.documents:
+            if h not in self.documents and h not in self._stale and h not in self._unwanted:
                 return h
         raise RelayClientError("no free handle")
 
@@ -395,8 +453,9 @@ class Connection:
             open_timeout=self.open_timeout,
             **self._ws_options,
         )
+        info = self._hello_info()
         try:
-            await ws.send(pack([HELLO, VERSION, token, self._info]))
+            await ws.send(pack([HELLO, VERSION, token, info]))
             async with asyncio.timeout(self.open_timeout):
                 while True:
                     data = await ws.recv()
@@ -414,7 +473,23 @@ class Connection:
             with contextlib.suppress(Exception):
                 await ws.close()
             raise
-        return _Session(ws)
+        resumed = self.settings.get("resumed") is True
+        if resumed and "resume" not in info:
+            log.warning("the relay says it resumed a session this client did not ask for")
+        return _Session(ws, resumed=resumed and "resume" in info)
+
+    def _hello_info(self) -> dict[str, Any]:
+        """HELLO's `info`, with `resume` when the previous session may still be held."""
+        if not self._can_resume():
+            return self._info
+        return {**self._info, "resume": self._resume_token}
+
+    def _can_resume(self) -> bool:
+        """After a drop, within the last WELCOME's `reconnect_grace_ms` (past it the relay
+        has ended the session: asking could only fail)."""
+        if self._resume_token is None or self._dropped_at is None:
+            return False
+        return (self._loop.time() - self._dropped_at) * 1000.0 < self._grace_ms
 
     def _on_welcome(self, frame: list[Any]) -> None:
         _, _version, connection_id, user, server_ms, settings = frame[:6]
@@ -423,16 +498,46 @@ class Connection:
         self.settings = dict(settings) if isinstance(settings, dict) else {}
         if isinstance(server_ms, int | float):
             self.clock_offset_ms = server_ms - time.time() * 1000.0
+        token, grace = self.settings.get("resume_token"), self.settings.get("reconnect_grace_ms")
+        # A v1 relay sends neither: no resume, every reconnect joins afresh.
+        self._resume_token = token if isinstance(token, str) and token else None
+        self._grace_ms = grace if type(grace) is int and grace > 0 else 0
         interval = self._cursor_interval()
         for doc in self.documents.values():
             doc._set_interval(interval)
 
-    def _resume(self, session: _Session) -> None:
-        """Make `session` current and (re)join every registered document."""
+    def _activate(self, session: _Session) -> None:
+        """Make `session` current and get every registered document joined on it."""
         session.writer = asyncio.create_task(self._write(session), name="relay-client-writer")
         self._session = session
+        self.resumed = session.resumed
+        if session.resumed:
+            self._reconcile_resumed()
+            return
+        # A fresh connection: the relay has nothing of ours (the old session's documents
+        # end there on their own).
+        self._stale.clear()
+        self._unwanted.clear()
         for doc in list(self.documents.values()):
-            self._send(pack([JOIN, doc.handle, doc.doc_id]))
+            self._send_join(doc)
+
+    def _reconcile_resumed(self) -> None:
+        """The relay resumed the suspended session and is sending one JOINED per document
+        it held. LEAVE those left meanwhile (first: a document left and joined again under
+        a new handle would otherwise be ALREADY_JOINED), JOIN those it cannot have."""
+        self._stale |= self._unwanted  # a LEAVE from a resume that dropped too early
+        self._unwanted = self._stale
+        self._stale = set()
+        for handle in sorted(self._unwanted):
+            self._send(pack([LEAVE, handle]))
+        for doc in list(self.documents.values()):
+            if doc._link is _Link.JOINED or doc._link is _Link.RESUMING:
+                doc._link = _Link.RESUMING  # its JOINED comes unasked: no JOIN
+            else:
+                # Joined while disconnected (None), or a JOIN sent just before the drop that
+                # the relay may or may not have had: JOIN; in the second case a resumed
+                # JOINED and an ALREADY_JOINED may answer instead.
+                self._send_join(doc, dup_ok=doc._link is _Link.JOINING)
 
     async def _write(self, session: _Session) -> None:
         ws, queue = session.ws, session.queue
@@ -453,6 +558,7 @@ class Connection:
             while True:
                 opened_at = self._loop.time()
                 code, reason = await self._read(session)
+                self._dropped_at = self._loop.time()  # the resume grace runs from here
                 self.last_close = (code, reason)
                 self._session = None
                 if session.writer is not None:
@@ -480,11 +586,10 @@ class Connection:
                     self._shutdown(exc)
                     return
                 if self._closing_now():  # close() may have come while we reconnected
-                    with contextlib.suppress(Exception):
-                        await session.ws.close()
+                    await self._close_unused(session)
                     return
                 self.reconnects += 1
-                self._resume(session)
+                self._activate(session)
         except asyncio.CancelledError:
             if self._session is not None and self._session.writer is not None:
                 self._session.writer.cancel()
@@ -495,6 +600,15 @@ class Connection:
 
     def _closing_now(self) -> bool:
         return self._closing
+
+    async def _close_unused(self, session: _Session) -> None:
+        """Close a session that close() made useless before it was activated; if it resumed
+        a session, leave its documents first, like close() does."""
+        with contextlib.suppress(Exception):
+            if session.resumed:
+                for handle in sorted({*self._held_handles(), *self._stale, *self._unwanted}):
+                    await session.ws.send(pack([LEAVE, handle]))
+            await session.ws.close(CLOSE_NORMAL)
 
     def _renews(self, code: int, reason: str) -> bool:
         """True for the relay ending a welcomed connection at its token's `exp`, when a
@@ -615,13 +729,19 @@ class Connection:
                 doc._apply_batch(frame[3])
         elif t == JOINED:
             handle = frame[1]
+            if handle in self._unwanted:  # left while disconnected; the LEAVE is sent
+                self._unwanted.discard(handle)
+                return
             doc = self.documents.get(handle)
             if doc is None or doc.doc_id != frame[2]:
                 self._send(pack([LEAVE, handle]))  # a join we gave up on: undo it
             else:
-                doc._on_joined(frame[3], frame[4])
+                doc._on_joined(frame[3], frame[4], resumed=self.resumed)
         elif t == ERROR:
             handle, code, message = frame[1], frame[2], frame[3]
+            if code == NOT_JOINED and handle in self._unwanted:
+                self._unwanted.discard(handle)  # the resume did not bring it back: fine
+                return
             doc = self.documents.get(handle) if handle is not None else None
             if doc is not None:
                 consumed = doc._on_error(code, message)
@@ -642,6 +762,13 @@ class Connection:
                     fut.set_result(rtt)
         elif t == WELCOME:
             self._on_welcome(frame)
+
+
+def _seconds(ms: object, default: float) -> float:
+    """A WELCOME setting in ms as seconds (`default` when it is missing or not a number)."""
+    if type(ms) is not int and type(ms) is not float:
+        return default
+    return max(0.0, ms / 1000.0)
 
 
 def _close_code(exc: ConnectionClosed) -> int:

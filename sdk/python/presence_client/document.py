@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .errors import RelayClientError, RelayError
 from .protocol import (
+    ALREADY_JOINED,
     CURSOR,
     EV_ACTIVITY,
     EV_CURSOR,
@@ -20,7 +21,6 @@ from .protocol import (
     EV_TYPING,
     EV_VIEWPORT,
     FOCUS,
-    LEAVE,
     TYPING,
     VIEWPORT,
     pack,
@@ -39,6 +39,7 @@ __all__ = [
     "Event",
     "Focus",
     "Joined",
+    "LeaveReason",
     "Left",
     "Member",
     "Resynced",
@@ -67,6 +68,18 @@ class ActivityState(enum.IntEnum):
     SELECTING = 2
     IDLE = 3
     AWAY = 4
+    DISCONNECTED = 5  # v1.1: its connection ended without a leave; its place is held
+
+
+class LeaveReason(enum.IntEnum):
+    """Why a member left: the `reason` of a v1.1 `left` event (`protocol.LEAVE_REASONS`)."""
+
+    LEFT = 0  # LEAVE, or a deliberate close (an SDK's close())
+    LOST = 1  # its connection ended otherwise and was not resumed within the grace
+    NODE_DOWN = 2  # the relay node that held it died, and it was not resumed elsewhere
+    EVICTED = 3  # the relay closed its connection (4400, 4401, 4408, 4429)
+    EXPIRED = 4  # a member set over HTTP reached the end of its ttl_s
+    SHUTDOWN = 5  # a relay without shared state shut down gracefully
 
 
 def _activity(v: Any) -> int:
@@ -74,6 +87,15 @@ def _activity(v: Any) -> int:
         return ActivityState(v)
     except ValueError:
         return int(v)
+
+
+def _leave_reason(v: Any) -> int | None:
+    if type(v) is not int:  # absent (a v1 relay sends [3, sid]) or not a number
+        return None
+    try:
+        return LeaveReason(v)
+    except ValueError:
+        return v  # a newer relay's reason: kept as it came
 
 
 def _cursor(v: Any) -> Cursor | None:
@@ -106,9 +128,16 @@ class Member:
     connected_at_ms: int
     last_active_ms: int
 
+    @property
+    def disconnected(self) -> bool:
+        """True while the member's connection is gone and the relay holds its place for a
+        resume (activity DISCONNECTED): draw it greyed out rather than remove it."""
+        return self.activity == ActivityState.DISCONNECTED
+
     @classmethod
     def from_wire(cls, m: list[Any]) -> Member:
-        """Build a Member from the protocol's 13-element MEMBER array."""
+        """Build a Member from the protocol's 13-element MEMBER array (elements a newer
+        relay appends are ignored)."""
         if len(m) < 13:
             m = [*m, *([None] * (13 - len(m)))]
         return cls(
@@ -141,9 +170,24 @@ class Joined:
 
 @dataclass(frozen=True, slots=True)
 class Left:
-    """A member left; it is no longer in `doc.members`."""
+    """A member left; it is no longer in `doc.members`. `reason` is a `LeaveReason` (a plain
+    int for a reason newer than this SDK), or None when there is none: a v1 relay, or a
+    member found gone when a resume brought the document back (the `left` was sent while
+    this client was disconnected)."""
 
     sid: int
+    reason: int | None = None
+
+    @property
+    def reason_name(self) -> str | None:
+        """The reason's name ("LEFT", "LOST", ...), "UNKNOWN" for a reason this SDK does not
+        know, None when there is no reason."""
+        if self.reason is None:
+            return None
+        try:
+            return LeaveReason(self.reason).name
+        except ValueError:
+            return "UNKNOWN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,12 +233,18 @@ class Focus:
 
 @dataclass(frozen=True, slots=True)
 class Resynced:
-    """The connection came back and the document was joined again: `doc.members` now holds
-    a fresh snapshot (re-read it; no Joined/Left events are synthesized for the gap) and
-    `sid` is this client's session id in it (it may differ from `old_sid`)."""
+    """The connection came back and the document is joined again; `doc.members` holds a
+    fresh snapshot and `sid` is this client's session id in it.
+
+    `resumed` True: the relay resumed the session (protocol v1.1). `sid` equals `old_sid`,
+    the others never saw this client leave, and the differences found in the snapshot were
+    emitted before this event as Joined/Left/CursorMoved/... events. `resumed` False: the
+    document was joined afresh; `sid` may differ from `old_sid`, and no events are
+    synthesized for the gap (re-read `doc.members`)."""
 
     sid: int
     old_sid: int | None
+    resumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +263,15 @@ Event: TypeAlias = (
 _CLOSED = object()  # end-of-events sentinel
 
 
+class _Link(enum.Enum):
+    """Where the relay stands on a document's handle, as far as this client knows. It
+    survives a drop: a resume brings the suspended connection's documents back."""
+
+    JOINING = enum.auto()  # JOIN sent, no answer yet
+    RESUMING = enum.auto()  # joined before the drop; the resume sends its JOINED unasked
+    JOINED = enum.auto()  # JOINED received
+
+
 # ---------------------------------------------------------------------------- document
 
 
@@ -223,7 +282,7 @@ class Document:
     received since (own events included). The presence methods (`move_cursor`, `typed`, ...)
     are synchronous and never block: frames are queued on the connection's writer. While the
     connection is reconnecting they only update the local state, which is sent again once the
-    document has been rejoined.
+    document has been rejoined or resumed.
     """
 
     def __init__(
@@ -234,13 +293,18 @@ class Document:
         """The client-chosen handle this document uses on the wire."""
         self.doc_id: str = doc_id
         self.sid: int | None = None
-        """This client's session id in the document (None until joined; may change after a
-        reconnect)."""
+        """This client's session id in the document (None until joined; kept when the relay
+        resumes the session after a reconnect, a new one when it is joined afresh)."""
         self.members: dict[int, Member] = {}
         self.closed: bool = False
         self.close_error: BaseException | None = None
         self._ever_joined = False
         self._joined = False
+        self._link: _Link | None = None
+        # A JOIN sent again after a resume that the relay may already have had before the
+        # drop: its ALREADY_JOINED is expected (the resumed JOINED answers it instead),
+        # before or after that JOINED. Reset by the next JOIN.
+        self._dup_join = False
         self._join_waiter: asyncio.Future[None] | None = None
         self._events: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_events)
         interval = conn._cursor_interval()
@@ -252,6 +316,7 @@ class Document:
         self._cursor_frame: bytes | None = None
         self._viewport_frame: bytes | None = None
         self._focus_frame: bytes | None = None
+        self._typing: tuple[bool, float] | None = None  # (typing, loop time) of the last call
 
     def __repr__(self) -> str:
         return (
@@ -315,11 +380,13 @@ class Document:
     def typed(self) -> None:
         """Report a keystroke; the relay shows "typing" until `typing_debounce_ms` after the
         last one."""
+        self._typing = (True, self._conn._loop.time())
         if self.joined:
             self._conn._send(pack([TYPING, self.handle]))
 
     def stop_typing(self) -> None:
         """Stop the typing indicator at once (blur, submit)."""
+        self._typing = (False, self._conn._loop.time())
         if self.joined:
             self._conn._send(pack([TYPING, self.handle, False]))
 
@@ -338,12 +405,11 @@ class Document:
             self._conn._send(frame)
 
     async def leave(self) -> None:
-        """Leave the document; `events()` ends and the handle is released."""
+        """Leave the document; `events()` ends and the handle is released. While the
+        connection is reconnecting, the LEAVE goes out if the relay resumes the session."""
         if self.closed:
             return
-        if self._joined:
-            self._conn._send(pack([LEAVE, self.handle]))
-        self._conn._forget(self)
+        self._conn._release(self)
         self._close(None)
 
     # ------------------------------------------------------------------ incoming
@@ -389,77 +455,85 @@ class Document:
         """Apply one BATCH's events idempotently and emit those of other sessions."""
         if not self._joined:
             return
-        members = self.members
-        own = self.sid
         for ev in events:
             try:
-                code = ev[0]
-                if code == EV_JOINED:
-                    m = Member.from_wire(ev[1])
-                    members[m.sid] = m
-                    if m.sid != own:
-                        self._emit(Joined(replace(m)))  # a snapshot: `m` changes later
-                    continue
-                sid = ev[1]
-                m0 = members.get(sid)
-                if m0 is None:
-                    continue  # unknown sid (e.g. already gone in our snapshot): ignore
-                out: Event | None = None
-                if code == EV_CURSOR:
-                    if len(ev) >= 5:
-                        m0.cursor = (ev[2], ev[3], ev[4])
-                        m0.selection = (ev[5], ev[6], ev[7], bool(ev[8])) if len(ev) >= 9 else None
-                    else:
-                        m0.cursor = None
-                        m0.selection = None
-                    out = CursorMoved(sid, m0.cursor, m0.selection)
-                elif code == EV_LEFT:
-                    del members[sid]
-                    out = Left(sid)
-                elif code == EV_TYPING:
-                    m0.typing = bool(ev[2])
-                    out = Typing(sid, m0.typing)
-                elif code == EV_VIEWPORT:
-                    m0.viewport = (ev[2], ev[3], ev[4])
-                    out = Viewport(sid, m0.viewport)
-                elif code == EV_ACTIVITY:
-                    m0.activity = _activity(ev[2])
-                    out = Activity(sid, m0.activity)
-                elif code == EV_FOCUS:
-                    m0.focused = bool(ev[2])
-                    out = Focus(sid, m0.focused)
-                if out is not None and sid != own:
-                    self._emit(out)
+                applied = self._apply_event(ev)
             except (IndexError, TypeError, KeyError, ValueError) as exc:
                 log.warning("ignoring malformed event %r in %s: %s", ev, self.doc_id, exc)
+                continue
+            if applied is not None and applied[0] != self.sid:
+                self._emit(applied[1])
 
-    def _on_joined(self, sid: int, members: list[Any]) -> None:
-        old_sid = self.sid
+    def _apply_event(self, ev: list[Any]) -> tuple[int, Event] | None:
+        """Apply one event to `members`; return (its sid, the event to emit) or None when
+        it changes nothing. Elements past the ones this SDK knows are ignored, and so are
+        event codes it does not know (a newer relay's)."""
+        code = ev[0]
+        if code == EV_JOINED:
+            m = Member.from_wire(ev[1])
+            self.members[m.sid] = m
+            return m.sid, Joined(replace(m))  # a copy: `m` changes later
+        apply = _EVENT_APPLIERS.get(code)
+        if apply is None:
+            return None
+        sid = ev[1]
+        m0 = self.members.get(sid)
+        if m0 is None:
+            return None  # unknown sid (e.g. already gone in our snapshot): ignore
+        if code == EV_LEFT:
+            del self.members[sid]
+        return sid, apply(m0, ev)
+
+    def _on_joined(self, sid: int, members: list[Any], *, resumed: bool = False) -> None:
+        """A JOINED: the document's snapshot. `resumed`: it came from a resumed session,
+        which keeps this client's sid; the differences from the members known before the
+        drop are then emitted as events (others see no leave and join, and neither should
+        this client's user)."""
+        old_sid, old_members = self.sid, self.members
         rejoin = self._ever_joined
+        if resumed and sid != old_sid:
+            if rejoin and self._link is _Link.RESUMING:  # the contract keeps the sid
+                log.warning("resumed %s with sid %s, not %s", self.doc_id, sid, old_sid)
+            resumed = False
+        resumed = resumed and rejoin
         self.sid = sid
-        self.members = {}
+        self.members = self._parse_members(members)
+        self._joined = True
+        self._ever_joined = True
+        self._link = _Link.JOINED
+        if self._join_waiter is not None and not self._join_waiter.done():
+            self._join_waiter.set_result(None)
+        if resumed:
+            for ev_sid, event in _snapshot_diff(old_members, self.members):
+                if ev_sid != sid:
+                    self._emit(event)
+        # Frames sent while disconnected were lost, and state may have been set before the
+        # first JOINED arrived (e.g. move_cursor right after join()): send the latest.
+        self._resend_state()
+        if rejoin:
+            self._emit(Resynced(sid, old_sid, resumed))
+
+    def _parse_members(self, members: list[Any]) -> dict[int, Member]:
+        out: dict[int, Member] = {}
         for raw in members:
             try:
                 m = Member.from_wire(raw)
             except (IndexError, TypeError, ValueError) as exc:
                 log.warning("ignoring malformed member %r in %s: %s", raw, self.doc_id, exc)
                 continue
-            self.members[m.sid] = m
-        self._joined = True
-        self._ever_joined = True
-        if self._join_waiter is not None and not self._join_waiter.done():
-            self._join_waiter.set_result(None)
-        if rejoin:
-            self._resend_state()
-            self._emit(Resynced(sid, old_sid))
-        else:
-            # State set before the JOINED arrived (e.g. move_cursor right after join()).
-            self._resend_state()
+            out[m.sid] = m
+        return out
 
     def _on_error(self, code: int, message: str) -> bool:
-        """Route an ERROR for this handle. Returns True when a pending `join()` consumed it
-        (that call raises); otherwise it is emitted as an `ErrorEvent` (and a failed rejoin
-        after a reconnect also closes the document)."""
+        """Route an ERROR for this handle. Returns True when it is consumed: a pending
+        `join()` raises it, or it is the expected answer to a JOIN repeated after a resume;
+        otherwise it is emitted as an `ErrorEvent` (and a failed rejoin after a reconnect
+        also closes the document)."""
+        if code == ALREADY_JOINED and self._dup_join:
+            # The first JOIN had reached the relay before the drop: the resumed connection
+            # has the document, and its JOINED answers this join.
+            self._dup_join = False
+            return True
         if not self._joined and self._join_waiter is not None and not self._join_waiter.done():
             self._join_waiter.set_exception(RelayError(code, message, self.handle))
             return True
@@ -488,6 +562,20 @@ class Document:
             self._throttled(self._viewport_frame, self._viewport_throttle, "_viewport_timer")
         if self._focus_frame is not None:
             self._conn._send(self._focus_frame)
+        typing = self._typing_frame()
+        if typing is not None:
+            self._conn._send(typing)
+
+    def _typing_frame(self) -> bytes | None:
+        """The last typing call's frame, if it still matters: a keystroke (or a stop) older
+        than `typing_debounce_ms` has run out at the relay anyway, and sending it again
+        would show a typing that ended."""
+        if self._typing is None:
+            return None
+        typing, at = self._typing
+        if self._conn._loop.time() - at >= self._conn._typing_debounce():
+            return None
+        return pack([TYPING, self.handle] if typing else [TYPING, self.handle, False])
 
     def _close(self, error: BaseException | None) -> None:
         if self.closed:
@@ -538,3 +626,84 @@ class Document:
             self._conn._send(frame)
         elif throttle.pending:
             self._arm(throttle, timer_attr)
+
+
+# ---------------------------------------------------------------------------- applying events
+# One function per event code but `joined`: it updates the member `m` and returns the event.
+
+
+def _apply_cursor(m: Member, ev: list[Any]) -> Event:
+    if len(ev) >= 5:
+        m.cursor = (ev[2], ev[3], ev[4])
+        m.selection = (ev[5], ev[6], ev[7], bool(ev[8])) if len(ev) >= 9 else None
+    else:
+        m.cursor = None
+        m.selection = None
+    return CursorMoved(m.sid, m.cursor, m.selection)
+
+
+def _apply_left(m: Member, ev: list[Any]) -> Event:
+    return Left(m.sid, _leave_reason(ev[2]) if len(ev) >= 3 else None)
+
+
+def _apply_typing(m: Member, ev: list[Any]) -> Event:
+    m.typing = bool(ev[2])
+    return Typing(m.sid, m.typing)
+
+
+def _apply_viewport(m: Member, ev: list[Any]) -> Event:
+    m.viewport = (ev[2], ev[3], ev[4])
+    return Viewport(m.sid, m.viewport)
+
+
+def _apply_activity(m: Member, ev: list[Any]) -> Event:
+    m.activity = _activity(ev[2])
+    return Activity(m.sid, m.activity)
+
+
+def _apply_focus(m: Member, ev: list[Any]) -> Event:
+    m.focused = bool(ev[2])
+    return Focus(m.sid, m.focused)
+
+
+_EVENT_APPLIERS: dict[int, Callable[[Member, list[Any]], Event]] = {
+    EV_CURSOR: _apply_cursor,
+    EV_LEFT: _apply_left,
+    EV_TYPING: _apply_typing,
+    EV_VIEWPORT: _apply_viewport,
+    EV_ACTIVITY: _apply_activity,
+    EV_FOCUS: _apply_focus,
+}
+
+
+def _snapshot_diff(old: dict[int, Member], new: dict[int, Member]) -> list[tuple[int, Event]]:
+    """The events that turn the members `old` into `new`, as (sid, event): what a client
+    that had stayed connected would have seen, minus the intermediate steps. A member in
+    both with the same identity gets only the changes of its state."""
+    out: list[tuple[int, Event]] = [(sid, Left(sid)) for sid in old if sid not in new]
+    for sid, m in new.items():
+        before = old.get(sid)
+        if before is None or _identity(before) != _identity(m):
+            out.append((sid, Joined(replace(m))))
+        else:
+            out.extend((sid, event) for event in _state_changes(before, m))
+    return out
+
+
+def _identity(m: Member) -> tuple[str, str, str | None, str]:
+    return m.user_id, m.name, m.avatar, m.color
+
+
+def _state_changes(a: Member, b: Member) -> list[Event]:
+    out: list[Event] = []
+    if (a.cursor, a.selection) != (b.cursor, b.selection):
+        out.append(CursorMoved(b.sid, b.cursor, b.selection))
+    if a.typing != b.typing:
+        out.append(Typing(b.sid, b.typing))
+    if a.viewport != b.viewport and b.viewport is not None:  # no event clears a viewport
+        out.append(Viewport(b.sid, b.viewport))
+    if a.activity != b.activity:
+        out.append(Activity(b.sid, b.activity))
+    if a.focused != b.focused:
+        out.append(Focus(b.sid, b.focused))
+    return out

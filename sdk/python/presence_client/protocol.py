@@ -1,5 +1,5 @@
 """The wire protocol as a client sees it: message types, event codes, error and close codes,
-and the MessagePack codec.
+leave reasons, and the MessagePack codec.
 
 The relay's contract (docs/protocol.md in the relay's repository) defines every value here;
 the SDK's tests check this module against the relay's golden vectors
@@ -56,6 +56,7 @@ UNAVAILABLE = 10
 UNAUTHENTICATED = 11
 
 # Close codes
+CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
@@ -64,6 +65,16 @@ CLOSE_PROTOCOL = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_SLOW = 4408
 CLOSE_RATE_LIMIT = 4429
+CLOSE_RESUMED = 4409  # this connection was resumed by a newer one (v1.1)
+
+# Leave reasons: `left` is [3, sid, reason] (v1.1; a v1 relay sends [3, sid])
+LEFT = 0  # LEAVE, or a deliberate close
+LOST = 1  # the connection ended otherwise and was not resumed within the grace
+NODE_DOWN = 2  # the node that held the session died, and it was not resumed elsewhere
+EVICTED = 3  # the relay closed the connection: 4400, 4401, 4408, 4429
+EXPIRED = 4  # a member set over HTTP reached the end of its ttl_s
+SHUTDOWN = 5  # a relay without shared state shut down gracefully
+LEAVE_REASONS = ("LEFT", "LOST", "NODE_DOWN", "EVICTED", "EXPIRED", "SHUTDOWN")
 
 MAX_HANDLE = 65535
 
