@@ -43,7 +43,7 @@ test: $(STAMP) redis-server browser-deps
 	$(BIN)/ruff check relay tests bench sdk/python
 	$(BIN)/ruff format --check relay tests bench sdk/python
 	$(BIN)/mypy
-	node --test sdk/browser/test/msgpack.test.mjs
+	node --test sdk/browser/test/msgpack.test.mjs sdk/browser/test/presence.test.mjs
 	$(BIN)/python -m pytest -q
 	RELAY_NO_EXTENSIONS=1 RELAY_TEST_LOOP=asyncio $(BIN)/python -m pytest -q -p no:cacheprovider
 

@@ -4,6 +4,13 @@
 // The editor is an adapter: `{ container: HTMLElement, getCoordinates({line, column}) ->
 // {x, y}, lineHeight?: number }`; positions are in the container's coordinate space (the
 // container should be `position: relative`).
+//
+// A member whose connection dropped (activity 5, DISCONNECTED, v1.1) keeps its caret where it
+// was, greyed and labelled "Disconnected", while the relay holds its place for a resume.
+
+const DISCONNECTED = 5; // activity code (docs/protocol.md, section 4)
+const DISCONNECTED_COLOR = '#9e9e9e';
+const DISCONNECTED_LABEL = 'Disconnected';
 
 class CursorElement {
   constructor(element, label) {
@@ -50,6 +57,11 @@ class CursorElement {
     this.element.classList.toggle('typing', isTyping); // styling hook (e.g. a pulsing label)
   }
 
+  setDisconnected(disconnected) {
+    this.element.classList.toggle('disconnected', disconnected); // styling hook
+    this.element.style.opacity = disconnected ? '0.6' : '';
+  }
+
   remove() {
     this.clearSelection();
     this.element.remove();
@@ -71,17 +83,21 @@ export class CursorRenderer {
       this.cursors.set(key, cursor);
     }
     const coords = this.editor.getCoordinates(data.position);
+    // Grey, not the member's color: its place is held, but nobody is behind it right now.
+    const color = data.disconnected ? DISCONNECTED_COLOR : data.color;
     cursor.element.style.left = `${coords.x}px`;
     cursor.element.style.top = `${coords.y}px`;
-    cursor.element.style.backgroundColor = data.color;
-    cursor.label.style.backgroundColor = data.color;
-    cursor.label.textContent = data.name;
+    cursor.element.style.backgroundColor = color;
+    cursor.label.style.backgroundColor = color;
+    cursor.label.textContent = data.disconnected
+      ? `${data.name} (${DISCONNECTED_LABEL})` : data.name;
     if (data.selection) {
-      cursor.updateSelection(data.selection, data.color, this.editor);
+      cursor.updateSelection(data.selection, color, this.editor);
     } else {
       cursor.clearSelection();
     }
-    cursor.setTyping(Boolean(data.isTyping));
+    cursor.setTyping(Boolean(data.isTyping) && !data.disconnected);
+    cursor.setDisconnected(Boolean(data.disconnected));
   }
 
   removeCursor(key) {
@@ -159,6 +175,8 @@ export function cursorDisplay(member) {
     position: { line: member.cursor.line, column: member.cursor.col },
     isTyping: member.typing,
     lastActive: member.lastActiveMs,
+    activity: member.activity,
+    disconnected: member.activity === DISCONNECTED,
   };
   if (member.selection) {
     // The cursor is the head; `backward` says the head comes first.
@@ -202,6 +220,8 @@ export function bindPresence(doc, { renderer = null, typing = null } = {}) {
       if (typing) typing.updateTyping(m.sid, m.name, e.detail.typing);
       if (renderer && m.cursor) draw(m);
     },
+    // DISCONNECTED and back: the caret greys out and comes back, it is never removed.
+    activity: (e) => { const m = doc.members.get(e.detail.sid); if (m) draw(m); },
     resynced: redrawAll,
   };
   for (const [type, fn] of Object.entries(handlers)) doc.addEventListener(type, fn);

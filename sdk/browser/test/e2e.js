@@ -2,7 +2,7 @@
 // Each returns what it observed; the Python test asserts on it (and fails on any exception).
 
 import { decode, encode } from '../msgpack.js';
-import { connect, RelayError } from '../presence.js';
+import { connect, PresenceClient, RelayError } from '../presence.js';
 import { CursorRenderer, TypingIndicator, bindPresence } from '../ui.js';
 
 const CHAR_W = 8, LINE_H = 16;
@@ -255,5 +255,103 @@ async function vectors(base) {
   return out;
 }
 
-window.scenarios = { twoMembers, reconnects, refusals, tokenRenewal, vectors };
+// ---------------------------------------------------------------- v1.1 sessions, page by page
+// The tests of resuming, hiding and leaving drive one role per page (ann acts, bob watches),
+// one call at a time, with DevTools doing to the page what a person or a network would
+// (offline, reload, hide) in between. What each role saw is kept in its log.
+
+const roles = {};
+
+const memberView = (m) => ({ sid: m.sid, userId: m.userId, color: m.color, activity: m.activity,
+  disconnected: m.disconnected, focused: m.focused, cursor: m.cursor });
+
+function caretView() {
+  const caret = document.querySelector('.remote-cursor');
+  if (caret === null) return null;
+  return { label: caret.querySelector('.cursor-label').textContent,
+    disconnected: caret.classList.contains('disconnected'), color: caret.style.backgroundColor };
+}
+
+function watch(doc, note) {
+  for (const type of ['joined', 'left', 'activity', 'focus', 'cursor', 'resynced']) {
+    doc.addEventListener(type, (e) => {
+      const d = e.detail;
+      note({ type, doc: doc.docId, sid: d.sid ?? d.member?.sid ?? null, reason: d.reason,
+        activity: d.activity, focused: d.focused, cursor: d.cursor, resumed: d.resumed,
+        caret: type === 'activity' ? caretView() : undefined });
+    });
+  }
+}
+
+async function sessionOpen({ url, role, userId, name, docs, options = {}, ui = false }) {
+  const r = { log: [], sent: [], docs: {} };
+  roles[role] = r;
+  const note = (entry) => r.log.push({ at: Date.now(), ...entry });
+  const client = new PresenceClient(url, { userId, name, ...options });
+  r.client = client;
+  const send = client.send.bind(client);
+  client.send = (frame) => { r.sent.push(frame); send(frame); };
+  client.addEventListener('disconnected', (e) => note({ type: 'disconnected', code: e.detail.code }));
+  client.addEventListener('reconnected', (e) => note({ type: 'reconnected', resumed: e.detail.resumed }));
+  client.addEventListener('closed', (e) => note({ type: 'closed', code: e.detail.code }));
+  await client.start();
+  for (const id of docs) {
+    const doc = await client.join(id);
+    r.docs[id] = doc;
+    if (ui && id === docs[0]) bindPresence(doc, { renderer: new CursorRenderer(editor()) });
+    watch(doc, note);
+  }
+  return sessionState(role);
+}
+
+function sessionState(role) {
+  const r = roles[role];
+  const docs = {};
+  for (const [id, doc] of Object.entries(r.docs)) {
+    docs[id] = { sid: doc.sid, handle: doc.handle, open: doc.open,
+      members: [...doc.others().values()].map(memberView) };
+  }
+  return { resumed: r.client.welcome?.resumed ?? null, connected: r.client.connected,
+    closed: r.client.closed, docs, log: r.log, visibility: document.visibilityState,
+    focusFrames: r.sent.filter((f) => f[0] === 7).map((f) => f[2]),
+    joins: r.sent.filter((f) => f[0] === 2).map((f) => f[2]) };
+}
+
+function sessionMove({ role, doc, line, col, off }) {
+  roles[role].docs[doc].moveCursor(line, col, off);
+  return true;
+}
+
+async function sessionClose(role) {
+  await roles[role].client.close();
+  return { state: sessionState(role), stored: Object.keys(sessionStorage) };
+}
+
+// Another client of the same user and page takes the session over: the stored record is
+// marked as a reload's (pagehide) while its connection is still open, so the newcomer resumes
+// it and the relay closes the first connection with 4409, which must stay closed.
+async function takeover(url) {
+  const first = await connect(url, { userId: 'ann', name: 'Ann', backoffMs: 50 });
+  const doc = await first.join('doc-takeover');
+  const firstClosed = new Promise((resolve) => first.addEventListener('closed', (e) => resolve(e.detail)));
+  const key = Object.keys(sessionStorage).find((k) => k.endsWith('#ann'));
+  const record = JSON.parse(sessionStorage.getItem(key));
+  sessionStorage.setItem(key, JSON.stringify({ ...record, unloadedAt: Date.now(), lostAt: Date.now() }));
+  const second = new PresenceClient(url, { userId: 'ann', name: 'Ann' });
+  const sent = countSends(second);
+  await second.start();
+  const doc2 = await second.join('doc-takeover');
+  const seen = { firstClosed: await firstClosed, resumed: second.welcome.resumed,
+    sids: [doc.sid, doc2.sid], handles: [doc.handle, doc2.handle],
+    joinsSent: sent.frames.filter((f) => f[0] === 2).length };
+  await new Promise((r) => setTimeout(r, 300)); // no reconnect of the first one
+  seen.firstReconnected = first.connected;
+  await second.close();
+  return seen;
+}
+
+window.scenarios = {
+  twoMembers, reconnects, refusals, tokenRenewal, vectors,
+  sessionOpen, sessionState, sessionMove, sessionClose, takeover,
+};
 window.ready = true;
