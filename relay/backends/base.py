@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 from relay.core.model import SessionLike, UserPresenceSummary
 
@@ -66,6 +67,17 @@ class PresenceStore(ABC):
     async def allocate_sid(self, doc_id: str, floor: int) -> int | None:
         """A sid unique in the document across nodes and above `floor`; None = unavailable."""
         return None
+
+    # Sessions resumed across nodes (relay/backends/redis_resume.py): the records, and the
+    # ownership moving without a `left` or a `joined`.
+    resumes: Any = None
+    handover_ms = 0
+
+    def session_released(self, doc_id: str, session: SessionLike) -> None:  # noqa: B027
+        """Another node took the session over: stop owning it, say nothing."""
+
+    def session_adopted(self, doc_id: str, session: SessionLike, from_node: str) -> None:  # noqa: B027
+        """This node took over a session `from_node` owned."""
 
 
 class Broker(ABC):

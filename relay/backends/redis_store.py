@@ -15,6 +15,7 @@ reconciles and re-announces its sessions (docs/redis.md, "Redis faults").
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from relay.backends.base import PresenceStore
 from relay.backends.redis_keys import MemberRecord
 from relay.backends.redis_liveness import Liveness
 from relay.backends.redis_pool import UNREACHABLE, Reachability, RedisShared
+from relay.backends.redis_resume import ResumeRecords
 from relay.backends.redis_writebehind import SID_COUNTER_TTL_MS, WriteBehind, heartbeat_value
 from relay.backends.redis_writes import LiveSessions, Writer, now_ms
 from relay.config import PresenceConfig
@@ -83,6 +85,10 @@ class RedisStore(PresenceStore):
         self.liveness = Liveness(self.redis, self.writer, self.writebehind, self.reach, ttl_ms)
         self._tasks: list[asyncio.Task[None]] = []
         self._alloc = self.redis.register_script(ALLOCATE_SID)
+        self.resumes = ResumeRecords(self.redis, node_id)
+        # Set by a shutdown that holds its sessions for other nodes to resume (a deploy):
+        # for this long after it, the heartbeat key says `stopping` and nothing is reaped.
+        self.handover_ms = 0
 
     def _reachable(self) -> None:
         # Redis answers again: rewrite every live session and re-announce them.
@@ -97,9 +103,14 @@ class RedisStore(PresenceStore):
             self._tasks.append(loop.create_task(coro))
 
     async def close(self) -> None:
-        """Flush, then remove whatever Redis still lists for this node, and deregister."""
+        """Flush, then remove whatever Redis still lists for this node, and deregister.
+
+        With `handover_ms` set (a graceful shutdown that suspended its sessions), nothing
+        is removed: the heartbeat key says `stopping` for that long, so other nodes resume
+        the sessions from their records meanwhile, and reap what is left after it."""
         await redis_pool.stop_tasks(self._tasks)
         self._tasks.clear()
+        await self.resumes.close()
         if not self.reach.up:
             log.warning(
                 "redis unreachable at shutdown: other nodes' reapers will remove this "
@@ -118,11 +129,15 @@ class RedisStore(PresenceStore):
                     if not wb.queue:
                         break
                     await wb.flush_some()
-                await self.liveness.reap_node(self.node_id, publish=True, reason=p.SHUTDOWN)
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.delete(k.node_key(self.node_id))
-                pipe.srem(k.NODE_REGISTRY, self.node_id)
-                await pipe.execute()
+                if self.handover_ms > 0:
+                    stopping = json.dumps({"node_id": self.node_id, "stopping": True})
+                    await self.redis.set(k.node_key(self.node_id), stopping, px=self.handover_ms)
+                else:
+                    await self.liveness.reap_node(self.node_id, publish=True, reason=p.SHUTDOWN)
+                    pipe = self.redis.pipeline(transaction=False)
+                    pipe.delete(k.node_key(self.node_id))
+                    pipe.srem(k.NODE_REGISTRY, self.node_id)
+                    await pipe.execute()
         except (*UNREACHABLE, RedisError) as exc:
             log.warning(
                 "redis: could not clean up on shutdown (%s); other nodes' reapers "
@@ -138,6 +153,12 @@ class RedisStore(PresenceStore):
 
     def session_left(self, doc_id: str, session: SessionLike, reason: int = 0) -> None:
         self.writebehind.session_left(doc_id, session, reason)
+
+    def session_released(self, doc_id: str, session: SessionLike) -> None:
+        self.writebehind.session_released(doc_id, session)
+
+    def session_adopted(self, doc_id: str, session: SessionLike, from_node: str) -> None:
+        self.writebehind.session_adopted(doc_id, session, from_node)
 
     def queue_depth(self) -> int:
         return self.writebehind.depth()

@@ -52,7 +52,16 @@ return c
 class Entry:
     """One queued write for (doc, sid): the latest state wins."""
 
-    __slots__ = ("announce", "attempted", "publish_left", "reason", "remove", "session")
+    __slots__ = (
+        "announce",
+        "attempted",
+        "from_node",
+        "handover",
+        "publish_left",
+        "reason",
+        "remove",
+        "session",
+    )
 
     def __init__(
         self,
@@ -64,6 +73,8 @@ class Entry:
     ) -> None:
         self.session = session
         self.reason = reason  # the leave reason its `left` carries
+        self.handover = False  # removed because another node took it over: no `left`
+        self.from_node: str | None = None  # taken over from this node: unlist it there
         self.remove = remove
         self.announce = announce  # the `joined` stream event is still to be written
         self.attempted = False  # a failed flush may have written part of it
@@ -156,6 +167,28 @@ class WriteBehind:
             self._overflowed()
         else:
             self.queue[key] = Entry(session, remove=True, publish_left=not up, reason=reason)
+        self.wake.set()
+
+    def session_released(self, doc_id: str, session: SessionLike) -> None:
+        """Another node resumed the session: this node stops owning it, and nothing is
+        said (the new owner rewrites its record; nobody sees it leave)."""
+        if not self.live.remove(doc_id, session):
+            return
+        key = (doc_id, session.sid)
+        self._written.pop(key, None)
+        e = Entry(session, remove=True)
+        e.handover = True
+        self.queue[key] = e  # replaces a queued write of the old owner's view
+        self.wake.set()
+
+    def session_adopted(self, doc_id: str, session: SessionLike, from_node: str) -> None:
+        """This node resumed a session another node owned: write it as ours, unlisted
+        there, without a `joined` (it never left)."""
+        self.live.add(doc_id, session)
+        e = Entry(session)
+        e.attempted = True  # a full write: the node's session list and the workspace
+        e.from_node = from_node
+        self.queue[(doc_id, session.sid)] = e
         self.wake.set()
 
     def depth(self) -> int:
@@ -270,7 +303,9 @@ class WriteBehind:
         for key, e in entries:
             doc_id, sid = key
             s = e.session
-            if e.remove:
+            if e.handover:
+                pipe.srem(k.node_sessions_key(self.node_id), k.owned(sid, doc_id))
+            elif e.remove:
                 pipe.hdel(k.members_key(doc_id), str(sid))
                 pipe.srem(k.node_sessions_key(self.node_id), k.owned(sid, doc_id))
                 writer.stream_event(pipe, "left", doc_id, s.user.user_id, s.user.workspace_id)
@@ -281,6 +316,8 @@ class WriteBehind:
                 self._write_upsert(
                     pipe, doc_id, s, full=e.announce or e.attempted, announce=e.announce
                 )
+                if e.from_node is not None:
+                    pipe.srem(k.node_sessions_key(e.from_node), k.owned(sid, doc_id))
                 sigs.append((key, signature(s)))
         writer.publish_batches(pipe, left_events)
         docs = list(removed)

@@ -17,6 +17,7 @@ from relay.backends.base import Broker, PresenceStore
 from relay.backends.memory import MemoryBroker, MemoryStore
 from relay.config import PresenceConfig
 from relay.core import protocol as p
+from relay.core.session import OPEN
 from relay.exceptions import ConfigError
 from relay.server.connection import handle_connection
 from relay.server.fastpath import RelayConnection
@@ -162,10 +163,25 @@ class Relay:
             self.metrics_server.close()
             await self.metrics_server.wait_closed()
         if self.server is not None:
-            for client in list(hub.clients):
-                hub.close_client(client, p.CLOSE_GOING_AWAY, "server shutting down")
-            hub.end_suspended(p.SHUTDOWN)  # held sessions die with this process
-            hub.flush_all(hub.clock())  # publish the `left` events before the broker goes away
+            clients = list(hub.clients)
+            if hub.handover is not None and self.config.reconnect_grace_ms > 0:
+                # On shared Redis a deploy is invisible: every session is held, its clients
+                # resume through another node, and nobody sees anyone leave.
+                try:
+                    async with asyncio.timeout(self.config.close_timeout_s):
+                        await hub.handover.suspend_all(self.config.reconnect_grace_ms)
+                except Exception as exc:  # Redis down: the sessions end with the node
+                    log.warning("shutdown: could not hand sessions over (%s)", exc)
+                for client in clients:
+                    if client.session.state == OPEN:  # not handed over (Redis failed)
+                        hub.close_client(client, p.CLOSE_GOING_AWAY, "server shutting down")
+                    else:  # held (or ended without documents): only the socket goes
+                        hub.outlet.close(client, p.CLOSE_GOING_AWAY, "server restarting")
+            else:
+                for client in clients:
+                    hub.close_client(client, p.CLOSE_GOING_AWAY, "server shutting down")
+                hub.end_suspended(p.SHUTDOWN)  # held sessions die with this process
+            hub.flush_all(hub.clock())  # publish the last events before the broker goes away
             self.server.close()  # stops accepting; closes the rest (mid-HELLO) with 1001
             try:
                 async with asyncio.timeout(self.config.close_timeout_s + 1.0):

@@ -138,6 +138,21 @@ class Cluster:
         if doc is not None and self.unused(doc):
             self.registry.drop(doc)
 
+    async def open_document(self, doc_id: str) -> Document:
+        """The document, opened here with its remote members mirrored (hold it with
+        `begin` / `end` while using it)."""
+        return await self._open(doc_id)
+
+    def adopted(self, doc_id: str, sid: int) -> None:
+        """A session this node mirrored is now its own (resumed here): no longer mirrored."""
+        for table in (self.seen, self.stamps, self.tombstones):
+            table.get(doc_id, {}).pop(sid, None)
+
+    def released(self, doc_id: str, sid: int, now_ms: int) -> None:
+        """A session this node owned is now another node's (resumed there): mirrored."""
+        self.seen.setdefault(doc_id, {})[sid] = now_ms
+        self.stamps.setdefault(doc_id, {})[sid] = [now_ms] * N_FIELDS
+
     async def prepare(self, doc_id: str) -> tuple[Document, int]:
         """The document (opened, its remote members mirrored) and a sid for a new session."""
         doc = await self._open(doc_id)

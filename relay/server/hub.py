@@ -43,6 +43,7 @@ from relay.core.session import (
 from relay.exceptions import AuthError, DocumentFull, ProtocolError
 from relay.server.client import Client
 from relay.server.cluster import Cluster
+from relay.server.handover import CONTROL, Handover
 from relay.server.logbudget import LogBudget
 from relay.server.outlet import Outlet
 from relay.server.registry import Registry
@@ -85,6 +86,8 @@ class Hub:
             if store.clustered
             else None
         )  # fmt: skip
+        # Resumes through other nodes and rolling deploys (shared Redis only).
+        self.handover = Handover(self) if self.cluster is not None else None
         self.ticker = Ticker(
             self.registry, self.outlet, broker, self.stats, config.batch_ms, self._close_slow,
             self.cluster.unused if self.cluster is not None else None,
@@ -204,6 +207,7 @@ class Hub:
         """Carry out what the session asked for, until it asks for nothing more."""
         session = client.session
         actions = session.actions()
+        suspended = False
         while actions:
             for action in actions:
                 if type(action) is Send:
@@ -220,6 +224,7 @@ class Hub:
                     self._leave(action.member, action.reason)
                 elif type(action) is Suspend:
                     self._suspend(action.member)
+                    suspended = True
                 elif type(action) is Close:
                     self._close(client, action)
                 elif type(action) is Resume:
@@ -229,6 +234,8 @@ class Hub:
                     token = session.resume_token
                     if token is not None:
                         self.resumable[token] = client
+                        if self.handover is not None:
+                            self.handover.opened(client)
                     self.stats.connections_total += 1
                     enable = getattr(client.ws, "enable_fast_path", None)
                     if enable is not None:
@@ -239,6 +246,10 @@ class Hub:
             token = session.resume_token
             if token is not None and self.resumable.get(token) is client:
                 del self.resumable[token]
+                if self.handover is not None:
+                    self.handover.ended(client)
+        elif suspended and self.handover is not None:
+            self.handover.suspended(client, self.grace_ms)
         self._arm(client)
 
     def _close(self, client: Client, action: Close) -> None:
@@ -284,6 +295,9 @@ class Hub:
         session = client.session
         now = self.clock()
         old = self.resumable.get(token)
+        if old is None and self.handover is not None:
+            self._spawn(self.handover.resume(client, token))  # held by another node?
+            return
         if old is None or old is client or not old.session.resumable_by(session.grant):
             session.resume_refused(now)
             return
@@ -369,6 +383,10 @@ class Hub:
 
     def on_remote_frame(self, doc_id: str, frame: bytes) -> None:
         """A BATCH from another node: forward the bytes unchanged to local members."""
+        if doc_id.startswith(CONTROL):  # not a document: this node's control channel
+            if self.handover is not None:
+                self.handover.on_control(frame)
+            return
         if self.cluster is not None:
             self.cluster.apply(doc_id, frame)  # mirror other nodes' members
         members = self.registry.members(doc_id)
