@@ -136,14 +136,20 @@ async def _selection_of(r: aioredis.Redis, user: str) -> Any:
     return (await users_hash(r, "doc-x")).get(user, {}).get("selection")
 
 
-async def test_graceful_stop_removes_a_nodes_sessions_at_once(
+async def test_without_a_grace_a_graceful_stop_removes_a_nodes_sessions_at_once(
     relay_factory: Callable[..., Any],
     client_factory: Callable[..., Any],
     redis_url: str,
     rds: aioredis.Redis,
 ) -> None:
-    r2 = await relay_factory(redis_url=redis_url, presence_ttl_seconds=30)
-    r1 = Relay(PresenceConfig(port=0, batch_ms=20, redis_url=redis_url, presence_ttl_seconds=30))
+    # (With a grace the stop holds them for a resume: tests/test_resume_cluster.py.)
+    r2 = await relay_factory(redis_url=redis_url, presence_ttl_seconds=30, reconnect_grace_ms=0)
+    r1 = Relay(
+        PresenceConfig(
+            port=0, batch_ms=20, redis_url=redis_url, presence_ttl_seconds=30,
+            reconnect_grace_ms=0,
+        )
+    )  # fmt: skip
     await r1.start()
     try:
         await eventually(r1.hub.store.ready)
@@ -172,7 +178,9 @@ async def test_idle_member_never_expires_and_a_frozen_node_is_reaped(
     redis_url: str,
     rds: aioredis.Redis,
 ) -> None:
-    r1, r2 = await two_nodes(relay_factory, redis_url, presence_ttl_seconds=2)
+    # No grace: the reaper removes a dead node's members at once (held for the grace
+    # otherwise: tests/test_resume_cluster.py).
+    r1, r2 = await two_nodes(relay_factory, redis_url, presence_ttl_seconds=2, reconnect_grace_ms=0)
     a = await client_factory(r1, "ann")
     b = await client_factory(r2, "bob")
     sid_a, _ = await joined(a, 1, "doc-i")

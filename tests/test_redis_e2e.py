@@ -60,6 +60,10 @@ class Node:
                 str(TTL_S),
                 "--batch-ms",
                 str(BATCH_MS),
+                # No grace: a killed node's users leave at the reaper's first look (what
+                # this file measures); the held case is tests/test_resume_cluster.py's.
+                "--reconnect-grace-ms",
+                "0",
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -9,11 +9,13 @@ clients resuming through the other node. What the other members see is the point
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import MS, RawClient, eventually, wait_event
+from helpers import MS, RawClient, RelayProcess, eventually, wait_event
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from relay.core import protocol as p
@@ -165,3 +167,64 @@ async def test_a_rolling_deploy_is_invisible(
         assert not flicker(rec.frames, sids), flicker(rec.frames, sids)
         rec.stop()
     assert {sid for _, _, sid, _ in moving} <= {s for d in docs for s in r2.hub.local[d]}
+
+
+async def test_a_killed_node_s_sessions_are_held_then_resumed_elsewhere_or_node_down(
+    redis_url: str,
+) -> None:
+    """kill -9 of a node: its members turn DISCONNECTED once the reaper notices (within the
+    TTL), a client that resumes through the other node keeps its sid and nobody sees it
+    leave; one that does not comes back leaves with NODE_DOWN after the grace."""
+    grace_ms = round(3000 * MS * 1000)
+    args = ["--redis-url", redis_url, "--presence-ttl-seconds", "2", "--batch-ms", "20",
+            "--reconnect-grace-ms", str(grace_ms)]  # fmt: skip
+    doomed, survivor = RelayProcess(*args), RelayProcess(*args)
+    opened: list[Any] = []
+
+    async def raw(port: int, user: str) -> tuple[RawClient, dict[str, Any]]:
+        ws = await connect(f"ws://127.0.0.1:{port}/ws", subprotocols=[p.SUBPROTOCOL],  # type: ignore[list-item]
+                           compression=None, max_queue=None)  # fmt: skip
+        opened.append(ws)
+        c = RawClient(ws)
+        return c, (await c.hello(user))[5]
+
+    try:
+        await asyncio.gather(doomed.ready(), survivor.ready())
+        watcher, _ = await raw(survivor.port, "w")
+        await watcher.join(1, "doc")
+        rec = Recorder(watcher)
+        comer, settings = await raw(doomed.port, "comer")
+        sid_comer = (await comer.join(1, "doc"))[3]
+        goner, _ = await raw(doomed.port, "goner")
+        sid_goner = (await goner.join(1, "doc"))[3]
+        sids = {sid_comer, sid_goner}
+        await asyncio.sleep(1500 * MS)  # joined seen, records written (write-behind)
+        rec.frames.clear()
+        doomed.proc.kill()
+        doomed.proc.wait()
+        for sid in sids:
+            assert await eventually(lambda sid=sid: [6, sid, 5] in rec.events(), 4000 * MS)
+        again2 = await client_with_resume(survivor.port, "comer", settings["resume_token"])
+        opened.append(again2.ws)
+        assert (await again2.recv())[:4] == [p.JOINED, 1, "doc", sid_comer]
+        gone = [p.EV_LEFT, sid_goner, p.NODE_DOWN]
+        assert await eventually(lambda: gone in rec.events(), grace_ms / 1000 + 5)
+        evs = rec.events()
+        assert [p.EV_LEFT, sid_goner, p.NODE_DOWN] in evs
+        assert not flicker(rec.frames, {sid_comer})
+        rec.stop()
+    finally:
+        for ws in opened:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 1000 * MS)
+        doomed.kill()
+        survivor.kill()
+
+
+async def client_with_resume(port: int, user: str, token: str) -> RawClient:
+    ws = await connect(f"ws://127.0.0.1:{port}/ws", subprotocols=[p.SUBPROTOCOL],  # type: ignore[list-item]
+                       compression=None)  # fmt: skip
+    c = RawClient(ws)
+    welcome = await c.hello(user, resume=token)
+    assert welcome[5]["resumed"] is True, welcome
+    return c

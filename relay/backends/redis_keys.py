@@ -70,6 +70,17 @@ def node_sessions_key(node_id: str) -> str:
 NODE_REGISTRY = "presence:node:registry"
 
 
+def node_held_key(node_id: str) -> str:
+    """Set while a dead or stopped node's sessions are held for the grace (see Liveness)."""
+    return f"presence:node:{node_id}:held"
+
+
+def stopping_value(node_id: str) -> str:
+    """The heartbeat key of a node whose sessions are held: alive for the reaper, gone for
+    a resume (which then takes the members' state from their records)."""
+    return json.dumps({"node_id": node_id, "stopping": True})
+
+
 def new_node_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -170,6 +181,14 @@ def member_record(node_id: str, s: SessionLike, written_at_ms: int) -> bytes:
     record: bytes = msgpack.packb(
         [node_id, s.user.workspace_id, s.member(), s.cursor_arrived_ms, written_at_ms],
         use_bin_type=True,
+    )
+    return record
+
+
+def repack_member_record(r: MemberRecord) -> bytes:
+    """A record written back after a field of its MEMBER changed (the owner is gone)."""
+    record: bytes = msgpack.packb(
+        [r.node_id, r.workspace_id, r.member, r.last_cursor, r.written_at], use_bin_type=True
     )
     return record
 

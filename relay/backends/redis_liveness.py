@@ -4,10 +4,14 @@ The seed puts one EXPIRE on a whole document hash, so a crashed node's users liv
 anyone else keeps the document busy. Instead each node refreshes `presence:node:<id>` (a key
 with a TTL of 0.8 x presence_ttl_seconds) four times per TTL and lists what it owns in
 `presence:node:<id>:sessions`; every node runs a reaper (every min(1 s, TTL/10)): a
-registered node whose heartbeat key is gone has crashed, and its sessions are removed from
-Redis and announced as `left` on their documents' channels (and to this node's members).
-Removal is claimed per session with HDEL (`Writer.remove_sessions`), so two reapers never
-both announce one session.
+registered node whose heartbeat key is gone has crashed. With a `reconnect_grace_ms`, its
+sessions are first held for the grace, like any lost connection: the first reaper to see it
+(SET NX on the heartbeat key, which then says `stopping`) marks them DISCONNECTED in their
+records and on their channels, and its clients may resume through any node meanwhile; once
+that key runs out, what is left is removed from Redis and announced as `left` with
+NODE_DOWN on their documents' channels (and to this node's members). A node stopped for a
+deploy sets the same two keys itself. Removal is claimed per session with HDEL
+(`Writer.remove_sessions`), so two reapers never both announce one session.
 
 While Redis is down the heartbeat task probes it instead (0.1 s doubling to 2 s) and marks
 it reachable again when it answers.
@@ -40,6 +44,7 @@ class Liveness:
         writebehind: WriteBehind,
         reach: Reachability,
         presence_ttl_ms: int,
+        grace_ms: int = 0,
     ) -> None:
         self.redis = redis
         self.writer = writer
@@ -49,6 +54,8 @@ class Liveness:
         self.node_ttl_ms = self.node_ttl_ms_for(presence_ttl_ms)
         self.heartbeat_s = self.node_ttl_ms / 4000
         self.reap_interval_s = min(1.0, presence_ttl_ms / 10_000)
+        self.grace_ms = grace_ms
+        self.held = 0  # dead nodes whose sessions this reaper held
 
     @staticmethod
     def node_ttl_ms_for(presence_ttl_ms: int) -> int:
@@ -116,10 +123,55 @@ class Liveness:
             pipe.exists(k.node_key(n))
         alive = await pipe.execute()
         dead = [n for n, a in zip(others, alive, strict=True) if not a]
+        reaped = []
         for n in dead:
+            if self.grace_ms > 0 and not await self.redis.exists(k.node_held_key(n)):
+                await self.hold_node(n)
+                continue
             log.warning("redis: node %s stopped heartbeating; removing its sessions", n)
             await self.reap_node(n, publish=True, reason=p.NODE_DOWN)
-        return dead
+            await self.redis.delete(k.node_held_key(n))
+            reaped.append(n)
+        return reaped
+
+    async def mark_held(self, node_id: str, grace_ms: int) -> bool:
+        """Claim the hold of a node's sessions (one claimant); False if already claimed."""
+        claimed = await self.redis.set(
+            k.node_key(node_id), k.stopping_value(node_id), nx=True, px=grace_ms
+        )
+        if claimed:
+            await self.redis.set(k.node_held_key(node_id), "1", px=grace_ms + 60_000)
+        return bool(claimed)
+
+    async def hold_node(self, node_id: str) -> None:
+        """A node died: its sessions are DISCONNECTED (records and channels) for the grace."""
+        if not await self.mark_held(node_id, self.grace_ms):
+            return  # another reaper got there first
+        self.held += 1
+        log.warning(
+            "redis: node %s stopped heartbeating; holding its sessions for %d ms",
+            node_id,
+            self.grace_ms,
+        )
+        owned = await self.redis.smembers(k.node_sessions_key(node_id))
+        by_doc: dict[str, list[int]] = defaultdict(list)
+        for x in map(k.parse_owned, owned):
+            if x is not None:
+                by_doc[x[1]].append(x[0])
+        for doc_id, sids in by_doc.items():
+            mk = k.members_key(doc_id)
+            raws = await self.redis.hmget(mk, [str(s) for s in sids])
+            pipe = self.redis.pipeline(transaction=False)
+            events = []
+            for raw in raws:
+                r = k.parse_member_record(raw) if raw is not None else None
+                if r is None or r.node_id != node_id:
+                    continue
+                r.member[5] = 5  # ActivityType.DISCONNECTED: what snapshots show meanwhile
+                pipe.hset(mk, str(r.sid), k.repack_member_record(r))
+                events.append((p.EV_ACTIVITY, r.sid, 5))
+            self.writer.publish_batches(pipe, {doc_id: events}, deliver=True)
+            await pipe.execute()
 
     async def reap_node(self, node_id: str, publish: bool, reason: int) -> None:
         """Remove every session Redis lists for `node_id` (this node's too, at shutdown)."""

@@ -15,7 +15,6 @@ reconciles and re-announces its sessions (docs/redis.md, "Redis faults").
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -82,7 +81,10 @@ class RedisStore(PresenceStore):
             self.redis, self.writer, self.reach, (self._heartbeat, node_ttl_ms), max_queue,
             refresh_ms / 1000, batch_size, float(config.presence_ttl_seconds),
         )  # fmt: skip
-        self.liveness = Liveness(self.redis, self.writer, self.writebehind, self.reach, ttl_ms)
+        self.liveness = Liveness(
+            self.redis, self.writer, self.writebehind, self.reach, ttl_ms,
+            config.reconnect_grace_ms,
+        )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
         self._alloc = self.redis.register_script(ALLOCATE_SID)
         self.resumes = ResumeRecords(self.redis, node_id)
@@ -130,8 +132,11 @@ class RedisStore(PresenceStore):
                         break
                     await wb.flush_some()
                 if self.handover_ms > 0:
-                    stopping = json.dumps({"node_id": self.node_id, "stopping": True})
-                    await self.redis.set(k.node_key(self.node_id), stopping, px=self.handover_ms)
+                    pipe = self.redis.pipeline(transaction=False)
+                    pipe.set(k.node_key(self.node_id), k.stopping_value(self.node_id),
+                             px=self.handover_ms)  # fmt: skip
+                    pipe.set(k.node_held_key(self.node_id), "1", px=self.handover_ms + 60_000)
+                    await pipe.execute()
                 else:
                     await self.liveness.reap_node(self.node_id, publish=True, reason=p.SHUTDOWN)
                     pipe = self.redis.pipeline(transaction=False)

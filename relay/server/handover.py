@@ -71,6 +71,15 @@ class Handover:
         self.by_hash[h] = client
         self.records.remember(h, self._record(client, False), OPEN_TTL_MS)
 
+    def changed(self, client: Client) -> None:
+        """An open session joined or left a document: its record lists them, so that if
+        this node dies, the session can be resumed elsewhere from the members' records."""
+        if client.session.resume_token is None:
+            return
+        h = token_hash(client.session.resume_token)
+        if self.by_hash.get(h) is client:
+            self.records.remember(h, self._record(client, True), OPEN_TTL_MS)
+
     def suspended(self, client: Client, grace_ms: int) -> tuple[str, dict[str, Any], int]:
         """The session is held: its record now lists its documents (for the grace)."""
         h = token_hash(client.session.resume_token or "")

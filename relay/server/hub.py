@@ -207,7 +207,7 @@ class Hub:
         """Carry out what the session asked for, until it asks for nothing more."""
         session = client.session
         actions = session.actions()
-        suspended = False
+        suspended = left = False
         while actions:
             for action in actions:
                 if type(action) is Send:
@@ -222,6 +222,7 @@ class Hub:
                     self._join(client, action.handle, action.doc_id)
                 elif type(action) is Leave:
                     self._leave(action.member, action.reason)
+                    left = True
                 elif type(action) is Suspend:
                     self._suspend(action.member)
                     suspended = True
@@ -248,8 +249,11 @@ class Hub:
                 del self.resumable[token]
                 if self.handover is not None:
                     self.handover.ended(client)
-        elif suspended and self.handover is not None:
-            self.handover.suspended(client, self.grace_ms)
+        elif self.handover is not None:
+            if suspended:
+                self.handover.suspended(client, self.grace_ms)
+            elif left and session.state is OPEN:
+                self.handover.changed(client)
         self._arm(client)
 
     def _close(self, client: Client, action: Close) -> None:
@@ -362,6 +366,8 @@ class Hub:
         doc = member.doc
         client.session.joined(h, member, doc.snapshot(), self.clock())
         self.store.session_changed(doc.doc_id, doc.sessions[member.sid])
+        if self.handover is not None:
+            self.handover.changed(client)
         self.stats.updates["joined"] += 1
 
     def _leave(self, member: Membership, reason: int) -> None:
