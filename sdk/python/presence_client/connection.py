@@ -67,6 +67,10 @@ resume token took the session over, and reconnecting would only take it back. Th
 SDK (sdk/browser/presence.js, FATAL_CLOSES) uses the same set. One exception: with a token
 provider, 4401 "token expired" on a connection that had been welcomed is the relay ending
 it at the token's `exp`, and the SDK reconnects with a fresh token."""
+KEEPALIVE_S = 5.0
+"""The SDK's ping interval and pong timeout (websockets' `ping_interval`/`ping_timeout`,
+which the options of `connect` override): a dead network is noticed within about 10 s, well
+inside the relay's default `reconnect_grace_ms` (30 s), so the session resumes."""
 TOKEN_EXPIRED = "token expired"
 """The close reason of 4401 when the relay ends a connection at its token's `exp`."""
 ABNORMAL_CLOSURE = 1006
@@ -188,6 +192,11 @@ class Connection:
         self._ws_options: dict[str, Any] = {
             "compression": None,
             "max_size": 16 * 1024 * 1024,
+            # A network that went away sends nothing: without pings of its own the SDK
+            # would learn of it at websockets' default (20 + 20 s), after the relay's grace
+            # may have run out (it then rejoins as a new member instead of resuming).
+            "ping_interval": KEEPALIVE_S,
+            "ping_timeout": KEEPALIVE_S,
             **ws_options,
         }
 
