@@ -65,9 +65,13 @@ async def client_sid(proc: Any, timeout: float) -> int:
 
 # ---------------------------------------------------------------- a network that can be cut
 
-NS = "presence-cut"
-HOST_IF, NS_IF = "prcut0", "prcut1"
-HOST_IP, NS_IP = "10.213.7.1", "10.213.7.2"
+# Named after this process, so that two runs at once (two test sessions) never cut or
+# delete each other's network.
+_PID = os.getpid()
+NS = f"presence-cut-{_PID}"
+HOST_IF, NS_IF = f"prc{_PID % 10**7}a", f"prc{_PID % 10**7}b"
+_NET = f"10.{200 + _PID % 50}.{(_PID // 50) % 256}"
+HOST_IP, NS_IP = f"{_NET}.1", f"{_NET}.2"
 
 
 def _ip(*args: str) -> None:
@@ -113,6 +117,11 @@ def cuttable_network() -> Iterator[str]:
 def cut() -> None:
     """Packets stop both ways; neither end is told."""
     _ip("link", "set", HOST_IF, "down")
+
+
+def restore() -> None:
+    """The network is back (what was sent meanwhile is lost)."""
+    _ip("link", "set", HOST_IF, "up")
 
 
 # ---------------------------------------------------------------- the watcher

@@ -63,7 +63,8 @@ async def test_a_vanished_client_is_disconnected_within_the_timeout_then_lost(
                 proc.kill()
                 proc.wait()
         assert t_disc <= LIVENESS_MS / 1000 + SLACK_S, f"DISCONNECTED after {t_disc:.2f} s"
-        assert t_disc >= LIVENESS_MS / 1000 * 0.5, "not before the client could answer a ping"
+        # A client that stopped just before a ping is given up about 0.4 of the timeout later.
+        assert t_disc >= LIVENESS_MS / 1000 * 0.35, "not before the client could answer a ping"
         # (each event is seen at a batch boundary: up to a batch either way)
         assert GRACE_MS / 1000 - 100 * MS <= t_left - t_disc <= GRACE_MS / 1000 + SLACK_S
         assert r.liveness is not None and r.liveness.aborts == 1
