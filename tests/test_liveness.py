@@ -83,6 +83,7 @@ async def test_a_quiet_client_that_answers_pings_stays(
     got = await watcher.quiet(2000 * MS)
     assert not [e for f in got if f[0] == p.BATCH for e in f[3] if e[:2] in ([6, sid], [3, sid])]
     assert r.liveness is not None and r.liveness.pings >= 2 and r.liveness.aborts == 0
+    assert sum(conn.pongs for conn in r.hub.sockets) >= 2, "pongs end in the fast path"
     assert isinstance(quiet, RawClient)
 
 
