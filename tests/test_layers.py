@@ -167,3 +167,12 @@ def test_no_test_module_imports_another() -> None:
     for path in tests_dir.glob("test_*.py"):
         imported = _imports(path)
         assert not imported & (own - {"helpers"}), (path.name, sorted(imported & own))
+
+
+def test_the_memory_backend_never_loads_redis() -> None:
+    """redis-py is several MiB of a process: a relay without Redis must not import it."""
+    import subprocess
+    import sys
+
+    code = "import sys, relay.server.app, relay.cli; sys.exit('redis' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -17,7 +17,6 @@ the grace, and the claimer takes the members' state from their records in
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from typing import Any
@@ -30,16 +29,10 @@ from relay.backends.redis_pool import UNREACHABLE
 
 log = logging.getLogger("relay.redis.resume")
 
-OPEN_TTL_MS = 24 * 3600 * 1000  # an open session's record (deleted when it ends)
-SLACK_MS = 5000  # a suspended session's record outlives the grace by this much
-
 
 def resume_key(token_hash: str) -> str:
+    """`token_hash`: relay.server.handover.token_hash of the token (the token never)."""
     return f"presence:resume:{token_hash}"
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()[:40]
 
 
 class ResumeRecords:

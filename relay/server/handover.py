@@ -15,13 +15,13 @@ anywhere. An owner that shut down for a deploy cannot answer: its heartbeat key 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 from typing import Any
 
 import msgpack
 
-from relay.backends.redis_resume import OPEN_TTL_MS, SLACK_MS, token_hash
 from relay.core import protocol as p
 from relay.core.model import ActivityType
 from relay.core.session import RESUMING, new_peer
@@ -31,12 +31,20 @@ from relay.twin import Membership, Peer, TokenBucket
 
 log = logging.getLogger("relay.handover")
 
+# (Nothing here imports redis: a relay on the memory backend never loads it.)
 CONTROL = "node:"  # + node id: the control channel's pseudo document id
+OPEN_TTL_MS = 24 * 3600 * 1000  # an open session's record (deleted when it ends)
+SLACK_MS = 5000  # a suspended session's record outlives the grace by this much
 UNKNOWN = object()  # the owner answered: it does not hold that session (any more)
 
 
 def control_channel(node_id: str) -> str:
     return CONTROL + node_id
+
+
+def token_hash(token: str) -> str:
+    """What Redis and the control channel know of a resume token (never the token)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:40]
 
 
 class Handover:
