@@ -238,9 +238,18 @@ def _field_type(name: str) -> type:
     return str
 
 
+# Settings that went away, and what replaced them (named in the error, not just "unknown").
+REPLACED = {
+    "ping_interval_s": "keepalive follows liveness_timeout_ms (milliseconds)",
+    "ping_timeout_s": "keepalive follows liveness_timeout_ms (milliseconds)",
+}
+
+
 def coerce(name: str, raw: Any) -> Any:
     """Turn a raw value (string from env/flags, or TOML value) into the field's type."""
     if name not in FIELDS:
+        if name in REPLACED:
+            raise ConfigError(f"{name} is no longer a setting: {REPLACED[name]}")
         raise ConfigError(f"unknown setting {name!r}")
     kind = _field_type(name)
     if raw is None:

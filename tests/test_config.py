@@ -700,3 +700,10 @@ def test_the_readme_lists_every_setting() -> None:
     for name in FIELDS:
         flag = "--" + name.replace("_", "-")
         assert f"| `{name}` | `{flag}` / `PRESENCE_{name.upper()}` |" in readme, name
+
+
+def test_a_setting_that_was_replaced_names_its_successor(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text("ping_interval_s = 20\n")
+    with pytest.raises(ConfigError, match="liveness_timeout_ms"):
+        load_config(config_path=str(path))
