@@ -4,6 +4,7 @@ Names, signatures, results and exceptions are the same in both; tests/test_twins
 them to it.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 from relay.core.document import Batch as Batch
@@ -100,6 +101,8 @@ class TokenBucket:
     def __init__(self, rate: float, burst: int, close_after_ms: float, now_ms: float) -> None: ...
     def take(self, now_ms: float) -> bool: ...
     def abusive(self, now_ms: float) -> bool: ...
+    def state(self) -> tuple[float, float, float, float, float]: ...
+    def restore(self, state: Sequence[float]) -> None: ...
 
 class Membership:
     doc: Document

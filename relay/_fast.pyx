@@ -739,6 +739,17 @@ cdef class TokenBucket:
     def abusive(self, now_ms):
         return self._excess_since >= 0 and now_ms - self._excess_since >= self._close_after
 
+    def state(self):
+        return (self._tokens, self._last, self._excess_since, self._last_drop,
+                self.last_error_ms)
+
+    def restore(self, state):
+        self._tokens, self._last, self._excess_since, self._last_drop, self.last_error_ms = (
+            float(x) for x in state
+        )
+        if self._tokens > self._burst:
+            self._tokens = self._burst
+
 
 # ---------------------------------------------------------------- ingest
 

@@ -240,3 +240,23 @@ class TestBadFrameWindow:
             times.append(t)
             in_window = sum(1 for x in times if x > t - 1000)
             assert w.add(t) is (in_window > limit)
+
+
+def test_a_bucket_restored_elsewhere_goes_on_where_it_was() -> None:
+    """A resume through another node carries the bucket: the copy answers as the original."""
+    original = bucket(rate=1, burst=5, close_after_ms=3000)
+    for t in range(0, 800, 100):
+        original.take(t)
+    copy = bucket(now=900, rate=1, burst=5, close_after_ms=3000)  # full: what a reset gives
+    copy.restore(original.state())
+    for t in range(900, 6000, 70):
+        assert copy.take(t) == original.take(t)
+        assert copy.abusive(t) == original.abusive(t)
+
+
+def test_a_bad_frame_window_restored_keeps_its_times() -> None:
+    w = BadFrameWindow(2, 10_000)
+    assert not w.add(1) and not w.add(2)
+    copy = BadFrameWindow(2, 10_000)
+    copy.restore(w.times())
+    assert copy.add(3), "the third bad frame is one too many, wherever it lands"

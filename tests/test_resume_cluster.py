@@ -228,3 +228,30 @@ async def client_with_resume(port: int, user: str, token: str) -> RawClient:
     welcome = await c.hello(user, resume=token)
     assert welcome[5]["resumed"] is True, welcome
     return c
+
+
+async def test_a_resume_through_another_node_keeps_the_budgets(
+    relay_factory: Callable[..., Any], client_factory: Any, redis_url: str
+) -> None:
+    r1, r2 = await two_nodes(
+        relay_factory, redis_url, max_frames_per_s=1, max_frames_burst=5, max_bad_frames=2
+    )
+    bob, _, token = await member(client_factory, r1, "bob", "doc", h=7)
+    for _ in range(2):  # the bad-frame window at its limit
+        await bob.send([p.CURSOR, 99, 1, 1, 1])
+    for _ in range(2):
+        assert (await bob.recv_until(lambda f: f[0] == p.ERROR))[2] == p.NOT_JOINED
+    for i in range(2):  # with the JOIN and the bad frames: the burst of 5 is used up
+        await bob.send([p.VIEWPORT, 7, i, i + 10, 0])
+    await asyncio.sleep(50 * MS)
+    again = await client_factory(r2)
+    assert (await again.hello("bob", resume=token))[5]["resumed"] is True
+    await again.recv_until(lambda f: f[0] == p.JOINED)
+    await again.send([p.VIEWPORT, 7, 50, 60, 0])
+    err = await again.recv_until(lambda f: f[0] == p.ERROR)
+    assert err[2] == p.RATE_LIMITED, "the bucket came along"
+    await asyncio.sleep(1100 * MS)  # a token back; one more bad frame closes
+    await again.send([p.CURSOR, 99, 1, 1, 1])
+    with pytest.raises(ConnectionClosed):
+        await again.recv_until(lambda f: False, timeout=2000 * MS)
+    assert again.ws.close_code == p.CLOSE_PROTOCOL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 
 class TokenBucket:
@@ -53,6 +54,18 @@ class TokenBucket:
     def abusive(self, now_ms: float) -> bool:
         return self._excess_since >= 0 and now_ms - self._excess_since >= self._close_after
 
+    def state(self) -> tuple[float, float, float, float, float]:
+        """What another node needs to go on where this bucket is (a resume elsewhere)."""
+        return (self._tokens, self._last, self._excess_since, self._last_drop, self.last_error_ms)
+
+    def restore(self, state: Sequence[float]) -> None:
+        tokens, last, excess_since, last_drop, last_error = (float(x) for x in state)
+        self._tokens = min(tokens, self._burst)
+        self._last = last
+        self._excess_since = excess_since
+        self._last_drop = last_drop
+        self.last_error_ms = last_error
+
 
 class BadFrameWindow:
     """Counts bad frames in a sliding window; `over` past the limit."""
@@ -63,6 +76,13 @@ class BadFrameWindow:
         self._limit = limit
         self._window = window_ms
         self._times: deque[float] = deque()
+
+    def times(self) -> list[float]:
+        """When the bad frames in the window came (to carry them to another node)."""
+        return list(self._times)
+
+    def restore(self, times: Sequence[float]) -> None:
+        self._times = deque(float(t) for t in times)
 
     def add(self, now_ms: float) -> bool:
         """Record one bad frame; True when the sender is now over the limit."""

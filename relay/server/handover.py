@@ -15,6 +15,7 @@ anywhere. An owner that shut down for a deploy cannot answer: its heartbeat key 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -59,6 +60,7 @@ class Handover:
         self.ask_timeout_s = ask_timeout_s
         self.by_hash: dict[str, Client] = {}
         self._asks: dict[int, asyncio.Future[Any]] = {}
+        self._budgets: dict[int, Any] = {}  # a resuming client's budgets, from the owner
         self._ids = itertools.count(1)
         self.resumed = 0  # sessions this node took over from another
         self.released = 0  # sessions another node took over from this one
@@ -115,14 +117,14 @@ class Handover:
         elif op in ("released", "unknown"):
             fut = self._asks.pop(msg.get("id"), None)
             if fut is not None and not fut.done():
-                fut.set_result(msg.get("members", []) if op == "released" else UNKNOWN)
+                fut.set_result(msg if op == "released" else UNKNOWN)
 
     def _release(self, msg: dict[str, Any]) -> None:
         """Another node resumes one of our sessions: hand it over (see the module doc)."""
         client = self.by_hash.get(msg.get("h", ""))
         reply: dict[str, Any] = {"op": "unknown", "id": msg.get("id")}
         if client is not None and client.session.resumable:
-            peer, _ = client.session.take_over()
+            peer, bad_frames = client.session.take_over()
             self.hub._run(client)  # an open socket is closed 4409; the record is let go
             now = self.hub.clock()
             members = []
@@ -141,12 +143,14 @@ class Handover:
                 else:  # others here still see it: it is mirrored from now on
                     s.remote = True
                     self.cluster.released(doc.doc_id, m.sid, now)
-            reply = {"op": "released", "id": msg.get("id"), "members": members}
+            # The budgets go along: a resume elsewhere must not reset a rate limit.
+            budget = [list(peer.bucket.state()), bad_frames.times()]
+            reply = {"op": "released", "id": msg.get("id"), "members": members, "budget": budget}
             self.released += 1
         self.broker.publish(control_channel(str(msg.get("to"))), msgpack.packb(reply))
 
     async def _ask(self, owner: str, h: str) -> Any:
-        """The owner's answer: the members (a list), UNKNOWN, or None (no answer in time)."""
+        """The owner's answer: its `released` message, UNKNOWN, or None (none in time)."""
         ask_id = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._asks[ask_id] = fut
@@ -175,10 +179,13 @@ class Handover:
         except Exception:
             log.exception("resume through another node failed")
             members = None
-        if isinstance(members, list):
-            await self._adopt(client, members, owner)
-        else:
-            session.resume_refused(self.hub.clock())
+        try:
+            if isinstance(members, list):
+                await self._adopt(client, members, owner)
+            else:
+                session.resume_refused(self.hub.clock())
+        finally:
+            self._budgets.pop(id(client), None)
         self.hub._run(client)
 
     async def _find(self, client: Client, h: str, record: dict[str, Any]) -> Any:
@@ -197,8 +204,11 @@ class Handover:
         state = await self.records.node_state(owner)
         if state == "up":
             answer = await self._ask(owner, h)
+            if answer is UNKNOWN:
+                return None
             if answer is not None:
-                return answer
+                self._budgets[id(client)] = answer.get("budget")
+                return answer.get("members", [])
             state = await self.records.node_state(owner)
         if state == "up" or not docs:
             return None  # it may still hold the session: taking it could double it
@@ -233,6 +243,11 @@ class Handover:
                 hub._leave(Membership(doc, sid), p.LOST)
             return
         peer = new_peer(session.rules, now, Peer, TokenBucket, hub.stats.hot)
+        budget = self._budgets.pop(id(client), None)
+        if budget:  # (an owner that is gone took its budgets along: they start afresh)
+            with contextlib.suppress(Exception):
+                peer.bucket.restore(budget[0])
+                session.bad_frames.restore(budget[1])
         joined = []
         for h, doc, sid in adopted:
             m = Membership(doc, sid)
