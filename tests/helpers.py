@@ -605,3 +605,49 @@ def random_frame(rng: random.Random, handles: list[int]) -> bytes:
     data = bytearray(msgpack.packb([4, h, u(), u(), u()]))
     data[rng.randrange(len(data))] = rng.randrange(256)  # one flipped byte
     return bytes(data)
+
+
+class ScriptedRelay:
+    """A stand-in relay for SDK tests that pin the client's side of the wire: accepts
+    connections and runs `script(ws, n)` for each (n counts connections from 0), keeping
+    what each sent (`received`) and how each closed (`close_codes`, once the script ended
+    and the client closed)."""
+
+    def __init__(self, script: Callable[[Any, int], Awaitable[None]]) -> None:
+        self.script = script
+        self.connections = 0
+        self.received: list[list[Any]] = []  # frames per connection
+        self.close_codes: list[int | None] = []
+        self.server: Any = None
+        self.url = ""
+
+    async def __aenter__(self) -> Any:
+        from websockets.asyncio.server import serve
+        from websockets.typing import Subprotocol
+
+        async def handler(ws: Any) -> None:
+            n = self.connections
+            self.connections += 1
+            self.received.append([])
+            try:
+                await self.script(ws, n)
+            finally:
+                if ws.close_code is not None:
+                    self.close_codes.append(ws.close_code)
+
+        self.server = await serve(
+            handler, "127.0.0.1", 0, subprotocols=[Subprotocol(p.SUBPROTOCOL)], compression=None
+        )
+        port = next(iter(self.server.sockets)).getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/ws"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def recv(self, ws: Any, n: int) -> Any:
+        frame = msgpack.unpackb(await ws.recv())
+        self.received[n].append(frame)
+        return frame

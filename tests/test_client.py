@@ -14,9 +14,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import helpers
 import msgpack
 import pytest
 from helpers import MS
@@ -42,8 +43,7 @@ from presence_client import (
     connect,
 )
 from presence_client.document import _CLOSED
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.typing import Subprotocol
+from websockets.asyncio.server import ServerConnection
 
 from relay.core.protocol import (
     ALREADY_JOINED,
@@ -454,39 +454,8 @@ def _member(sid: int, user: str, cursor: list[int] | None = None) -> list[object
             None, 1000, 1000]  # fmt: skip
 
 
-class ScriptedRelay:
-    """Accepts connections; `script(ws, n)` runs each one (n counts connections from 0)."""
-
-    def __init__(self, script: Callable[[ServerConnection, int], Awaitable[None]]) -> None:
-        self.script = script
-        self.connections = 0
-        self.received: list[list[list[object]]] = []  # frames per connection
-        self.server: Server | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> ScriptedRelay:
-        async def handler(ws: ServerConnection) -> None:
-            n = self.connections
-            self.connections += 1
-            self.received.append([])
-            await self.script(ws, n)
-
-        self.server = await serve(
-            handler, "127.0.0.1", 0, subprotocols=[Subprotocol("presence.v1")], compression=None
-        )
-        port = next(iter(self.server.sockets)).getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}/ws"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    async def recv(self, ws: ServerConnection, n: int) -> list[object]:
-        frame = msgpack.unpackb(await ws.recv())
-        self.received[n].append(frame)
-        return frame  # type: ignore[no-any-return]
+class ScriptedRelay(helpers.ScriptedRelay):
+    """The shared stand-in relay, with this file's WELCOME."""
 
     async def handshake(self, ws: ServerConnection, n: int) -> list[object]:
         hello = await self.recv(ws, n)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import helpers
 import jwt
 import msgpack
 import pytest
@@ -39,9 +40,8 @@ from presence_client import (
     connect,
 )
 from presence_client import protocol as cp
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.typing import Subprotocol
 
 from relay.auth import mint_token
 from relay.server.app import Relay
@@ -451,44 +451,8 @@ def _pack(value: Any) -> bytes:
     return msgpack.packb(value)  # type: ignore[no-any-return]
 
 
-class ScriptedRelay:
-    """Accepts connections; `script(ws, n)` runs each one (n counts connections from 0)."""
-
-    def __init__(self, script: Callable[[ServerConnection, int], Awaitable[None]]) -> None:
-        self.script = script
-        self.connections = 0
-        self.received: list[list[Any]] = []  # frames per connection
-        self.close_codes: list[int | None] = []
-        self.server: Server | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> ScriptedRelay:
-        async def handler(ws: ServerConnection) -> None:
-            n = self.connections
-            self.connections += 1
-            self.received.append([])
-            try:
-                await self.script(ws, n)
-            finally:
-                await ws.wait_closed()
-                self.close_codes.append(ws.close_code)
-
-        self.server = await serve(
-            handler, "127.0.0.1", 0, subprotocols=[Subprotocol("presence.v1")], compression=None
-        )
-        port = next(iter(self.server.sockets)).getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}/ws"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    async def recv(self, ws: ServerConnection, n: int) -> Any:
-        frame = msgpack.unpackb(await ws.recv())
-        self.received[n].append(frame)
-        return frame
+class ScriptedRelay(helpers.ScriptedRelay):
+    """The shared stand-in relay, with this file's WELCOME and JOINED answers."""
 
     async def hello(self, ws: ServerConnection, n: int) -> Any:
         hello = await self.recv(ws, n)

@@ -153,12 +153,7 @@ class Liveness:
             node_id,
             self.grace_ms,
         )
-        owned = await self.redis.smembers(k.node_sessions_key(node_id))
-        by_doc: dict[str, list[int]] = defaultdict(list)
-        for x in map(k.parse_owned, owned):
-            if x is not None:
-                by_doc[x[1]].append(x[0])
-        for doc_id, sids in by_doc.items():
+        for doc_id, sids in (await self._owned(node_id)).items():
             mk = k.members_key(doc_id)
             raws = await self.redis.hmget(mk, [str(s) for s in sids])
             pipe = self.redis.pipeline(transaction=False)
@@ -173,14 +168,18 @@ class Liveness:
             self.writer.publish_batches(pipe, {doc_id: events}, deliver=True)
             await pipe.execute()
 
-    async def reap_node(self, node_id: str, publish: bool, reason: int) -> None:
-        """Remove every session Redis lists for `node_id` (this node's too, at shutdown)."""
+    async def _owned(self, node_id: str) -> dict[str, list[int]]:
+        """The sessions Redis lists for a node: doc_id -> sids."""
         owned = await self.redis.smembers(k.node_sessions_key(node_id))
         by_doc: dict[str, list[int]] = defaultdict(list)
         for x in map(k.parse_owned, owned):
             if x is not None:
                 by_doc[x[1]].append(x[0])
-        for doc_id, sids in by_doc.items():
+        return by_doc
+
+    async def reap_node(self, node_id: str, publish: bool, reason: int) -> None:
+        """Remove every session Redis lists for `node_id` (this node's too, at shutdown)."""
+        for doc_id, sids in (await self._owned(node_id)).items():
             await self.writer.remove_sessions(doc_id, sids, node_id, publish, reason)
         if node_id != self.node_id:
             pipe = self.redis.pipeline(transaction=False)
