@@ -317,14 +317,19 @@ class Cable:
     close frame), so the relay finds out only through its keepalive (liveness_timeout_ms) and
     the page not at all; new connections are refused. Plugged back in, the connections that
     lived through the outage are reset, as a peer's kernel answers the first packet of a
-    connection it has forgotten, and new ones go through.
+    connection it has forgotten, and new ones go through. With `reset_on_plug=False` they are
+    not: they stay cut (bytes still dropped, nothing closed), as a page that sent nothing
+    during the outage is never told; only the page's own keepalive can find them dead.
+    `dropped_from_page` counts the bytes from the page that went nowhere.
 
     (DevTools' offline emulation alone is no such network: in headless Chromium it fails new
     connections, but an open WebSocket goes on working through it, both ways.)"""
 
-    def __init__(self, relay_port: int) -> None:
+    def __init__(self, relay_port: int, *, reset_on_plug: bool = True) -> None:
         self.relay_port = relay_port
+        self.reset_on_plug = reset_on_plug
         self.plugged = True
+        self.dropped_from_page = 0
         self.links: set[_Link] = set()
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -340,6 +345,8 @@ class Cable:
 
     def plug(self) -> None:
         self.plugged = True
+        if not self.reset_on_plug:
+            return
         for link in [x for x in self.links if x.cut]:
             link.abort()
 
@@ -370,6 +377,8 @@ class Cable:
             while data := await src.read(65536):
                 if not link.cut:
                     dst.write(data)
+                elif dst is link.relay_side:
+                    self.dropped_from_page += len(data)
         if link.cut:
             # The relay gave up on it (keepalive): the page is not told before plug().
             link.relay_side.transport.abort()
@@ -643,3 +652,76 @@ async def test_a_newer_connection_takes_the_session_over(page: Page, relay_facto
     assert seen["resumed"] is True
     assert seen["sids"][0] == seen["sids"][1] and seen["handles"][0] == seen["handles"][1]
     assert seen["joinsSent"] == 0
+
+
+async def test_keepalive_finds_a_dead_socket_the_page_was_never_told_of(
+    two_pages: tuple[Page, Page], relay_factory: Any
+) -> None:
+    """Ann's page is idle (it sends nothing) when her network goes away and comes back. No
+    byte ever tells her page that its socket is dead: the cable drops them and, plugged back,
+    does not reset the stale connection (reset_on_plug=False). The relay finds her gone
+    (liveness_timeout_ms) and bob sees her DISCONNECTED; then the SDK's own keepalive (a PING
+    after keepaliveMs of silence, unanswered for keepaliveMs more) lets the socket go and
+    resumes within the grace: bob sees her back with the same sid, never a left or a joined.
+    Without the keepalive the page would sit on the dead socket until its TCP gave up."""
+    a, b = two_pages
+    r = await relay_factory(batch_ms=20, reconnect_grace_ms=10000, liveness_timeout_ms=1000)
+    cable = Cable(r.port, reset_on_plug=False)
+    await cable.start()
+    keepalive_ms = 1000
+    try:
+        await run(b, "sessionOpen", bob(ws_url(r), ["doc-ka"]))
+        options = {"backoffMs": 100, "maxBackoffMs": 400, "keepaliveMs": keepalive_ms}
+        url = f"ws://127.0.0.1:{cable.port}/ws"
+        opened = await run(a, "sessionOpen", ann(url, ["doc-ka"], options=options))
+        sid = opened["docs"]["doc-ka"]["sid"]
+        seen = await until_state(b, "bob", lambda s: member(s, "doc-ka", sid), "bob sees ann")
+        color = member(seen, "doc-ka", sid)["color"]  # type: ignore[index]
+        mark = len(seen["log"])
+
+        cable.unplug()
+        cut_at = time.monotonic()
+        await until_state(
+            b,
+            "bob",
+            lambda s: (member(s, "doc-ka", sid) or {}).get("activity") == ACTIVITY_DISCONNECTED,
+            "bob sees ann DISCONNECTED",
+        )
+        cable.plug()  # the stale connection is left as it is: cut, not reset
+        lost = await until_state(
+            a,
+            "ann",
+            lambda s: any(e["type"] == "disconnected" for e in s["log"]),
+            "ann's keepalive finds the dead socket",
+            timeout_ms=8000,
+        )
+        found_after_s = time.monotonic() - cut_at
+        back = await until_state(
+            b,
+            "bob",
+            lambda s: (
+                (m := member(s, "doc-ka", sid)) is not None
+                and m["activity"] != ACTIVITY_DISCONNECTED
+            ),
+            "bob sees ann back",
+            timeout_ms=8000,
+        )
+        ann_state = await run(a, "sessionState", "ann")
+        dropped = cable.dropped_from_page
+    finally:
+        await cable.close()
+
+    # Silence since before the cut: a PING at most keepaliveMs after it, lost keepaliveMs
+    # later (timers and polling add a little).
+    assert found_after_s < 4 * keepalive_ms * MS, found_after_s
+    assert [e["code"] for e in lost["log"] if e["type"] == "disconnected"][:1] == [1006]
+    assert dropped > 0  # the page's PING went into the dead cable, unanswered
+    events = log_of(back, "doc-ka", sid, mark)
+    assert [e for e in events if e["type"] in ("left", "joined")] == [], events
+    activities = [e["activity"] for e in events if e["type"] == "activity"]
+    assert ACTIVITY_DISCONNECTED in activities, activities
+    assert activities[-1] != ACTIVITY_DISCONNECTED, activities
+    assert member(back, "doc-ka", sid)["color"] == color  # type: ignore[index]
+    assert ann_state["resumed"] is True and ann_state["docs"]["doc-ka"]["sid"] == sid
+    assert ann_state["connected"] is True
+    assert ann_state["joins"] == ["doc-ka"]  # the first JOIN only: the resume re-attached it

@@ -24,6 +24,20 @@
 // resume the relay's session within `reconnect_grace_ms` (same handles, same sids: the others
 // see the member DISCONNECTED, then back, never left and joined); a hidden or blurred page
 // sends FOCUS false (the member turns Away, not gone); `close()` leaves at once.
+//
+// Keepalive (`keepaliveMs`, default 10000; 0 turns it off): the browser answers the relay's
+// WebSocket pings by itself, so a page learns that its socket is dead only when its TCP does,
+// which after a network cut may take many minutes, while the relay has long shown the member
+// DISCONNECTED and then left (LOST). So the client watches silence: when nothing at all has
+// been received for `keepaliveMs` it sends a PING; when still nothing has been received
+// `keepaliveMs` after that PING, the connection counts as lost: the socket is let go (its
+// handlers detached, close() called, its closing handshake not waited for: on a dead network
+// it never ends) and the client reconnects and resumes as after any drop (a `disconnected`
+// event, code 1006, reason `keepalive timeout`). Every frame received resets the silence, so a
+// connection with traffic is never pinged; an idle one costs one PING and one PONG per
+// `keepaliveMs`. Timers are checked against the time of the last frame, not counted, so a
+// background tab whose timers fire late loses no live connection. While close() waits for
+// its closing handshake the keepalive goes on: on a dead network close() ends that way too.
 
 import { decode, encode } from './msgpack.js';
 
@@ -78,6 +92,11 @@ const STORAGE_PREFIX = 'presence-relay:resume:';
 // pagehide, visibilitychange, unload); a page that stays blurred or hidden this long has
 // really lost focus.
 const PAGE_LOSS_DELAY_MS = 250;
+export const KEEPALIVE_MS = 10000;
+// A keepalive check that ran more than a whole interval after it was due (a frozen or asleep
+// page, a starved event loop) may run before the frames that arrived meanwhile are read: it
+// waits this long once more before it calls the connection lost.
+const KEEPALIVE_RECHECK_MS = 1000;
 
 export class RelayError extends Error {
   constructor(code, message, handle = null) {
@@ -185,6 +204,79 @@ export class Throttle {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
     this.pending = undefined;
+  }
+}
+
+/**
+ * The silence rule of one connection: `received()` on every frame; after `intervalMs` of
+ * silence `ping()` is called, and after `intervalMs` more of silence `lost()` (once, then it
+ * stops). One timer at a time, re-armed from the time of the last frame, never counted: a
+ * timer that fires late (a throttled background tab) finds the frames that came meanwhile.
+ */
+export class Keepalive {
+  constructor(intervalMs, { ping, lost }, clock = () => performance.now(),
+    timers = { set: (fn, ms) => setTimeout(fn, ms), clear: (t) => clearTimeout(t) }) {
+    this.intervalMs = intervalMs;
+    this.ping = ping;
+    this.lost = lost;
+    this.clock = clock;
+    this.timers = timers;
+    this.lastReceived = 0;
+    this.pingAt = null; // when the unanswered PING went, or null
+    this.rechecked = false;
+    this.timer = null;
+    this.due = 0;
+  }
+
+  start() {
+    this.lastReceived = this.clock();
+    this.pingAt = null;
+    this.#arm(this.intervalMs);
+  }
+
+  /** A frame came (any frame): the cost per frame is this one assignment. */
+  received() {
+    this.lastReceived = this.clock();
+  }
+
+  stop() {
+    if (this.timer !== null) this.timers.clear(this.timer);
+    this.timer = null;
+  }
+
+  #arm(ms) {
+    this.due = this.clock() + ms;
+    this.timer = this.timers.set(() => this.#check(), ms);
+  }
+
+  #check() {
+    this.timer = null;
+    const now = this.clock();
+    const late = now - this.due > this.intervalMs;
+    if (this.pingAt !== null && this.lastReceived >= this.pingAt) this.pingAt = null;
+    if (this.pingAt === null) {
+      const quiet = now - this.lastReceived;
+      if (quiet < this.intervalMs) {
+        this.#arm(this.intervalMs - quiet);
+        return;
+      }
+      this.pingAt = now;
+      this.rechecked = false;
+      this.ping();
+      if (this.timer === null) this.#arm(this.intervalMs); // ping() may have stopped it
+      return;
+    }
+    const waited = now - this.pingAt;
+    if (waited < this.intervalMs) {
+      this.#arm(this.intervalMs - waited);
+      return;
+    }
+    if (late && !this.rechecked) {
+      this.rechecked = true;
+      this.#arm(Math.min(KEEPALIVE_RECHECK_MS, this.intervalMs));
+      return;
+    }
+    this.lost();
   }
 }
 
@@ -501,7 +593,9 @@ const withinGrace = (token, graceMs, lostAt) => typeof token === 'string' && tok
  * `resume` (default true: resume the relay's session after a drop or a reload),
  * `storage` (where a reload finds the resume token: sessionStorage by default, null for none),
  * `sessionKey` (scopes that storage; default the anonymous `userId`: several clients of one
- * relay in one tab each need their own), `claimWindowMs` (CLAIM_WINDOW_MS).
+ * relay in one tab each need their own), `claimWindowMs` (CLAIM_WINDOW_MS);
+ * `keepaliveMs` (KEEPALIVE_MS: after this long without a frame, a PING; after as long again,
+ * the connection is lost and the client reconnects; 0: no keepalive, see the header).
  */
 export class PresenceClient extends EventTarget {
   constructor(url, options = {}) {
@@ -511,7 +605,7 @@ export class PresenceClient extends EventTarget {
       token: null, userId: null, name: null, avatar: null, reconnect: true,
       backoffMs: 250, maxBackoffMs: 5000, tokenTimeoutMs: 10000,
       WebSocket: globalThis.WebSocket, resume: true, storage: undefined, sessionKey: undefined,
-      claimWindowMs: CLAIM_WINDOW_MS, ...options,
+      claimWindowMs: CLAIM_WINDOW_MS, keepaliveMs: KEEPALIVE_MS, ...options,
     };
     this.ws = null;
     this.welcome = null;
@@ -740,10 +834,23 @@ export class PresenceClient extends EventTarget {
     this.welcome = null;
     let settled = false; // WELCOME came: this socket's HELLO succeeded
     let welcomedAt = 0;
+    const keepaliveMs = Number(this.options.keepaliveMs) || 0;
+    const keepalive = keepaliveMs > 0 ? new Keepalive(keepaliveMs, {
+      ping: () => { if (this.ws === ws) this.send([PING, Date.now()]); },
+      // Silent through a PING: the network is gone. Its closing handshake would never end, so
+      // the socket is let go (close() still sent, should the relay hear it: not 1000, which
+      // would be a deliberate leave) and this is a drop like any other.
+      lost: () => {
+        ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+        try { ws.close(); } catch { /* nothing to do: it is let go either way */ }
+        onClose({ code: 1006, reason: 'keepalive timeout' });
+      },
+    }) : null;
     ws.onopen = () => {
       ws.send(encode([HELLO, 1, token, this.#helloInfo()]));
     };
     ws.onmessage = (event) => {
+      keepalive?.received(); // any frame at all, even one that does not decode
       let frame;
       try {
         frame = decode(new Uint8Array(event.data));
@@ -756,13 +863,15 @@ export class PresenceClient extends EventTarget {
         settled = true;
         welcomedAt = performance.now();
         this.attempt = 0;
+        keepalive?.start();
         this.#welcomed(frame);
         if (resolve) resolve(this);
         return;
       }
       this.#dispatch(frame);
     };
-    ws.onclose = (event) => {
+    const onClose = (event) => {
+      keepalive?.stop();
       if (this.ws === ws) this.ws = null;
       if (settled) this.#lost();
       // The relay ended a welcomed connection at its token's `exp`: a provider can renew it.
@@ -790,6 +899,7 @@ export class PresenceClient extends EventTarget {
       if (FATAL_CLOSES.has(event.code) && event.code !== CLOSE_RESUMED) this.store.clear();
       this.#finish(event.code, event.reason);
     };
+    ws.onclose = onClose;
   }
 
   #finish(code, reason) {

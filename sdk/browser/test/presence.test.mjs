@@ -9,10 +9,19 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { decode, encode } from '../msgpack.js';
-import { Activity, PresenceClient } from '../presence.js';
+import { Activity, Keepalive, PresenceClient } from '../presence.js';
 
 const URL = 'ws://relay.test/ws';
 const tick = (ms = 0) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Until `check()` holds, polling every few ms (real timers: generous, a CI may be busy). */
+async function until(check, what, timeoutMs = 3000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+    await tick(2);
+  }
+}
 
 /** A WebSocket whose other end is the test: `sent` holds the decoded client frames. */
 class FakeSocket {
@@ -67,9 +76,10 @@ const member = (sid, userId, activity = Activity.VIEWING, rest = {}) => [sid, us
   null, 'hsl(1, 70%, 50%)', activity, false, rest.focused ?? true, rest.cursor ?? null, null,
   null, 1, 1, ...(rest.extra ?? [])];
 
+// No keepalive unless a test asks for one: its timer would outlive the test.
 function client(options = {}) {
   return new PresenceClient(URL, { userId: 'ann', name: 'Ann', WebSocket: FakeSocket,
-    backoffMs: 1, maxBackoffMs: 1, storage: new MemoryStorage(), ...options });
+    backoffMs: 1, maxBackoffMs: 1, storage: new MemoryStorage(), keepaliveMs: 0, ...options });
 }
 
 /** start() the client and WELCOME it; resolves with its socket. */
@@ -148,9 +158,8 @@ test('a drop within the grace resumes: no JOIN, a diffed snapshot, only what is 
   c.addEventListener('reconnected', (e) => reconnected.push(e.detail.resumed));
   ws.drop();
   d.moveCursor(6, 6, 6); // lost: there is no connection
-  await tick(10);
+  await until(() => lastSocket() !== ws && lastSocket().sent.length > 0, 'the reconnect HELLO');
   const ws2 = lastSocket();
-  assert.notEqual(ws2, ws);
   assert.equal(ws2.sent[0][3].resume, 'tok-1');
   ws2.deliver(welcome({ resume_token: 'tok-2', reconnect_grace_ms: 30000, resumed: true }));
   // The relay kept the viewport but never got the second cursor; bob dropped too, cy left,
@@ -279,4 +288,205 @@ test('joins asked while disconnected go out after the next WELCOME', async () =>
   assert.deepEqual(ws2.sent.slice(1), [[2, 1, 'doc-later']]);
   ws2.deliver([33, 1, 'doc-later', 1, [member(1, 'ann')]]);
   assert.equal((await later).sid, 1);
+});
+
+// ---------------------------------------------------------------- keepalive
+
+/** A clock and timers the test moves by hand; `advance` fires what falls due, in order. */
+class FakeTime {
+  constructor() {
+    this.now = 0;
+    this.pending = [];
+    this.ids = 0;
+    this.clock = () => this.now;
+    this.timers = {
+      set: (fn, ms) => { this.ids += 1; this.pending.push({ id: this.ids, at: this.now + ms, fn }); return this.ids; },
+      clear: (id) => { this.pending = this.pending.filter((t) => t.id !== id); },
+    };
+  }
+
+  advance(ms) {
+    const end = this.now + ms;
+    for (;;) {
+      const next = this.pending.filter((t) => t.at <= end).sort((a, b) => a.at - b.at)[0];
+      if (next === undefined) break;
+      this.pending = this.pending.filter((t) => t !== next);
+      this.now = next.at;
+      next.fn();
+    }
+    this.now = end;
+  }
+
+  /** A throttled tab: the clock moves `ms` and no timer fires; `fire()` runs the overdue ones late. */
+  stall(ms) { this.now += ms; }
+
+  fire() {
+    const due = this.pending.filter((t) => t.at <= this.now);
+    this.pending = this.pending.filter((t) => t.at > this.now);
+    for (const t of due) t.fn();
+  }
+}
+
+function keepalive(intervalMs = 10000) {
+  const time = new FakeTime();
+  const calls = [];
+  const k = new Keepalive(intervalMs, {
+    ping: () => calls.push(['ping', time.now]),
+    lost: () => calls.push(['lost', time.now]),
+  }, time.clock, time.timers);
+  k.start();
+  return { k, time, calls };
+}
+
+test('keepalive: silence pings, an unanswered PING is a lost connection', () => {
+  const { time, calls } = keepalive();
+  time.advance(9999);
+  assert.deepEqual(calls, []);
+  time.advance(1);
+  assert.deepEqual(calls, [['ping', 10000]]);
+  time.advance(9999);
+  assert.deepEqual(calls, [['ping', 10000]]);
+  time.advance(1);
+  assert.deepEqual(calls, [['ping', 10000], ['lost', 20000]]);
+  time.advance(60000); // lost once, then nothing
+  assert.equal(calls.length, 2);
+  assert.equal(time.pending.length, 0);
+});
+
+test('keepalive: frames flowing are never pinged; any frame answers a PING', () => {
+  const { k, time, calls } = keepalive();
+  for (let i = 0; i < 100; i += 1) { time.advance(3000); k.received(); }
+  assert.deepEqual(calls, []);
+  assert.equal(time.pending.length, 1); // one timer, re-armed, never one per frame
+  const quietFrom = time.now;
+  time.advance(10000);
+  assert.deepEqual(calls, [['ping', quietFrom + 10000]]);
+  time.advance(4000);
+  k.received(); // the PONG (or a BATCH: any frame)
+  time.advance(9999);
+  assert.equal(calls.length, 1); // the silence restarted at the PONG
+  time.advance(1);
+  assert.deepEqual(calls.slice(1), [['ping', quietFrom + 24000]]);
+  time.advance(10000);
+  assert.deepEqual(calls.slice(2), [['lost', quietFrom + 34000]]);
+});
+
+test('keepalive: a late timer looks at when the last frame came, not at how many fired', () => {
+  // The PING went; the tab is throttled and its check comes 50 s late, but the PONG came.
+  const a = keepalive();
+  a.time.advance(10000);
+  a.time.stall(200);
+  a.k.received();
+  a.time.stall(50000);
+  a.time.fire();
+  assert.deepEqual(a.calls, [['ping', 10000], ['ping', 60200]]); // silent again since: a PING
+  a.time.advance(300);
+  a.k.received();
+  a.time.advance(60000);
+  assert.deepEqual(a.calls.slice(2), [['ping', 70500], ['lost', 80500]]);
+
+  // Silence then a late check with nothing received: one more short look (frames a frozen page
+  // has not read yet), then lost; a frame read in that moment saves it.
+  for (const frameInTime of [false, true]) {
+    const b = keepalive();
+    b.time.advance(10000);
+    b.time.stall(40000);
+    b.time.fire();
+    assert.deepEqual(b.calls, [['ping', 10000]]);
+    b.time.advance(500);
+    if (frameInTime) b.k.received();
+    b.time.advance(500);
+    assert.deepEqual(b.calls, frameInTime ? [['ping', 10000]] : [['ping', 10000], ['lost', 51000]]);
+    if (frameInTime) { // the silence runs from that frame
+      b.time.advance(9500);
+      assert.deepEqual(b.calls, [['ping', 10000], ['ping', 60500]]);
+    }
+  }
+});
+
+test('keepalive: stop() ends it', () => {
+  const { k, time, calls } = keepalive();
+  k.stop();
+  time.advance(100000);
+  assert.deepEqual(calls, []);
+});
+
+// The same rule in the client, on real timers (short intervals) and the scripted relay.
+const KEEPALIVE = 60;
+
+test('keepalive: a silent connection is pinged, then let go and resumed', async () => {
+  const c = client({ keepaliveMs: KEEPALIVE });
+  const ws = await welcomed(c, { resume_token: 'tok-1', reconnect_grace_ms: 30000 });
+  const d = await joined(c, ws, 'doc-1', 7, [member(7, 'ann'), member(8, 'bob')]);
+  const seen = record(d, EVERY_EVENT);
+  const disconnected = [];
+  c.addEventListener('disconnected', (e) => disconnected.push(e.detail));
+  const started = Date.now();
+  await until(() => ws.types().includes(8), 'a PING after the silence');
+  assert.ok(Date.now() - started >= KEEPALIVE - 5);
+  const ping = ws.sent.find((f) => f[0] === 8);
+  assert.equal(ping.length, 2);
+  assert.equal(typeof ping[1], 'number');
+  // No PONG, no frame: the socket is let go without waiting for its close to complete (this
+  // fake never completes it: onclose is not called again once detached).
+  await until(() => lastSocket() !== ws, 'a reconnect');
+  assert.equal(ws.closedWith, 1005); // close() called, not with 1000 (a deliberate leave)
+  assert.equal(ws.onclose, null);
+  assert.equal(ws.onmessage, null);
+  assert.deepEqual(disconnected, [{ code: 1006, reason: 'keepalive timeout' }]);
+  assert.equal(c.connected, false);
+  const ws2 = lastSocket();
+  await until(() => ws2.sent.length > 0, 'a HELLO');
+  assert.equal(ws2.sent[0][3].resume, 'tok-1');
+  ws2.deliver(welcome({ resume_token: 'tok-2', reconnect_grace_ms: 30000, resumed: true }));
+  ws2.deliver([33, d.handle, 'doc-1', 7, [member(7, 'ann'), member(8, 'bob')]]);
+  assert.equal(d.sid, 7);
+  assert.deepEqual(seen, []); // nothing changed: no left, no joined
+  assert.equal(ws2.types().includes(2), false); // resumed, not joined again
+  c.options.reconnect = false;
+  ws2.drop();
+});
+
+test('keepalive: frames reset the silence; a PONG keeps the connection', async () => {
+  const c = client({ keepaliveMs: 4 * KEEPALIVE });
+  const ws = await welcomed(c);
+  await joined(c, ws, 'doc-1', 1, [member(1, 'ann')]);
+  const until_ = Date.now() + 6 * KEEPALIVE;
+  while (Date.now() < until_) {
+    ws.deliver([34, 'doc-1', 1, []]);
+    await tick(KEEPALIVE / 6);
+  }
+  assert.equal(ws.types().includes(8), false); // frames flowing: never a PING
+  await until(() => ws.types().includes(8), 'a PING once the frames stop');
+  const ping = ws.sent.find((f) => f[0] === 8);
+  ws.deliver([36, ping[1], 1800000000000]);
+  await tick(3 * KEEPALIVE);
+  assert.equal(lastSocket(), ws);
+  assert.equal(c.connected, true);
+  c.options.reconnect = false;
+  ws.drop();
+});
+
+test('keepalive: keepaliveMs 0 turns it off', async () => {
+  const c = client({ keepaliveMs: 0 });
+  const ws = await welcomed(c);
+  await tick(5 * KEEPALIVE);
+  assert.deepEqual(ws.types(), [1]);
+  assert.equal(lastSocket(), ws);
+  assert.equal(c.connected, true);
+  c.options.reconnect = false;
+  ws.drop();
+});
+
+test('keepalive: close() on a dead network ends through the keepalive', async () => {
+  const c = client({ keepaliveMs: KEEPALIVE });
+  const ws = await welcomed(c);
+  ws.close = function close(code) { this.closedWith = code; }; // the handshake never ends
+  const closed = [];
+  c.addEventListener('closed', (e) => closed.push(e.detail));
+  await c.close();
+  assert.deepEqual(closed, [{ code: 1006, reason: 'keepalive timeout' }]);
+  assert.equal(c.closed, true);
+  await tick(KEEPALIVE);
+  assert.equal(lastSocket(), ws); // no reconnect after a close()
 });
