@@ -41,6 +41,7 @@ def _opt(
 
 MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash are guessable offline (RFC 7518 3.2)
 MIN_API_KEY_BYTES = 16
+MIN_LIVENESS_MS = 500
 
 
 def _read_secret(setting: str, path: str) -> str:
@@ -92,7 +93,7 @@ class PresenceConfig:
     )
     redis_url: str | None = _opt(None, "Redis URL for shared presence (unset: memory backend)")
     auth_timeout_ms: int = _opt(5000, "HELLO must arrive within this (else close 4401)", 1, 600_000)
-    liveness_timeout_ms: int = _opt(10_000, "a client silent this long (no byte, no pong) is shown DISCONNECTED; also TCP_USER_TIMEOUT (0 = off)", 0, 600_000)
+    liveness_timeout_ms: int = _opt(10_000, "a client silent this long (no byte, no pong) is shown DISCONNECTED; also TCP_USER_TIMEOUT (0 = off, else >= 500)", 0, 600_000)
     reconnect_grace_ms: int = _opt(30_000, "how long a lost connection's place is held for a resume (0 = it leaves at once)", 0, 3_600_000)
     close_timeout_s: float = _opt(
         2.0, "a close that has not completed after this long aborts the socket", 0.05, 60
@@ -148,6 +149,13 @@ class PresenceConfig:
                 raise ConfigError(f"{f.name}={v!r} is not a number")
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 raise ConfigError(f"{f.name}={v!r} is out of range [{lo}, {hi}]")
+        if 0 < self.liveness_timeout_ms < MIN_LIVENESS_MS:
+            # Keepalive looks every tenth of it: below this it would spin, and a round trip
+            # on a slow network alone could take longer than the pong is given.
+            raise ConfigError(
+                f"liveness_timeout_ms={self.liveness_timeout_ms}: 0 (off) or at least "
+                f"{MIN_LIVENESS_MS}"
+            )
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level={self.log_level!r}: use debug, info, warning or error")
         if self.allowed_origins is not None:

@@ -707,3 +707,12 @@ def test_a_setting_that_was_replaced_names_its_successor(tmp_path: Path) -> None
     path.write_text("ping_interval_s = 20\n")
     with pytest.raises(ConfigError, match="liveness_timeout_ms"):
         load_config(config_path=str(path))
+
+
+@pytest.mark.parametrize(("value", "ok"), [(0, True), (1, False), (499, False), (500, True)])
+def test_liveness_timeout_is_off_or_at_least_half_a_second(value: int, ok: bool) -> None:
+    if ok:
+        assert PresenceConfig(liveness_timeout_ms=value).liveness_timeout_ms == value
+    else:
+        with pytest.raises(ConfigError, match="liveness_timeout_ms"):
+            PresenceConfig(liveness_timeout_ms=value)
