@@ -50,10 +50,13 @@ class Client:
     protocol state (`session`), and what the shell keeps for it (the close in progress, the
     timer that wakes the session)."""
 
-    __slots__ = ("close_task", "fd", "session", "timer", "timer_at", "ws")
+    __slots__ = ("close_task", "fd", "resume_key", "session", "timer", "timer_at", "ws")
 
-    def __init__(self, ws: Any, session: Session) -> None:
+    def __init__(self, ws: Any, session: Session, resume_key: str = "") -> None:
         self.ws = ws
+        # What the hub's resumable sessions are keyed by, here and in Redis: a hash of the
+        # session's resume token (the token itself is only ever in WELCOME and HELLO).
+        self.resume_key = resume_key
         self.fd: int = getattr(ws, "fd", -1)
         self.session = session
         # The close the relay started (4400/4401/4408/4429/1001); the handler awaits it so

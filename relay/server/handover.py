@@ -25,7 +25,7 @@ import msgpack
 
 from relay.core import protocol as p
 from relay.core.model import ActivityType
-from relay.core.session import RESUMING, new_peer
+from relay.core.session import RESUMING, SUSPENDED, new_peer
 from relay.server.client import Client
 from relay.server.cluster import twin_session
 from relay.twin import Membership, Peer, TokenBucket
@@ -58,9 +58,9 @@ class Handover:
         self.records = hub.store.resumes
         self.node_id: str = hub.broker.node_id
         self.ask_timeout_s = ask_timeout_s
-        self.by_hash: dict[str, Client] = {}
         self._asks: dict[int, asyncio.Future[Any]] = {}
         self._budgets: dict[int, Any] = {}  # a resuming client's budgets, from the owner
+        self._collecting: list[tuple[str, dict[str, Any], int]] | None = None
         self._ids = itertools.count(1)
         self.resumed = 0  # sessions this node took over from another
         self.released = 0  # sessions another node took over from this one
@@ -76,32 +76,29 @@ class Handover:
             record["docs"] = [[h, m.doc.doc_id, m.sid] for h, m in client.handles.items()]
         return record
 
+    # The hub calls these for the sessions in its `resumable` map (keyed by `resume_key`,
+    # which is also the record's key in Redis).
+
     def opened(self, client: Client) -> None:
-        h = token_hash(client.session.resume_token or "")
-        self.by_hash[h] = client
-        self.records.remember(h, self._record(client, False), OPEN_TTL_MS)
+        self.records.remember(client.resume_key, self._record(client, False), OPEN_TTL_MS)
 
     def changed(self, client: Client) -> None:
         """An open session joined or left a document: its record lists them, so that if
         this node dies, the session can be resumed elsewhere from the members' records."""
-        if client.session.resume_token is None:
-            return
-        h = token_hash(client.session.resume_token)
-        if self.by_hash.get(h) is client:
-            self.records.remember(h, self._record(client, True), OPEN_TTL_MS)
+        if self.hub.resumable.get(client.resume_key) is client:
+            self.records.remember(client.resume_key, self._record(client, True), OPEN_TTL_MS)
 
-    def suspended(self, client: Client, grace_ms: int) -> tuple[str, dict[str, Any], int]:
-        """The session is held: its record now lists its documents (for the grace)."""
-        h = token_hash(client.session.resume_token or "")
-        entry = (h, self._record(client, True), grace_ms + SLACK_MS)
-        self.records.remember(*entry)
-        return entry
+    def suspended(self, client: Client, grace_ms: int) -> None:
+        """The session is held: its record now lists its documents (for the grace). During
+        `suspend_all` the records are collected, to be written at once and awaited."""
+        entry = (client.resume_key, self._record(client, True), grace_ms + SLACK_MS)
+        if self._collecting is not None:
+            self._collecting.append(entry)
+        else:
+            self.records.remember(*entry)
 
     def ended(self, client: Client) -> None:
-        h = token_hash(client.session.resume_token or "")
-        if self.by_hash.get(h) is client:
-            del self.by_hash[h]
-            self.records.forget(h)
+        self.records.forget(client.resume_key)
 
     # ------------------------------------------------------------ the control channel
 
@@ -121,7 +118,7 @@ class Handover:
 
     def _release(self, msg: dict[str, Any]) -> None:
         """Another node resumes one of our sessions: hand it over (see the module doc)."""
-        client = self.by_hash.get(msg.get("h", ""))
+        client = self.hub.resumable.get(msg.get("h", ""))
         reply: dict[str, Any] = {"op": "unknown", "id": msg.get("id")}
         if client is not None and client.session.resumable:
             peer, bad_frames = client.session.take_over()
@@ -265,20 +262,18 @@ class Handover:
         record written before any client is told to go (it reconnects at once)."""
         hub = self.hub
         now = hub.clock()
-        records = []
-        for client in list(hub.clients):
-            session = client.session
-            session.suspend(now, grace_ms)
-            hub._run(client)
-            if session.state != RESUMING and session.resumable:
-                records.append(self._record_entry(client, grace_ms))
-        for client in list(self.by_hash.values()):
-            if client not in hub.clients and client.session.resumable:
-                records.append(self._record_entry(client, grace_ms))
+        records: list[tuple[str, dict[str, Any], int]] = []
+        self._collecting = records
+        try:
+            for client in list(hub.clients):
+                client.session.suspend(now, grace_ms)
+                hub._run(client)  # (-> `suspended`, which collects the record)
+            written = {key for key, _, _ in records}
+            for key, client in list(hub.resumable.items()):  # held before: for the grace
+                if client.session.state == SUSPENDED and key not in written:
+                    self.suspended(client, grace_ms)
+        finally:
+            self._collecting = None
         if records:
             await self.records.remember_now(records)
         self.store.handover_ms = grace_ms + SLACK_MS
-
-    def _record_entry(self, client: Client, grace_ms: int) -> tuple[str, dict[str, Any], int]:
-        h = token_hash(client.session.resume_token or "")
-        return h, self._record(client, True), grace_ms + SLACK_MS

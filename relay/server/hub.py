@@ -43,7 +43,7 @@ from relay.core.session import (
 from relay.exceptions import AuthError, DocumentFull, ProtocolError
 from relay.server.client import Client
 from relay.server.cluster import Cluster
-from relay.server.handover import CONTROL, Handover
+from relay.server.handover import CONTROL, Handover, token_hash
 from relay.server.logbudget import LogBudget
 from relay.server.outlet import Outlet
 from relay.server.registry import Registry
@@ -93,8 +93,9 @@ class Hub:
             self.cluster.unused if self.cluster is not None else None,
         )  # fmt: skip
         self.clients: set[Client] = set()  # past HELLO, with a live connection
-        # Sessions a HELLO may resume, by their WELCOME's resume_token: open ones and held
-        # (suspended) ones, until they end. A token is used once: a resume removes it.
+        # Sessions a HELLO may resume, by the hash of their WELCOME's resume_token (the key
+        # of their Redis record too): open ones and held (suspended) ones, until they end.
+        # A token is used once: a resume removes it.
         self.resumable: dict[str, Client] = {}
         self.grace_ms = config.reconnect_grace_ms
         # Every accepted TCP connection until it is closed, HELLO or not (added and removed
@@ -134,6 +135,7 @@ class Hub:
         """A new connection (before HELLO): its session, and its timer for the HELLO."""
         now = self.clock()
         rules = self.session_rules
+        token = secrets.token_urlsafe(18)  # 144 random bits: unguessable, offered in WELCOME
         session = Session(
             rules,
             self.welcome_settings,
@@ -142,9 +144,9 @@ class Hub:
             now,
             new_peer(rules, now, Peer, TokenBucket, self.stats.hot),  # the twin's (compiled)
             self.stats.sessions,
-            secrets.token_urlsafe(18),  # 144 random bits: unguessable, offered in WELCOME
+            token,
         )
-        client = Client(ws, session)
+        client = Client(ws, session, token_hash(token))
         self._arm(client)
         return client
 
@@ -232,11 +234,9 @@ class Hub:
                     self._resume(client, action.token)
                 elif type(action) is Opened:
                     self.clients.add(client)
-                    token = session.resume_token
-                    if token is not None:
-                        self.resumable[token] = client
-                        if self.handover is not None:
-                            self.handover.opened(client)
+                    self.resumable[client.resume_key] = client
+                    if self.handover is not None:
+                        self.handover.opened(client)
                     self.stats.connections_total += 1
                     enable = getattr(client.ws, "enable_fast_path", None)
                     if enable is not None:
@@ -244,9 +244,8 @@ class Hub:
                         enable(client)
             actions = session.actions()
         if session.state is CLOSED:
-            token = session.resume_token
-            if token is not None and self.resumable.get(token) is client:
-                del self.resumable[token]
+            if self.resumable.get(client.resume_key) is client:
+                del self.resumable[client.resume_key]
                 if self.handover is not None:
                     self.handover.ended(client)
         elif self.handover is not None:
@@ -298,14 +297,15 @@ class Hub:
         and still held (or open); otherwise WELCOME says `resumed: false`."""
         session = client.session
         now = self.clock()
-        old = self.resumable.get(token)
+        key = token_hash(token)
+        old = self.resumable.get(key)
         if old is None and self.handover is not None:
             self._spawn(self.handover.resume(client, token))  # held by another node?
             return
         if old is None or old is client or not old.session.resumable_by(session.grant):
             session.resume_refused(now)
             return
-        del self.resumable[token]  # valid once
+        del self.resumable[key]  # valid once
         peer, bad_frames = old.session.take_over()
         self._run(old)  # an old socket still open is closed with 4409
         members = []
