@@ -322,8 +322,7 @@ class Session:
         else:
             why = p.LEFT
         self._end(why)
-        self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
-        self._actions.append(Close(code, reason))
+        self._close_socket(code, reason)
 
     def detach(self, reason: int = p.LEFT) -> None:
         """The connection is gone and its session ends now: leave every document."""
@@ -373,9 +372,7 @@ class Session:
         self.held = None
         peer, self.peer = self.peer, new_peer(self.rules, 0, PurePeer, PureBucket)
         if was_open:
-            code = p.CLOSE_RESUMED
-            self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
-            self._actions.append(Close(code, "resumed by a newer connection"))
+            self._close_socket(p.CLOSE_RESUMED, "resumed by a newer connection")
         return peer, self.bad_frames
 
     def resumed(
@@ -407,11 +404,12 @@ class Session:
     def _expired(self, now_ms: int, grace_ms: int) -> None:
         """The token's `exp`: close 4401; the documents are held for the grace (a resume
         with a fresh token keeps them), then end with EVICTED."""
-        self.stats.closes[p.CLOSE_UNAUTHENTICATED] = (
-            self.stats.closes.get(p.CLOSE_UNAUTHENTICATED, 0) + 1
-        )
         self.suspend(now_ms, grace_ms, p.EVICTED)
-        self._actions.append(Close(p.CLOSE_UNAUTHENTICATED, "token expired"))
+        self._close_socket(p.CLOSE_UNAUTHENTICATED, "token expired")
+
+    def _close_socket(self, code: int, reason: str) -> None:
+        self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
+        self._actions.append(Close(code, reason))
 
     def _end(self, reason: int) -> None:
         self.state = CLOSED
