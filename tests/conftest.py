@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from browser import ROOT, run_chromium, serve_directory
 from helpers import MS, REDIS_BIN, RawClient, RedisServer
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -114,3 +115,17 @@ def redis_factory() -> Iterator[Callable[[], RedisServer]]:
     yield make
     for s in servers:
         s.kill()
+
+
+@pytest.fixture(scope="module")
+def static_site() -> Iterator[str]:
+    """The repository over HTTP on loopback (test pages, the SDK modules, the vectors)."""
+    with serve_directory(ROOT) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[str]:
+    """A headless Chromium (one per test module); yields its DevTools HTTP endpoint."""
+    with run_chromium() as endpoint:
+        yield endpoint

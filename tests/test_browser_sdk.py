@@ -1,187 +1,36 @@
 """The browser SDK (sdk/browser) in a real headless Chromium against a real relay.
 
-Chromium is driven over the DevTools protocol with this project's own `websockets` client
-(no Node, no Playwright): the test serves the repository on a loopback HTTP port, opens
-sdk/browser/test/e2e.html, runs one scenario of e2e.js with `Runtime.evaluate` and asserts
-on what it observed. Any exception in the page fails the test with the page's message.
-Chromium comes from Debian (`make browser-deps` installs it; `CHROMIUM` names another).
+The test serves the repository on a loopback HTTP port, opens sdk/browser/test/e2e.html, runs
+one scenario of e2e.js with `Runtime.evaluate` and asserts on what it observed. Any exception
+in the page fails the test with the page's message. (The Chromium harness is tests/browser.py.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
 import pytest
+from browser import ROOT, Page, open_page, wait_ready
 from helpers import MS
-from websockets.asyncio.client import connect as ws_connect
 
 from relay.server.app import Relay
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(90)
-# Loopback only: never through an http_proxy from the environment.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def chromium_binary() -> str:
-    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if name and (path := shutil.which(name)):
-            return path
-    pytest.fail("no Chromium: run `make browser-deps` (Debian package chromium) or set CHROMIUM")
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def static_site() -> Iterator[str]:
-    """The repository over HTTP on loopback (the page, the SDK modules, the vectors)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=ROOT))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[str]:
-    """A headless Chromium; yields the DevTools HTTP endpoint."""
-    profile = tempfile.mkdtemp(prefix="relay-chromium-")
-    proc = subprocess.Popen(
-        [
-            chromium_binary(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-port=0",
-            "--remote-debugging-address=127.0.0.1",
-            "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    port_file = Path(profile) / "DevToolsActivePort"
-    deadline = time.monotonic() + 30
-    try:
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                pytest.fail(f"Chromium did not start: {err[-2000:]}")
-            time.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10000 * MS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-class Page:
-    """One tab, spoken to over the DevTools protocol."""
-
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.ids = iter(range(1, 1 << 30))
-        self.replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.console: list[str] = []
-        self.reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        async for raw in self.ws:
-            msg = json.loads(raw)
-            if "id" in msg and msg["id"] in self.replies:
-                self.replies.pop(msg["id"]).set_result(msg)
-            elif msg.get("method") == "Runtime.consoleAPICalled":
-                args = msg["params"].get("args", [])
-                self.console.append(
-                    " ".join(str(a.get("value", a.get("description"))) for a in args)
-                )
-            elif msg.get("method") == "Runtime.exceptionThrown":
-                self.console.append(json.dumps(msg["params"]["exceptionDetails"])[:2000])
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        i = next(self.ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.replies[i] = fut
-        await self.ws.send(json.dumps({"id": i, "method": method, "params": params}))
-        reply = await asyncio.wait_for(fut, 60000 * MS)
-        if "error" in reply:
-            raise AssertionError(f"{method}: {reply['error']}")
-        return reply["result"]  # type: ignore[no-any-return]
-
-    async def evaluate(self, expression: str) -> Any:
-        result = await self.call(
-            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
-        )
-        if "exceptionDetails" in result:
-            details = result["exceptionDetails"]
-            text = details.get("exception", {}).get("description") or details.get("text")
-            raise AssertionError(f"the page threw: {text}\nconsole: {self.console[-20:]}")
-        return result["result"].get("value")
-
-
-@contextlib.asynccontextmanager
-async def open_page(chromium: str, static_site: str) -> AsyncIterator[Page]:
-    """A new tab with e2e.html loaded; closed on exit."""
-    new_tab = urllib.request.Request(f"{chromium}/json/new?about:blank", method="PUT")
-    with _HTTP.open(new_tab, timeout=10000 * MS) as r:
-        target = json.loads(r.read())
-    async with ws_connect(target["webSocketDebuggerUrl"], max_size=None) as ws:
-        p = Page(ws)
-        await p.call("Runtime.enable")
-        await p.call("Page.enable")
-        await p.call("Page.navigate", url=f"{static_site}/sdk/browser/test/e2e.html")
-        await wait_ready(p)
-        yield p
-        p.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await p.reader
-    with contextlib.suppress(OSError):
-        _HTTP.open(f"{chromium}/json/close/{target['id']}", timeout=5000 * MS).close()
-
-
-async def wait_ready(p: Page) -> None:
-    """Until e2e.js has loaded in the page's current document. (During a navigation the old
-    document may still answer, or no context may answer at all: both only mean not yet.)"""
-    for _ in range(500):  # bounded: the module graph loads in well under 5 s
-        with contextlib.suppress(AssertionError):
-            if await p.evaluate("window.ready === true && window.reloading !== true"):
-                return
-        await asyncio.sleep(10 * MS)
-    raise AssertionError(f"e2e.js did not load; console: {p.console}")
+def e2e_url(static_site: str) -> str:
+    return f"{static_site}/sdk/browser/test/e2e.html"
 
 
 @pytest.fixture
 async def page(chromium: str, static_site: str) -> AsyncIterator[Page]:
-    async with open_page(chromium, static_site) as p:
+    async with open_page(chromium, e2e_url(static_site)) as p:
         yield p
 
 
@@ -190,7 +39,8 @@ async def two_pages(chromium: str, static_site: str) -> AsyncIterator[tuple[Page
     """Two tabs, ann's and bob's. Headless Chromium shows only the newest tab (the other is
     `hidden`, and neither has focus); focus emulation makes both visible and focused, as two
     people's windows are, until a test takes it away."""
-    async with open_page(chromium, static_site) as a, open_page(chromium, static_site) as b:
+    url = e2e_url(static_site)
+    async with open_page(chromium, url) as a, open_page(chromium, url) as b:
         for p in (a, b):
             await p.call("Emulation.setFocusEmulationEnabled", enabled=True)
         yield a, b
