@@ -7,12 +7,31 @@ performance bug nobody sees.
 """
 
 import os
+import shutil
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).parent
+# The browser SDK modules the demo page imports (relay/server/demo.py, SDK_FILES). A wheel
+# carries copies in relay/demo/sdk/; a source checkout serves sdk/browser/ itself, so the
+# repository has one copy of the SDK.
+DEMO_SDK_FILES = ["presence.js", "msgpack.js", "ui.js", "adapters/textarea.js"]
+
+
+class BuildPyWithDemoSdk(build_py):
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:  # the source tree is the package: nothing to copy
+            return
+        for name in DEMO_SDK_FILES:
+            target = Path(self.build_lib) / "relay" / "demo" / "sdk" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(HERE / "sdk" / "browser" / name, target)
 
 ext_modules = []
-pyx = Path(__file__).parent / "relay" / "_fast.pyx"
+pyx = HERE / "relay" / "_fast.pyx"
 if os.environ.get("RELAY_NO_EXTENSIONS") != "1" and pyx.exists():
     from Cython.Build import cythonize  # build requirement: fail loudly if missing
 
@@ -25,4 +44,4 @@ if os.environ.get("RELAY_NO_EXTENSIONS") != "1" and pyx.exists():
     ext = Extension("relay._fast", ["relay/_fast.pyx"], define_macros=macros)
     ext_modules = cythonize([ext], compiler_directives=directives, force=debug)
 
-setup(ext_modules=ext_modules)
+setup(ext_modules=ext_modules, cmdclass={"build_py": BuildPyWithDemoSdk})

@@ -91,6 +91,7 @@ class PresenceConfig:
     allowed_origins: str | None = _opt(
         None, "comma-separated Origin values browsers may connect from (unset: any)"
     )
+    demo: bool | None = _opt(None, "serve the demo page at / (unset: on without jwt_secret, off with it)", kind=bool)
     redis_url: str | None = _opt(None, "Redis URL for shared presence (unset: memory backend)")
     auth_timeout_ms: int = _opt(5000, "HELLO must arrive within this (else close 4401)", 1, 600_000)
     liveness_timeout_ms: int = _opt(10_000, "a client silent this long (no byte, no pong) is shown DISCONNECTED; also TCP_USER_TIMEOUT (0 = off, else >= 500)", 0, 600_000)
@@ -165,6 +166,13 @@ class PresenceConfig:
                     f"allowed_origins={self.allowed_origins!r}: list origins as a browser sends "
                     "them, comma-separated, e.g. https://app.example.com,http://localhost:3000"
                 )
+
+    @property
+    def demo_enabled(self) -> bool:
+        """The demo page at `/`: on in development mode (no jwt_secret), where anyone on
+        loopback may join anyway; with a secret only when asked for (`demo = true`), and the
+        page then needs a token in its URL (docs/demo.md)."""
+        return self.jwt_secret is None if self.demo is None else self.demo
 
     @property
     def origins(self) -> list[str | None] | None:

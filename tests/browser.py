@@ -166,9 +166,13 @@ class Page:
 
 @contextlib.asynccontextmanager
 async def open_page(
-    chromium: str, url: str, ready: str = "window.ready === true && window.reloading !== true"
+    chromium: str,
+    url: str,
+    ready: str = "window.ready === true && window.reloading !== true",
+    init_script: str | None = None,
 ) -> AsyncIterator[Page]:
-    """A new tab with `url` loaded, once `ready` is true in it; closed on exit."""
+    """A new tab with `url` loaded, once `ready` is true in it; closed on exit.
+    `init_script` runs in every document of the tab before the page's own scripts."""
     new_tab = urllib.request.Request(f"{chromium}/json/new?about:blank", method="PUT")
     with HTTP.open(new_tab, timeout=10000 * MS) as r:
         target = json.loads(r.read())
@@ -177,6 +181,8 @@ async def open_page(
         p.target_id = target["id"]
         await p.call("Runtime.enable")
         await p.call("Page.enable")
+        if init_script is not None:
+            await p.call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
         await p.call("Page.navigate", url=url)
         await wait_ready(p, ready)
         yield p

@@ -217,6 +217,15 @@ class TestPrecedence:
         c = load_config(env={"PRESENCE_METRICS_PER_DOCUMENT": raw})
         assert c.metrics_per_document is want
 
+    def test_the_demo_follows_the_secret_unless_set(self) -> None:
+        assert load_config(env={}).demo_enabled is True
+        assert load_config(env={"PRESENCE_JWT_SECRET": SECRET}).demo_enabled is False
+        both = {"PRESENCE_JWT_SECRET": SECRET, "PRESENCE_DEMO": "true"}
+        assert load_config(env=both).demo_enabled is True
+        assert load_config(env={"PRESENCE_DEMO": "off"}).demo_enabled is False
+        with pytest.raises(ConfigError, match="demo: 'maybe' is not a valid bool"):
+            load_config(env={"PRESENCE_DEMO": "maybe"})
+
 
 # ===================================================================== every field from env
 
@@ -239,6 +248,8 @@ def _valid_value(name: str) -> tuple[str, Any]:
         return special[name], special[name]
     if name == "metrics_port":
         return "9100", 9100
+    if name == "demo":  # default None (follows jwt_secret); False is a real, non-default value
+        return "false", False
     if isinstance(default, bool):
         return "true", True
     if isinstance(default, int):

@@ -16,6 +16,7 @@ from websockets.http11 import Request, Response
 from relay.core import protocol as p
 from relay.core.ids import doc_id_problem
 from relay.exceptions import BackendUnavailable
+from relay.server import demo
 from relay.server.hub import Hub
 from relay.server.metrics import make_registry, render
 
@@ -26,7 +27,13 @@ WS_PATH = "/ws"
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
-def _response(status: int, body: bytes, content_type: str) -> Response:
+def _response(
+    status: int,
+    body: bytes,
+    content_type: str,
+    extra: tuple[tuple[str, str], ...] = (),
+    cache: str = "no-store",
+) -> Response:
     reason = {
         200: "OK",
         400: "Bad Request",
@@ -40,7 +47,8 @@ def _response(status: int, body: bytes, content_type: str) -> Response:
         [
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
+            ("Cache-Control", cache),
+            *extra,
         ]
     )
     return Response(status, reason, headers, body)
@@ -77,6 +85,8 @@ class HttpRoutes:
     def __init__(self, hub: Hub, implementation: Any) -> None:
         self.hub = hub
         self.registry = make_registry(hub, implementation)
+        # The demo page, when on (PresenceConfig.demo_enabled): its files, by URL path.
+        self.demo = demo.load_assets() if hub.config.demo_enabled else {}
 
     async def __call__(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
@@ -95,6 +105,13 @@ class HttpRoutes:
                     "connections only, not a proxy's\n",
                 )
             return None  # proceed with the WebSocket handshake
+        asset = self.demo.get(path)
+        if asset is not None:
+            if request.method != "GET":
+                return text(405, "method not allowed\n")
+            return _response(
+                200, asset.body, asset.content_type, demo.SECURITY_HEADERS, cache="no-cache"
+            )
         metrics_here = self.hub.config.metrics_port is None
         if (
             path not in ("/healthz", "/readyz")

@@ -232,3 +232,106 @@ export function bindPresence(doc, { renderer = null, typing = null } = {}) {
     if (typing) { typing.typingUsers.clear(); typing.render(); }
   };
 }
+
+// Most present first: a user's activity is that of their most present session.
+const PRESENCE_RANK = [0, 2, 1, 3, 4, 5]; // by activity code: Editing, Selecting, Viewing, ...
+const ACTIVITY_LABELS = ['Editing', 'Viewing', 'Selecting', 'Idle', 'Away', 'Disconnected'];
+
+/**
+ * Members grouped by user (one entry however many tabs): {userId, name, avatar, color,
+ * sessions, activity, typing, disconnected}, in order of first appearance. `activity` is the
+ * most present of the sessions' (Editing, Selecting, Viewing, Idle, Away, Disconnected);
+ * `typing` is true when any session types; `disconnected` when every session is.
+ */
+export function usersOf(members) {
+  const users = new Map();
+  for (const m of members) {
+    let user = users.get(m.userId);
+    if (!user) {
+      user = {
+        userId: m.userId, name: m.name, avatar: m.avatar, color: m.color, sessions: [],
+        activity: m.activity, typing: false, disconnected: true,
+      };
+      users.set(m.userId, user);
+    }
+    user.sessions.push(m);
+    if (PRESENCE_RANK[m.activity] < PRESENCE_RANK[user.activity]) user.activity = m.activity;
+    user.typing ||= Boolean(m.typing) && !m.disconnected;
+    user.disconnected &&= Boolean(m.disconnected);
+  }
+  return [...users.values()];
+}
+
+/** The label of an activity code ("Editing", ..., "Disconnected"). */
+export function activityLabel(activity) {
+  return ACTIVITY_LABELS[activity] ?? 'Unknown';
+}
+
+function initials(name) {
+  const words = String(name).trim().split(/\s+/).filter(Boolean);
+  const letters = words.length > 1 ? words[0][0] + words[words.length - 1][0] : (words[0] ?? '?').slice(0, 2);
+  return letters.toUpperCase();
+}
+
+/**
+ * One avatar per user (`usersOf`), each with its activity and typing state, and a badge with
+ * the number of sessions when a user has several (tabs, devices). `render(users)` redraws.
+ * Elements: `.pr-avatar[data-user]` (`.pr-avatar-typing`, `.pr-avatar-disconnected`) holding
+ * `.pr-avatar-face` (initials in the user's color, or the avatar image), `.pr-avatar-badge`,
+ * `.pr-avatar-name` and `.pr-avatar-activity`; past `max` users, `.pr-avatar-more` says "+N".
+ */
+export class AvatarStack {
+  constructor(container, { max = 8, me = null } = {}) {
+    this.container = container;
+    this.max = max;
+    this.me = me; // a userId shown as "(you)"
+  }
+
+  render(users) {
+    const shown = users.slice(0, this.max);
+    const items = shown.map((user) => this.avatar(user));
+    if (users.length > shown.length) {
+      const more = document.createElement('div');
+      more.className = 'pr-avatar-more';
+      more.textContent = `+${users.length - shown.length}`;
+      items.push(more);
+    }
+    this.container.replaceChildren(...items);
+  }
+
+  avatar(user) {
+    const el = document.createElement('div');
+    el.className = 'pr-avatar';
+    el.dataset.user = user.userId;
+    el.classList.toggle('pr-avatar-typing', user.typing);
+    el.classList.toggle('pr-avatar-disconnected', user.disconnected);
+    const face = document.createElement('div');
+    face.className = 'pr-avatar-face';
+    face.style.backgroundColor = user.disconnected ? DISCONNECTED_COLOR : user.color;
+    if (user.avatar) {
+      const img = document.createElement('img');
+      img.src = user.avatar;
+      img.alt = '';
+      face.appendChild(img);
+    } else {
+      face.textContent = initials(user.name);
+    }
+    el.appendChild(face);
+    if (user.sessions.length > 1) {
+      const badge = document.createElement('span');
+      badge.className = 'pr-avatar-badge';
+      badge.textContent = String(user.sessions.length);
+      badge.title = `${user.sessions.length} tabs`;
+      el.appendChild(badge);
+    }
+    const name = document.createElement('div');
+    name.className = 'pr-avatar-name';
+    name.textContent = user.userId === this.me ? `${user.name} (you)` : user.name;
+    const activity = document.createElement('div');
+    activity.className = 'pr-avatar-activity';
+    activity.textContent = user.typing ? `${activityLabel(user.activity)}, typing` : activityLabel(user.activity);
+    el.append(name, activity);
+    el.title = `${user.name}: ${activity.textContent}`;
+    return el;
+  }
+}
