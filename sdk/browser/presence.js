@@ -601,11 +601,14 @@ export class PresenceClient extends EventTarget {
   constructor(url, options = {}) {
     super();
     this.url = url;
+    // An option given as `undefined` is an option left out (`{ keepaliveMs: cfg.keepalive }`
+    // with nothing configured must not turn the keepalive off, nor make the backoff NaN).
+    const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
     this.options = {
       token: null, userId: null, name: null, avatar: null, reconnect: true,
       backoffMs: 250, maxBackoffMs: 5000, tokenTimeoutMs: 10000,
       WebSocket: globalThis.WebSocket, resume: true, storage: undefined, sessionKey: undefined,
-      claimWindowMs: CLAIM_WINDOW_MS, keepaliveMs: KEEPALIVE_MS, ...options,
+      claimWindowMs: CLAIM_WINDOW_MS, keepaliveMs: KEEPALIVE_MS, ...given,
     };
     this.ws = null;
     this.welcome = null;

@@ -490,3 +490,17 @@ test('keepalive: close() on a dead network ends through the keepalive', async ()
   await tick(KEEPALIVE);
   assert.equal(lastSocket(), ws); // no reconnect after a close()
 });
+
+test('an option given as undefined keeps its default, as an option left out does', () => {
+  const client = new PresenceClient(URL, {
+    WebSocket: FakeSocket, storage: null, keepaliveMs: undefined, backoffMs: undefined,
+    reconnect: undefined, resume: undefined, claimWindowMs: undefined,
+  });
+  const plain = new PresenceClient(URL, { WebSocket: FakeSocket, storage: null });
+  for (const name of ['keepaliveMs', 'backoffMs', 'reconnect', 'resume', 'claimWindowMs']) {
+    assert.equal(client.options[name], plain.options[name], name);
+  }
+  assert.equal(client.options.keepaliveMs, 10000);
+  // null still means what it says: no storage.
+  assert.equal(client.options.storage, null);
+});
