@@ -33,13 +33,21 @@ browser-deps:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  echo "installing chromium via apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
-	@command -v node >/dev/null 2>&1 || { \
-	  echo "installing nodejs via apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  echo "installing nodejs and npm via apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+
+# The browser SDK's dev dependencies (TypeScript for its declarations, the real CodeMirror 6
+# and ProseMirror packages for the adapters' tests, esbuild to bundle those test pages), from
+# the lock file. The package itself has no runtime dependency.
+NODE_DEPS := sdk/browser/node_modules/.installed
+$(NODE_DEPS): sdk/browser/package.json sdk/browser/package-lock.json
+	cd sdk/browser && npm ci --no-audit --no-fund
+	touch $(NODE_DEPS)
 
 # The suite runs twice: the compiled twin (relay/_fast.pyx) on uvloop, as in production,
 # then the pure twin on the stock asyncio loop.
-test: $(STAMP) redis-server browser-deps
+test: $(STAMP) redis-server browser-deps $(NODE_DEPS)
 	$(BIN)/ruff check relay tests bench sdk/python
 	$(BIN)/ruff format --check relay tests bench sdk/python
 	$(BIN)/mypy
@@ -88,4 +96,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info relay/*.so relay/_fast.c
+	rm -rf $(VENV) build *.egg-info relay/*.so relay/_fast.c sdk/browser/node_modules

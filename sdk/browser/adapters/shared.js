@@ -1,0 +1,142 @@
+// What the CodeMirror and ProseMirror adapters share: following the document's other members
+// (with the label timers), and sending this editor's viewport. Internal to the adapters (not
+// in the package's exports): its API may change with them.
+
+import { Throttle } from '../presence.js';
+
+export const DISCONNECTED_COLOR = '#9e9e9e';
+
+export const SELECTION_ALPHA = 25; // percent of the member color in a selection's background
+
+export function scrollPct(el) {
+  const range = el.scrollHeight - el.clientHeight;
+  return range > 0 ? Math.min(100, Math.max(0, (el.scrollTop / range) * 100)) : 0;
+}
+
+/**
+ * VIEWPORT, throttled (presence.js sends every setViewport) and only when it changed. The
+ * layout is read after the editor's update, at send time: the trailing send is the latest.
+ */
+export class ViewportReporter {
+  constructor(doc, intervalMs, measure) {
+    this.doc = doc;
+    this.measure = measure;
+    this.last = null;
+    this.scheduled = false;
+    this.destroyed = false;
+    this.throttle = new Throttle(intervalMs, () => this.send());
+  }
+
+  schedule() {
+    if (this.scheduled || this.destroyed) return;
+    this.scheduled = true;
+    queueMicrotask(() => {
+      this.scheduled = false;
+      if (!this.destroyed) this.throttle.offer(true);
+    });
+  }
+
+  send() {
+    const vp = this.measure();
+    if (vp === null) return;
+    const l = this.last;
+    if (l !== null && l.top === vp.top && l.bottom === vp.bottom && l.pct === vp.pct) return;
+    this.last = vp;
+    this.doc.setViewport(vp.top, vp.bottom, vp.pct);
+  }
+
+  destroy() {
+    this.destroyed = true;
+    this.throttle.cancel();
+  }
+}
+
+/**
+ * Follows the document's other members and hands each change to `push` as
+ * `{reset, changes: [{sid, remote, moved}]}` (remote null: not drawn). Also owns the label
+ * timers: a member's label fades `labelTimeoutMs` after its last move.
+ */
+export class RemoteTracker {
+  constructor(doc, labelTimeoutMs, push) {
+    this.doc = doc;
+    this.labelTimeoutMs = labelTimeoutMs;
+    this.push = push;
+    this.faded = new Set();
+    this.timers = new Map();
+    this.destroyed = false; // a resync queued before destroy() must not dispatch after it
+    const changed = (moved) => (e) => this.changed(e.detail.sid ?? e.detail.member.sid, moved);
+    this.handlers = {
+      joined: changed(true),
+      cursor: changed(true),
+      typing: changed(false),
+      activity: changed(false),
+      left: changed(true),
+      resynced: () => this.resync(),
+    };
+    for (const [type, fn] of Object.entries(this.handlers)) doc.addEventListener(type, fn);
+    for (const sid of doc.others().keys()) this.wake(sid);
+  }
+
+  changed(sid, moved) {
+    if (this.destroyed) return;
+    if (moved) this.wake(sid);
+    const remote = snapshot(this.doc, sid, this.faded);
+    this.push({ reset: false, changes: [{ sid, remote, moved }] });
+  }
+
+  resync() {
+    if (this.destroyed) return;
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+    this.faded.clear();
+    for (const sid of this.doc.others().keys()) this.wake(sid);
+    this.push({ reset: true, changes: allRemotes(this.doc, this.faded) });
+  }
+
+  // The label shows again, and fades after labelTimeoutMs unless the member moves again.
+  wake(sid) {
+    this.faded.delete(sid);
+    clearTimeout(this.timers.get(sid));
+    if (!this.doc.members.has(sid)) {
+      this.timers.delete(sid);
+      return;
+    }
+    this.timers.set(sid, setTimeout(() => {
+      this.timers.delete(sid);
+      this.faded.add(sid);
+      this.changed(sid, false);
+    }, this.labelTimeoutMs));
+  }
+
+  destroy() {
+    this.destroyed = true;
+    for (const [type, fn] of Object.entries(this.handlers)) this.doc.removeEventListener(type, fn);
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+  }
+}
+
+/** What is drawn of a member, copied: presence.js updates its members in place. */
+function snapshot(doc, sid, faded) {
+  const m = doc.members.get(sid);
+  if (m === undefined || sid === doc.sid || !m.cursor) return null;
+  return {
+    sid,
+    name: m.name,
+    color: cssColor(m.color),
+    disconnected: Boolean(m.disconnected),
+    typing: Boolean(m.typing) && !m.disconnected,
+    faded: faded.has(sid),
+    cursor: { ...m.cursor },
+    selection: m.selection ? { ...m.selection } : null,
+  };
+}
+
+// The color goes into style attributes: only a real CSS color, never anything more.
+const cssColor = (color) => (typeof color === 'string' && globalThis.CSS?.supports?.('color', color)
+  ? color : DISCONNECTED_COLOR);
+
+export function allRemotes(doc, faded) {
+  return [...doc.others().keys()]
+    .map((sid) => ({ sid, remote: snapshot(doc, sid, faded), moved: true }));
+}
