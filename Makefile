@@ -51,6 +51,7 @@ test: $(STAMP) redis-server browser-deps $(NODE_DEPS)
 	$(BIN)/ruff check relay tests bench sdk/python
 	$(BIN)/ruff format --check relay tests bench sdk/python
 	$(BIN)/mypy
+	sdk/browser/node_modules/.bin/tsc -p sdk/browser/tsconfig.json
 	node --test sdk/browser/test/msgpack.test.mjs sdk/browser/test/presence.test.mjs
 	$(BIN)/python -m pytest -q
 	RELAY_NO_EXTENSIONS=1 RELAY_TEST_LOOP=asyncio $(BIN)/python -m pytest -q -p no:cacheprovider
