@@ -448,3 +448,58 @@ async def test_a_page_without_a_fragment_gets_a_random_document(
         # A name is picked once per browser and kept.
         name = await p.evaluate("JSON.parse(localStorage.getItem('" + IDENTITY_KEY + "')).name")
         assert await p.evaluate("window.demo.doc.me.name") == name
+
+
+FIRST_CARET_WATCH = """
+new MutationObserver((_, observer) => {
+    if (document.querySelector('.pr-caret')) {
+        window.firstCaretMs = performance.now();
+        observer.disconnect();
+    }
+}).observe(document, { childList: true, subtree: true });
+"""
+
+
+async def test_time_to_first_caret_and_page_weight_are_recorded(
+    chromium: str, relay_factory: Any
+) -> None:
+    """Not a timed assertion (a shared machine's timings are noise): what a newcomer waits
+    for, measured from the navigation to the first remote caret on screen, and what the page
+    weighs, written to tests/artifacts/demo-timing.json (the README quotes a run of it)."""
+    r = await relay_factory()
+    url = f"http://127.0.0.1:{r.port}/#timing"
+    async with open_page(chromium, url, "window.ready === true", identity_script("a", "A")) as a:
+        await select(a, 10, 10)
+        runs = []
+        for i in range(5):
+            async with open_page(
+                chromium,
+                f"http://localhost:{r.port}/#timing",
+                "window.firstCaretMs !== undefined",
+                identity_script(f"b{i}", "B") + FIRST_CARET_WATCH,
+            ) as b:
+                runs.append(
+                    await b.evaluate(
+                        """(() => {
+                            const nav = performance.getEntriesByType('navigation')[0];
+                            const res = performance.getEntriesByType('resource');
+                            return {
+                                firstCaretMs: window.firstCaretMs,
+                                domContentLoadedMs: nav.domContentLoadedEventEnd,
+                                fetched: res.map((e) => new URL(e.name).pathname),
+                            };
+                        })()"""
+                    )
+                )
+    assets = demo.load_assets()
+    assert all(run["firstCaretMs"] > 0 for run in runs)
+    for run in runs:  # the page's own files, every one of them, and nothing from elsewhere
+        assert set(run.pop("fetched")) | {"/"} == set(assets), run
+    record = {
+        "runs": runs,
+        "median_first_caret_ms": sorted(x["firstCaretMs"] for x in runs)[len(runs) // 2],
+        "page_bytes": sum(len(x.body) for x in assets.values()),
+        "files": len(assets),
+    }
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "demo-timing.json").write_text(json.dumps(record, indent=2) + "\n")
