@@ -503,3 +503,29 @@ async def test_time_to_first_caret_and_page_weight_are_recorded(
     }
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "demo-timing.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def test_a_wheel_carries_the_page_and_the_sdk_it_imports(tmp_path: Path) -> None:
+    """A wheel has no sdk/browser/ beside it: setup.py copies the SDK modules the page
+    imports into relay/demo/sdk/, and they must be the SDK's own bytes."""
+    import subprocess
+    import sys
+    import zipfile
+
+    env = {**os.environ, "RELAY_NO_EXTENSIONS": "1"}  # the page, not the compiled twin
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    built = subprocess.run(
+        [*pip_wheel, "-q", "-w", str(tmp_path), str(ROOT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    [wheel] = tmp_path.glob("presence_relay-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        for name in demo.PAGE_FILES.values():
+            assert z.read(f"relay/demo/{name}") == (demo.PAGE_DIR / name).read_bytes()
+        for name in demo.SDK_FILES.values():
+            shipped = z.read(f"relay/demo/sdk/{name}")
+            assert shipped == (ROOT / "sdk" / "browser" / name).read_bytes(), name
