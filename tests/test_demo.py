@@ -437,17 +437,32 @@ async def test_with_a_secret_the_page_takes_its_token_from_the_fragment(
         assert "requires a token" in problem and "#signed-doc&token=" in problem
 
 
-async def test_a_page_without_a_fragment_gets_a_random_document(
+async def test_a_page_without_a_fragment_opens_this_browsers_document(
     chromium: str, relay_factory: Any
 ) -> None:
+    """`/` alone: a random document the first time, then the one this browser last opened,
+    so two windows on `/` are in one document and see each other (as one user: one browser
+    has one identity)."""
     r = await relay_factory()
-    async with open_page(chromium, f"http://127.0.0.1:{r.port}/", "window.ready === true") as p:
-        doc_id = await p.evaluate("window.demo.doc.docId")
+    url = f"http://127.0.0.1:{r.port}/"
+    # (A relay on a new port is a new origin: this browser has no document there yet.)
+    async with open_page(chromium, url, "window.ready === true") as one:
+        doc_id = await one.evaluate("window.demo.doc.docId")
         assert re.fullmatch(r"doc-[0-9a-f]{8}", doc_id)
-        assert await p.evaluate("location.hash") == f"#{doc_id}"
+        assert await one.evaluate("location.hash") == f"#{doc_id}"
         # A name is picked once per browser and kept.
-        name = await p.evaluate("JSON.parse(localStorage.getItem('" + IDENTITY_KEY + "')).name")
-        assert await p.evaluate("window.demo.doc.me.name") == name
+        name = await one.evaluate("JSON.parse(localStorage.getItem('" + IDENTITY_KEY + "')).name")
+        assert await one.evaluate("window.demo.doc.me.name") == name
+        async with open_page(chromium, url, "window.ready === true") as two:
+            assert await two.evaluate("window.demo.doc.docId") == doc_id
+            one_sid = await sid_of(one)
+            await select(one, 5, 5)
+            seen = await two.until(caret_of(one_sid))
+            assert seen["label"] == name
+            users = await two.until(
+                f"(() => {{ const a = {AVATARS}; return a[0]?.badge === '2' ? a : null; }})()"
+            )
+            assert len(users) == 1 and users[0]["name"] == f"{name} (you)"
 
 
 FIRST_CARET_WATCH = """

@@ -1,10 +1,12 @@
 // The relay's demo page: one shared text, and everyone on it. Built on the browser SDK alone
 // (served by the relay at /sdk/), no framework, nothing from another host.
 //
-// The URL's fragment picks the document (`/#design-notes`; a random one when absent) and, on
-// a relay with a JWT secret, carries the token: `/#design-notes&token=<JWT>`. Without a token
-// the page joins as an anonymous user whose id and name are kept in localStorage, so every
-// tab of one browser is one user (with a session per tab). Editable in the header.
+// The URL's fragment picks the document (`/#design-notes`) and, on a relay with a JWT secret,
+// carries the token: `/#design-notes&token=<JWT>`. Without a fragment the page opens the
+// document this browser last opened, or a new random one: so `/` in two windows is one
+// document, and its link (in the address bar) brings someone else in. Without a token the
+// page joins as an anonymous user whose id and name are kept in localStorage, so every tab of
+// one browser is one user (with a session per tab). The name is editable in the header.
 //
 // `window.demo` exposes the client, the document and the textarea binding (the browser tests
 // read them); `window.ready` turns true once the document is joined.
@@ -14,6 +16,7 @@ import { bindTextarea } from './sdk/adapters/textarea.js';
 import { AvatarStack, TypingIndicator, usersOf } from './sdk/ui.js';
 
 const IDENTITY_KEY = 'presence-relay-demo:identity';
+const LAST_DOC_KEY = 'presence-relay-demo:last-doc';
 const NAMES = ['Ann', 'Bob', 'Chen', 'Dara', 'Eli', 'Fatima', 'Goran', 'Hana', 'Ines', 'Jun',
   'Kofi', 'Lena', 'Mateo', 'Nia', 'Omar', 'Priya', 'Quinn', 'Rosa', 'Sami', 'Tariq'];
 const RECENT_KEEP = 8;
@@ -90,6 +93,15 @@ function storedIdentity() {
 
 function saveIdentity(identity) {
   try { localStorage.setItem(IDENTITY_KEY, JSON.stringify(identity)); } catch { /* see above */ }
+}
+
+/** The document this browser opened last, or null. */
+function lastDocument() {
+  try { return localStorage.getItem(LAST_DOC_KEY); } catch { return null; }
+}
+
+function rememberDocument(docId) {
+  try { localStorage.setItem(LAST_DOC_KEY, docId); } catch { /* storage off: a random one */ }
 }
 
 function relayUrl() {
@@ -244,9 +256,10 @@ async function enter(docId, token, identity) {
 async function main() {
   let { docId, token } = parseFragment(location.hash);
   if (!docId) {
-    docId = randomId('doc-');
+    docId = lastDocument() || randomId('doc-');
     history.replaceState(null, '', `#${encodeURIComponent(docId)}`);
   }
+  if (!token) rememberDocument(docId); // a token's link is for one document: not a default
   const identity = storedIdentity();
   $('doc-id').textContent = docId;
   $('text').value = SAMPLE;
