@@ -42,6 +42,9 @@ cdef class Session:
     cdef public int64_t cursor_arrived_ms
     cdef public bint remote
     cdef public bint disconnected
+    cdef public int kind
+    cdef public object status
+    cdef public bint status_moved
 
 
 cdef class Document:
@@ -54,6 +57,7 @@ cdef class Document:
     cdef int64_t _author
     cdef bint _many_authors
     cdef list _moved
+    cdef list _statuses
     cdef public int64_t next_deadline_ms
     cdef object _dirty_set
     cdef bint _marked

@@ -40,7 +40,7 @@ cdef int C_FALLBACK = _FALLBACK, C_RATE_LIMITED = _RATE_LIMITED
 cdef int64_t C_NEVER = 9223372036854775807
 cdef int EDITING = 0, VIEWING = 1, SELECTING = 2, IDLE = 3, AWAY = 4, DISCONNECTED = 5
 cdef int EV_CURSOR = 1, EV_JOINED = 2, EV_LEFT = 3, EV_TYPING = 4, EV_VIEWPORT = 5
-cdef int EV_ACTIVITY = 6, EV_FOCUS = 7
+cdef int EV_ACTIVITY = 6, EV_FOCUS = 7, EV_STATUS = 8
 cdef object _ACTIVITY = ActivityType
 
 __all__ = ["FALLBACK", "IMPLEMENTATION", "NEED_MORE", "NEVER", "NOT_OURS", "RATE_LIMITED",
@@ -315,7 +315,7 @@ cdef class Session:
     def __init__(self, sid, user, color, connected_at_ms, last_active_ms, activity=VIEWING,
                  typing=False, typing_until_ms=0, focused=True, blurred_at_ms=0, cursor=None,
                  selection=None, viewport=None, cursor_moved=False, cursor_arrived_ms=0,
-                 remote=False, disconnected=False):
+                 remote=False, disconnected=False, kind=0, status=None, status_moved=False):
         self.sid = sid
         self.user = user
         self.color = color
@@ -333,6 +333,9 @@ cdef class Session:
         self.cursor_arrived_ms = cursor_arrived_ms
         self.remote = remote
         self.disconnected = disconnected
+        self.kind = kind
+        self.status = status
+        self.status_moved = status_moved
 
     @property
     def activity(self):
@@ -374,11 +377,11 @@ cdef class Session:
             self.a_line, self.a_col, self.a_off, self.backward = value
 
     def member(self):
-        """The MEMBER array of docs/protocol.md."""
+        """The MEMBER array of docs/protocol.md (v1.1: with kind and status)."""
         u = self.user
         return (self.sid, u.user_id, u.name, u.avatar_url, self.color, self._activity,
                 self.typing, self.focused, self.cursor, self.selection, self.viewport,
-                self.connected_at_ms, self.last_active_ms)
+                self.connected_at_ms, self.last_active_ms, self.kind, self.status)
 
     def __repr__(self):
         return f"Session(sid={self.sid}, user={self.user!r}, activity={self.activity!r})"
@@ -426,6 +429,7 @@ cdef class Document:
         self._author = -1
         self._many_authors = False
         self._moved = []
+        self._statuses = []
         self.next_deadline_ms = C_NEVER
         self._dirty_set = dirty_set
         self._marked = False
@@ -436,7 +440,7 @@ cdef class Document:
 
     @property
     def dirty(self):
-        return self._ecount > 0 or len(self._moved) > 0
+        return self._ecount > 0 or len(self._moved) > 0 or len(self._statuses) > 0
 
     @property
     def empty(self):
@@ -447,14 +451,14 @@ cdef class Document:
         self._next_sid += 1
         return sid
 
-    def join(self, user, now_ms, sid=None):
+    def join(self, user, now_ms, sid=None, kind=0):
         check_capacity(self.rules, self.sessions, user.user_id)
         if sid is None:
             sid = self.allocate_sid()
         else:
             self._next_sid = max(self._next_sid, sid + 1)
         color = self._color_for(user.user_id)
-        s = Session(sid, user, color, now_ms, now_ms)
+        s = Session(sid, user, color, now_ms, now_ms, kind=kind)
         self.sessions[sid] = s
         self._events.array_header(2)
         self._events.byte(EV_JOINED)
@@ -470,6 +474,7 @@ cdef class Document:
         if s is None:
             return None
         s.cursor_moved = False
+        s.status_moved = False
         self._events.byte(0x93)
         self._events.byte(EV_LEFT)
         self._events.sint(s.sid)
@@ -527,6 +532,16 @@ cdef class Document:
     def set_focus(self, sid, focused, now_ms):
         self.c_focus(self.sessions[sid], focused, now_ms)
 
+    def set_status(self, sid, text, now_ms):
+        # Cold (a person sets a status now and then): Python-level, like the pure twin.
+        cdef Session s = self.sessions[sid]
+        s.status = text or None
+        if not s.status_moved:
+            s.status_moved = True
+            self._statuses.append(s)
+            self._mark()
+        self._act(s, now_ms)
+
     def advance(self, now_ms):
         cdef int64_t now = now_ms
         cdef int64_t nxt = C_NEVER, d
@@ -559,6 +574,17 @@ cdef class Document:
             _cursor_event(w, s)
             self._ecount += 1
         self._moved = []
+        for s in self._statuses:
+            if not s.status_moved:
+                continue
+            s.status_moved = False
+            self._author_is(s.sid)
+            w.byte(0x93)
+            w.byte(EV_STATUS)
+            w.sint(s.sid)
+            w.obj(s.status)
+            self._ecount += 1
+        self._statuses = []
         count = self._ecount
         if count == 0:
             return None

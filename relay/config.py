@@ -121,6 +121,7 @@ class PresenceConfig:
     # Redis stream
     presence_stream: str = _opt("materi:events:presence", "Redis stream of joined/left events")
     presence_stream_maxlen: int = _opt(100_000, "approximate MAXLEN of the presence stream", 1, 10**9)
+    recent_window_s: int = _opt(600, "a user who left within this is 'recently here' (JOINED recent, HTTP recently_left; 0 = off)", 0, 86_400)
     # fmt: on
 
     def __post_init__(self) -> None:

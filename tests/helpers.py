@@ -531,6 +531,10 @@ class Twin:
     def reconnect(self, peer_id: int, h: int, now: int) -> None:
         self.doc.reconnect(self.peers[peer_id].handles[h].sid, now)
 
+    def set_status(self, peer_id: int, h: int, text: str | None, now: int) -> None:
+        """STATUS (v1.1) is a cold frame: the general path applies it to the document."""
+        self.doc.set_status(self.peers[peer_id].handles[h].sid, text, now)
+
     def feed(self, peer_id: int, data: bytes, now: int) -> tuple[int, Any]:
         """Peer.feed, then the general path's answer for what it declined (the error code)."""
         peer = self.peers[peer_id]

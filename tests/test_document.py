@@ -62,14 +62,15 @@ def fresh(rules: DocumentRules = RULES, doc_id: str = "doc-1") -> Document:
 
 
 class TestJoin:
-    def test_snapshot_contains_the_joiner_with_13_field_member(self) -> None:
+    def test_snapshot_contains_the_joiner_with_15_field_member(self) -> None:
         doc = fresh()
         s = doc.join(user("alice", "Alice", "https://a.example/a.png"), now_ms=1000)
         snap = doc.snapshot()
         assert len(snap) == 1
         m = snap[0]
-        assert len(m) == 13
-        sid, uid, name, avatar, color, activity, typing, focused, cur, sel, vp, conn, last = m
+        assert len(m) == 15  # v1.1: kind and status after the 13 of v1
+        sid, uid, name, avatar, color, activity, typing, focused, cur, sel, vp, conn, last = m[:13]
+        assert m[13:] == (0, None)  # a person, no status
         assert sid == s.sid == 1
         assert (uid, name, avatar) == ("alice", "Alice", "https://a.example/a.png")
         assert color in PALETTE
@@ -108,7 +109,7 @@ class TestJoin:
         b = doc.flush(5)
         evs = events(b)
         assert evs == [[p.EV_JOINED, list(_as_lists(s.member()))]]
-        assert len(evs[0][1]) == 13
+        assert len(evs[0][1]) == 15
 
     def test_sids_are_monotonic_and_never_reused_while_members_remain(self) -> None:
         doc = fresh()

@@ -105,8 +105,10 @@ async def test_internal_presence_counts_distinct_users(relay: Relay, client_fact
     assert data["total_count"] == 2
     assert sorted(u["user_id"] for u in data["active_users"]) == ["ann", "bob"]
     u = data["active_users"][0]
-    assert set(u) == {"user_id", "name", "avatar_url", "activity", "last_active_at"}
-    assert u["activity"] == "Viewing"
+    seed = {"user_id", "name", "avatar_url", "activity", "last_active_at"}
+    assert set(u) == seed | {"kind", "status"}  # v1.1 adds kind and status
+    assert u["activity"] == "Viewing" and u["kind"] == "person" and u["status"] is None
+    assert data["recently_left"] == []
     assert isinstance(data["timestamp"], int)
     status, _, body = await http(relay, "GET", "/internal/workspaces/default/documents")
     assert status == 200

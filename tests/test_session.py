@@ -485,7 +485,7 @@ class TestSuspendAndResume:
         assert decoded(old.actions()) == [("close", 4409, "resumed by a newer connection")]
         assert old.state == CLOSED and old.handles == {}
         snapshot = member.doc.snapshot()
-        new.resumed(peer, bad, [(1, member, snapshot)], T0)
+        new.resumed(peer, bad, [(1, member, snapshot, [])], T0)
         acts = decoded(new.actions())
         assert acts[0][1][0] == p.WELCOME and acts[0][1][5]["resumed"] is True
         assert acts[1] == ("opened", "ann")

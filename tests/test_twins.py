@@ -114,6 +114,12 @@ def test_differential_random_operations(seed: int) -> None:
             step = "disconnect" if rng.random() < 0.5 else "reconnect"
             getattr(a, step)(peer_id, h, now)
             getattr(b, step)(peer_id, h, now)
+        elif op < 0.18:  # STATUS (v1.1): coalesced, the latest text per member per batch
+            peer_id = rng.choice(list(handles))
+            h = rng.choice(handles[peer_id])
+            text = rng.choice([None, "", "presenting", "thinking", "ë" * 64])
+            a.set_status(peer_id, h, text, now)
+            b.set_status(peer_id, h, text, now)
         elif op < 0.80:
             peer_id = rng.choice(list(handles))
             data = random_frame(rng, handles[peer_id])
@@ -182,7 +188,9 @@ def golden_doc(mod: ModuleType) -> list[bytes]:
     t.feed(0, msgpack.packb([6, 1, 10, 60, 12.5]), now + 60)
     t.feed(1, msgpack.packb([7, 1, False]), now + 60)
     t.feed(1, msgpack.packb([4, 1]), now + 61)
-    out.append(t.doc.flush(now + 100).frame)  # typing, activity, viewport, focus, clear
+    t.set_status(0, 1, "presenting", now + 62)
+    t.set_status(0, 1, "thinking", now + 63)  # coalesced: only the latest goes out
+    out.append(t.doc.flush(now + 100).frame)  # typing, activity, viewport, focus, clear, status
     t.leave(1, 1, now + 120)
     out.append(t.doc.flush(now + 150).frame)  # left
     assert ann == 1 and bob == 2
@@ -190,14 +198,14 @@ def golden_doc(mod: ModuleType) -> list[bytes]:
 
 
 GOLDEN = [  # pinned after checking each decoded value by hand (see the asserts below)
-    "9422a5646f632d31cf000001a3185c50009292029d01a3616e6ea3416e6eb968747470733a2f2f612e6578616d"
+    "9422a5646f632d31cf000001a3185c50009292029f01a3616e6ea3416e6eb968747470733a2f2f612e6578616d"
     "706c652f616e6e2e706e67b168736c2834352c203730252c203530252901c2c3c0c0c0cf000001a3185c5000cf"
-    "000001a3185c500092029d02a3626f62a3426f62c0b268736c283132302c203730252c203530252901c2c3c0c0"
-    "c0cf000001a3185c5000cf000001a3185c5000",
+    "000001a3185c500000c092029f02a3626f62a3426f62c0b268736c283132302c203730252c203530252901c2c3"
+    "c0c0c0cf000001a3185c5000cf000001a3185c500000c0",
     "9422a5646f632d31cf000001a3185c50329393060202950101030428990102ceffffffffceffffffffceffffff"
     "ff010203c3",
-    "9422a5646f632d31cf000001a3185c506496930401c3930601009505010a3ccb4029000000000000930702c293"
-    "060201920102",
+    "9422a5646f632d31cf000001a3185c506497930401c3930601009505010a3ccb4029000000000000930702c293"
+    "060201920102930801a87468696e6b696e67",
     "9422a5646f632d31cf000001a3185c50969193030200",
 ]
 
@@ -211,6 +219,7 @@ def test_golden_batches_equal_between_twins_and_msgpack() -> None:
     for frame, value in zip(frames_pure, decoded, strict=True):
         assert msgpack.packb(value) == frame  # canonical msgpack, byte for byte
     assert [e[0] for e in decoded[0][3]] == [2, 2]
+    assert [e[1][13:] for e in decoded[0][3]] == [[0, None], [0, None]]  # kind, status (v1.1)
     # bob's selection makes him Selecting (activity 2); cursors follow the queued events
     assert decoded[1][3] == [[6, 2, 2], [1, 1, 3, 4, 40], [1, 2, U32, U32, U32, 1, 2, 3, True]]
     # typing -> Editing; viewport; blur; clearing the cursor drops the selection -> Viewing
@@ -221,6 +230,7 @@ def test_golden_batches_equal_between_twins_and_msgpack() -> None:
         [7, 2, False],
         [6, 2, 1],
         [1, 2],
+        [8, 1, "thinking"],
     ]
     assert decoded[3][3] == [[3, 2, 0]]  # left, reason LEFT (v1.1)
     assert frames_pure[2].count(b"\xcb" + struct.pack(">d", 12.5)) == 1

@@ -29,7 +29,17 @@ VECTORS: list[dict[str, Any]] = DATA["vectors"]
 CLIENT_OK = [v for v in VECTORS if v["direction"] == "client" and "value" in v]
 CLIENT_BAD = [v for v in VECTORS if v["direction"] == "client" and "error" in v]
 SERVER = [v for v in VECTORS if v["direction"] == "server"]
-CLIENT_TYPES = (p.HELLO, p.JOIN, p.LEAVE, p.CURSOR, p.TYPING, p.VIEWPORT, p.FOCUS, p.PING)
+CLIENT_TYPES = (
+    p.HELLO,
+    p.JOIN,
+    p.LEAVE,
+    p.CURSOR,
+    p.TYPING,
+    p.VIEWPORT,
+    p.FOCUS,
+    p.PING,
+    p.STATUS,
+)
 SERVER_TYPES = (p.WELCOME, p.JOINED, p.BATCH, p.ERROR, p.PONG)
 EVENT_CODES = (
     p.EV_CURSOR,
@@ -39,6 +49,7 @@ EVENT_CODES = (
     p.EV_VIEWPORT,
     p.EV_ACTIVITY,
     p.EV_FOCUS,
+    p.EV_STATUS,
 )
 
 
@@ -69,7 +80,7 @@ def encode(value: list[Any]) -> bytes:
         assert value[1] == p.VERSION
         return p.encode_welcome(value[2], value[3], value[4], value[5])
     if t == p.JOINED:
-        return p.encode_joined(value[1], value[2], value[3], value[4])
+        return p.encode_joined(value[1], value[2], value[3], value[4], value[5])
     if t == p.BATCH:
         return p.encode_batch(value[1], value[2], value[3])
     if t == p.ERROR:
@@ -161,6 +172,7 @@ def test_canonical_client_vectors_are_packb() -> None:
         "cursor_uint64_small_ints",
         "cursor_int8_positive",
         "viewport_float32_pct",
+        "status_str8",
     }
     for v in CLIENT_OK:
         packed = msgpack.packb(v["value"], use_bin_type=True).hex()
@@ -236,9 +248,11 @@ def test_member_layout() -> None:
         if value[0] == p.BATCH:
             members += [ev[1] for ev in value[3] if ev[0] == p.EV_JOINED]
         for m in members:
-            assert len(m) == 13, v["name"]
+            assert len(m) == 15, v["name"]  # v1.1: 13, then kind and status
             sid, user_id, name, avatar, color, activity, typing, focused = m[:8]
-            cursor, selection, viewport, connected_at, last_active = m[8:]
+            cursor, selection, viewport, connected_at, last_active, kind, status = m[8:]
+            assert kind in (p.KIND_PERSON, p.KIND_AGENT)
+            assert status is None or (type(status) is str and len(status) <= 64)
             assert type(sid) is int and type(user_id) is str and type(name) is str
             assert avatar is None or type(avatar) is str
             assert re.fullmatch(r"hsl\(\d{1,3}, 70%, 50%\)", color)

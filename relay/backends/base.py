@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relay.core.model import SessionLike, UserPresenceSummary
+from relay.core.recent import RecentUser
 
 # Frames received from another node for a document: (doc_id, frame bytes).
 BrokerCallback = Callable[[str, bytes], None]
@@ -67,6 +68,11 @@ class PresenceStore(ABC):
     async def allocate_sid(self, doc_id: str, floor: int) -> int | None:
         """A sid unique in the document across nodes and above `floor`; None = unavailable."""
         return None
+
+    async def load_recent(self, doc_id: str) -> list[RecentUser]:
+        """The users who left the document lately, as every node recorded them (a store
+        that is not shared has none: the node's own book, relay/server/recent.py, is all)."""
+        return []
 
     # Sessions resumed across nodes (relay/backends/redis_resume.py): the records, and the
     # ownership moving without a `left` or a `joined`.

@@ -8,6 +8,7 @@ Keys (`<doc>` is the document id itself, no braces, exactly as the seed builds t
 - `presence:channel:<doc>`               pub/sub channel: node id, `|`, one BATCH frame (seed)
 - `materi:events:presence`               stream of joined / left (seed; name configurable)
 - `presence:<doc>:members`               hash sid -> msgpack
+- `presence:<doc>:recent`                hash user_id -> msgpack, users who left (v1.1)
                                          [node, workspace, MEMBER, last_cursor, written_at]
 - `presence:<doc>:sid`                   INCR counter allocating sids (unique across nodes)
 - `presence:node:<id>`                   a node's heartbeat (string with a TTL)
@@ -28,6 +29,7 @@ from typing import Any
 import msgpack
 
 from relay.core.model import ActivityType, Session, SessionLike, UserInfo
+from relay.core.recent import RecentUser
 
 # ---------------------------------------------------------------- keys
 
@@ -38,6 +40,26 @@ def users_key(doc_id: str) -> str:
 
 def members_key(doc_id: str) -> str:
     return f"presence:{doc_id}:members"
+
+
+def recent_key(doc_id: str) -> str:
+    """Hash user_id -> msgpack [name, avatar, color, left_at_ms, reason] (v1.1 `recent`)."""
+    return f"presence:{doc_id}:recent"
+
+
+def recent_value(e: RecentUser) -> bytes:
+    value: bytes = msgpack.packb(
+        [e.name, e.avatar_url, e.color, e.left_at_ms, e.reason], use_bin_type=True
+    )
+    return value
+
+
+def parse_recent(user_id: bytes | str, raw: bytes | str) -> RecentUser | None:
+    try:
+        name, avatar, color, left_at, reason, *_ = msgpack.unpackb(raw, raw=False)
+        return RecentUser(as_text(user_id), name, avatar, color, int(left_at), int(reason))
+    except Exception:  # a foreign or corrupt value must not break a read
+        return None
 
 
 def sid_key(doc_id: str) -> str:
@@ -253,6 +275,8 @@ class MemberRecord:
             viewport=_tuple(m[10]),
             cursor_arrived_ms=self.last_cursor,
             remote=True,
+            kind=m[13] if len(m) > 13 else 0,  # a v1 node's record has 13 elements
+            status=m[14] if len(m) > 14 else None,
             written_at_ms=self.written_at,
         )
 

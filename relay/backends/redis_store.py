@@ -33,6 +33,7 @@ from relay.backends.redis_writes import LiveSessions, Writer, now_ms
 from relay.config import PresenceConfig
 from relay.core import protocol as p
 from relay.core.model import SessionLike, UserPresenceSummary, summarize
+from relay.core.recent import RecentUser
 from relay.exceptions import BackendUnavailable
 
 log = logging.getLogger("relay.redis.store")
@@ -71,7 +72,7 @@ class RedisStore(PresenceStore):
         self.live = LiveSessions()
         self.writer = Writer(
             self.redis, node_id, self.live, config.presence_stream,
-            config.presence_stream_maxlen, deliver_local,
+            config.presence_stream_maxlen, deliver_local, config.recent_window_s * 1000,
         )  # fmt: skip
         self.reach = Reachability(on_up=self._reachable)
         ttl_ms = config.presence_ttl_seconds * 1000
@@ -222,6 +223,19 @@ class RedisStore(PresenceStore):
         for sid, s in self.live.by_doc.get(doc_id, {}).items():
             by_sid[sid] = s
         return list(by_sid.values())
+
+    async def load_recent(self, doc_id: str) -> list[RecentUser]:
+        """The document's `recent` hash (every node writes its leaves there)."""
+        if self.config.recent_window_s <= 0:
+            return []
+        self._check_up()
+        try:
+            raw = await self.redis.hgetall(k.recent_key(doc_id))
+        except UNREACHABLE as exc:
+            self.reach.down(exc)
+            raise BackendUnavailable("redis unreachable") from None
+        entries = (k.parse_recent(user, value) for user, value in raw.items())
+        return [e for e in entries if e is not None]
 
     async def document_users(self, doc_id: str) -> list[UserPresenceSummary]:
         (records,) = await self._records([doc_id])

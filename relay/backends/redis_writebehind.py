@@ -57,6 +57,7 @@ class Entry:
         "attempted",
         "from_node",
         "handover",
+        "left_at_ms",
         "publish_left",
         "reason",
         "remove",
@@ -79,6 +80,7 @@ class Entry:
         self.announce = announce  # the `joined` stream event is still to be written
         self.attempted = False  # a failed flush may have written part of it
         self.publish_left = publish_left  # left while Redis was down: others never heard
+        self.left_at_ms = 0  # when it left (its `recent` entry), set with `remove`
 
 
 def signature(s: SessionLike) -> tuple[Any, ...]:
@@ -92,6 +94,7 @@ def signature(s: SessionLike) -> tuple[Any, ...]:
         s.viewport,
         s.last_active_ms,
         s.color,
+        s.status,
     )
 
 
@@ -164,9 +167,11 @@ class WriteBehind:
             e.reason = reason
             e.publish_left = e.publish_left or not up
         elif len(self.queue) >= self.max_queue:
-            self._overflowed()
+            self._overflowed()  # (the reconcile removes it; its `recent` entry is lost)
         else:
-            self.queue[key] = Entry(session, remove=True, publish_left=not up, reason=reason)
+            e = self.queue[key] = Entry(session, remove=True, publish_left=not up, reason=reason)
+        if e is not None:
+            e.left_at_ms = int(time.time() * 1000)
         self.wake.set()
 
     def session_released(self, doc_id: str, session: SessionLike) -> None:
@@ -309,6 +314,7 @@ class WriteBehind:
                 pipe.hdel(k.members_key(doc_id), str(sid))
                 pipe.srem(k.node_sessions_key(self.node_id), k.owned(sid, doc_id))
                 writer.stream_event(pipe, "left", doc_id, s.user.user_id, s.user.workspace_id)
+                writer.recent_left(pipe, doc_id, s.user, s.color, e.reason, e.left_at_ms)
                 removed[doc_id].append(s)
                 if e.publish_left:
                     left_events[doc_id].append((p.EV_LEFT, sid, e.reason))

@@ -20,6 +20,7 @@ from relay.backends.redis_keys import MemberRecord
 from relay.backends.redis_pool import UNREACHABLE
 from relay.core import protocol as p
 from relay.core.model import SessionLike
+from relay.core.recent import RecentUser
 
 log = logging.getLogger("relay.redis.store")
 
@@ -97,6 +98,7 @@ class Writer:
         stream: str,
         stream_maxlen: int,
         deliver_local: Callable[[str, bytes], None] | None,
+        recent_window_ms: int = 0,
     ) -> None:
         self.redis = redis
         self.node_id = node_id
@@ -105,7 +107,21 @@ class Writer:
         self.stream = stream
         self.stream_maxlen = stream_maxlen
         self.deliver_local = deliver_local
+        self.recent_window_ms = recent_window_ms
         self.reaped = 0
+
+    def recent_left(
+        self, pipe: Any, doc_id: str, user: Any, color: str, reason: int, at_ms: int
+    ) -> None:
+        """A session left: its user goes into the document's `recent` hash (the latest leave
+        per user; who is still present is filtered out when the list is read). The key lives
+        for the window after the last leave: an idle document's list goes by itself."""
+        if self.recent_window_ms <= 0:
+            return
+        entry = RecentUser(user.user_id, user.name, user.avatar_url, color, at_ms, reason)
+        key = k.recent_key(doc_id)
+        pipe.hset(key, user.user_id, k.recent_value(entry))
+        pipe.pexpire(key, self.recent_window_ms)
 
     def stream_event(
         self, pipe: Any, kind: str, doc_id: str, user_id: str, workspace_id: str
@@ -200,8 +216,10 @@ class Writer:
                     gone.append(r)
         pipe = self.redis.pipeline(transaction=False)
         pipe.srem(k.node_sessions_key(node_id), *[k.owned(s, doc_id) for s in sids])
+        at = now_ms()
         for r in gone:
             self.stream_event(pipe, "left", doc_id, r.user_id, r.workspace_id)
+            self.recent_left(pipe, doc_id, k.user_from_record(r), r.member[4], reason, at)
         if publish and gone:
             self.publish_batches(
                 pipe, {doc_id: [(p.EV_LEFT, r.sid, reason) for r in gone]}, deliver=True

@@ -56,6 +56,7 @@ class Document:
         "_marked",
         "_moved",
         "_next_sid",
+        "_statuses",
         "doc_id",
         "next_deadline_ms",
         "rules",
@@ -74,6 +75,7 @@ class Document:
         self._ecount = 0
         self._authors: set[int] = set()
         self._moved: list[Session] = []
+        self._statuses: list[Session] = []  # sessions whose status changed since the flush
         self.next_deadline_ms = NEVER
         # The owner's set of dirty documents: the document adds itself on its first change
         # after a flush, so the ticker only ever visits documents that changed.
@@ -84,7 +86,7 @@ class Document:
 
     @property
     def dirty(self) -> bool:
-        return bool(self._ecount or self._moved)
+        return bool(self._ecount or self._moved or self._statuses)
 
     @property
     def empty(self) -> bool:
@@ -97,7 +99,9 @@ class Document:
         self._next_sid += 1
         return sid
 
-    def join(self, user: UserInfo, now_ms: int, sid: int | None = None) -> Session:
+    def join(
+        self, user: UserInfo, now_ms: int, sid: int | None = None, kind: int = p.KIND_PERSON
+    ) -> Session:
         """Add a session; queue its `joined` event. Raises DocumentFull at capacity."""
         check_capacity(self.rules, self.sessions, user.user_id)
         if sid is None:
@@ -105,7 +109,14 @@ class Document:
         else:
             self._next_sid = max(self._next_sid, sid + 1)
         color = self._color_for(user.user_id)
-        s = Session(sid=sid, user=user, color=color, connected_at_ms=now_ms, last_active_ms=now_ms)
+        s = Session(
+            sid=sid,
+            user=user,
+            color=color,
+            connected_at_ms=now_ms,
+            last_active_ms=now_ms,
+            kind=kind,
+        )
         self.sessions[sid] = s
         self._queue(sid, (p.EV_JOINED, s.member()))
         self._schedule(now_ms + self.rules.activity_timeout_ms)
@@ -117,7 +128,8 @@ class Document:
         s = self.sessions.pop(sid, None)
         if s is None:
             return None
-        s.cursor_moved = False  # its pending cursor must not follow its `left`
+        s.cursor_moved = False  # its pending cursor (or status) must not follow its `left`
+        s.status_moved = False
         self._queue(sid, (p.EV_LEFT, sid, reason))
         return s
 
@@ -190,6 +202,17 @@ class Document:
         self._queue(sid, (p.EV_VIEWPORT, sid, top, bottom, pct))
         self._act(s, now_ms)
 
+    def set_status(self, sid: int, text: str | None, now_ms: int) -> None:
+        """The member's status text (None clears it; "" is None). Coalesced like the
+        cursor: one event per member per batch, the latest text."""
+        s = self.sessions[sid]
+        s.status = text or None
+        if not s.status_moved:
+            s.status_moved = True
+            self._statuses.append(s)
+            self._mark()
+        self._act(s, now_ms)
+
     def set_focus(self, sid: int, focused: bool, now_ms: int) -> None:
         s = self.sessions[sid]
         if focused == s.focused:
@@ -236,6 +259,14 @@ class Document:
             self._ebuf += p.pack(cursor_event(s))
             self._ecount += 1
         self._moved = []
+        for s in self._statuses:
+            if not s.status_moved:
+                continue
+            s.status_moved = False
+            authors.add(s.sid)
+            self._ebuf += p.pack((p.EV_STATUS, s.sid, s.status))
+            self._ecount += 1
+        self._statuses = []
         count = self._ecount
         if not count:
             return None

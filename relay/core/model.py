@@ -68,9 +68,14 @@ class Session:
     remote: bool = False
     # Its connection ended without a deliberate leave: shown DISCONNECTED, no timers.
     disconnected: bool = False
+    # v1.1: 0 a person, 1 an agent (set over HTTP); a short free text ("presenting").
+    kind: int = 0
+    status: str | None = None
+    # Hot-path slot: the status changed since the last flush (coalesced like the cursor).
+    status_moved: bool = False
 
     def member(self) -> tuple[Any, ...]:
-        """The MEMBER array of docs/protocol.md."""
+        """The MEMBER array of docs/protocol.md (v1.1: with kind and status)."""
         u = self.user
         return (
             self.sid,
@@ -86,6 +91,8 @@ class Session:
             self.viewport,
             self.connected_at_ms,
             self.last_active_ms,
+            self.kind,
+            self.status,
         )
 
 
@@ -106,6 +113,8 @@ class SessionLike(Protocol):
     viewport: Viewport | None
     cursor_arrived_ms: int
     remote: bool
+    kind: int
+    status: str | None
 
     def member(self) -> tuple[Any, ...]: ...
 
@@ -119,25 +128,35 @@ class UserPresenceSummary:
     avatar_url: str | None
     activity: str
     last_active_at: int
+    kind: str = "person"  # v1.1: "person" or "agent" (a member set over HTTP)
+    status: str | None = None  # v1.1: the status text of one of the user's sessions
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def summarize(sessions: list[SessionLike]) -> list[UserPresenceSummary]:
-    """Distinct users, each with their most recently active session's presence."""
+    """Distinct users, each with their most recently active session's presence (and the
+    status of the latest session that has one: a status set in one tab is the user's)."""
     by_user: dict[str, SessionLike] = {}
+    status: dict[str, tuple[int, str]] = {}
     for s in sessions:
-        seen = by_user.get(s.user.user_id)
+        uid = s.user.user_id
+        seen = by_user.get(uid)
         if seen is None or s.last_active_ms > seen.last_active_ms:
-            by_user[s.user.user_id] = s
+            by_user[uid] = s
+        text = getattr(s, "status", None)
+        if text is not None and (uid not in status or s.last_active_ms > status[uid][0]):
+            status[uid] = (s.last_active_ms, text)
     return [
         UserPresenceSummary(
-            user_id=s.user.user_id,
+            user_id=uid,
             name=s.user.name,
             avatar_url=s.user.avatar_url,
             activity=s.activity.label,
             last_active_at=s.last_active_ms,
+            kind="agent" if getattr(s, "kind", 0) == 1 else "person",
+            status=status[uid][1] if uid in status else None,
         )
-        for s in by_user.values()
+        for uid, s in by_user.items()
     ]

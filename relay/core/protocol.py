@@ -33,6 +33,7 @@ TYPING = 5
 VIEWPORT = 6
 FOCUS = 7
 PING = 8
+STATUS = 9  # v1.1: [9, h, text_or_nil]
 
 # Server -> client
 WELCOME = 32
@@ -49,6 +50,12 @@ EV_TYPING = 4
 EV_VIEWPORT = 5
 EV_ACTIVITY = 6
 EV_FOCUS = 7
+EV_STATUS = 8  # v1.1: [8, sid, text_or_nil], coalesced like cursors
+
+# MEMBER kind (v1.1, element 13)
+KIND_PERSON = 0
+KIND_AGENT = 1  # a member set over HTTP (an agent, a bot, a service)
+MAX_STATUS_CHARS = 64
 
 # ERROR codes
 BAD_FRAME = 1
@@ -162,6 +169,10 @@ def decode_client_frame(data: bytes) -> list[Any]:
         if n == 2 and _is_number(frame[1]):
             return frame
         raise ProtocolError(BAD_FRAME, "PING is [8, client_ms]")
+    if t == STATUS:
+        if n == 3 and _is_int(frame[1]) and (frame[2] is None or type(frame[2]) is str):
+            return frame
+        raise _shape_error(frame, "STATUS is [9, h, text_or_nil]")
     if t == HELLO:
         if (
             n == 4
@@ -193,6 +204,12 @@ def check_ranges(frame: list[Any]) -> None:
             raise ProtocolError(INVALID_VALUE, "top_line must be <= bottom_line", h)
         if not (math.isfinite(pct) and 0 <= pct <= 100):
             raise ProtocolError(INVALID_VALUE, "scroll_pct must be a finite number in [0, 100]", h)
+    elif t == STATUS:
+        text = frame[2]
+        if text is not None and len(text) > MAX_STATUS_CHARS:
+            raise ProtocolError(
+                INVALID_VALUE, f"status is at most {MAX_STATUS_CHARS} characters", frame[1]
+            )
     elif t == JOIN:
         h, doc_id = frame[1], frame[2]
         if not 0 <= h <= MAX_HANDLE:
@@ -215,8 +232,15 @@ def encode_welcome(
     return pack([WELCOME, VERSION, connection_id, user, server_ms, settings])
 
 
-def encode_joined(handle: int, doc_id: str, sid: int, members: list[tuple[Any, ...]]) -> bytes:
-    return pack([JOINED, handle, doc_id, sid, members])
+def encode_joined(
+    handle: int,
+    doc_id: str,
+    sid: int,
+    members: list[tuple[Any, ...]],
+    recent: list[tuple[Any, ...]] | None = None,
+) -> bytes:
+    """JOINED; v1.1 adds `recent` (RECENT arrays, newest first), always sent by this relay."""
+    return pack([JOINED, handle, doc_id, sid, members, recent if recent is not None else []])
 
 
 def encode_batch(doc_id: str, server_ms: int, events: list[tuple[Any, ...]]) -> bytes:

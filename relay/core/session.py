@@ -291,15 +291,23 @@ class Session:
             self.stats.frames_other += 1
             self._error(None, p.BAD_FRAME, "text frames are not part of the protocol", now_ms)
 
-    def joined(self, handle: int, member: Membership, snapshot: list[Any], now_ms: int) -> None:
-        """The registry admitted the join: answer JOINED, then handle what was held."""
+    def joined(
+        self,
+        handle: int,
+        member: Membership,
+        snapshot: list[Any],
+        now_ms: int,
+        recent: list[tuple[Any, ...]] | None = None,
+    ) -> None:
+        """The registry admitted the join: answer JOINED (with who left lately, `recent`),
+        then handle what was held."""
         self.joining.pop(handle, None)
         if self.state != OPEN:
             # closed or lost meanwhile: the registry's member leaves again at once
             self._actions.append(Leave(handle, member, p.LEFT if self.state == CLOSED else p.LOST))
             return
         self.peer.handles[handle] = member
-        self._send(p.encode_joined(handle, member.doc.doc_id, member.sid, snapshot))
+        self._send(p.encode_joined(handle, member.doc.doc_id, member.sid, snapshot, recent))
         self._release(now_ms)
 
     def join_refused(self, handle: int, code: int, message: str, now_ms: int) -> None:
@@ -379,7 +387,7 @@ class Session:
         self,
         peer: Peer,
         bad_frames: BadFrameWindow,
-        members: list[tuple[int, Membership, list[Any]]],
+        members: list[tuple[int, Membership, list[Any], list[tuple[Any, ...]]]],
         now_ms: int,
     ) -> None:
         """The shell took the old session over: WELCOME (resumed), then one JOINED per
@@ -389,8 +397,8 @@ class Session:
         self.peer = peer
         self.bad_frames = bad_frames
         self._open(now_ms, resumed=True)
-        for h, m, snapshot in members:
-            self._send(p.encode_joined(h, m.doc.doc_id, m.sid, snapshot))
+        for h, m, snapshot, recent in members:
+            self._send(p.encode_joined(h, m.doc.doc_id, m.sid, snapshot, recent))
         self._release(now_ms)
 
     def resume_refused(self, now_ms: int) -> None:
@@ -482,6 +490,10 @@ class Session:
                 self._actions.append(Leave(frame[1], self.peer.handles.pop(frame[1])))
             elif t == p.PING:
                 self._send(p.encode_pong(frame[1], now_ms))
+            elif t == p.STATUS:  # v1.1; cold: a person sets a status now and then
+                m = self._membership(frame)
+                p.check_ranges(frame)
+                m.doc.set_status(m.sid, frame[2], now_ms)
             elif t == p.HELLO:
                 raise ProtocolError(p.BAD_FRAME, "HELLO was already received")
             else:

@@ -37,6 +37,7 @@ import msgpack
 from relay.backends.base import FALLBACK_SID_BASE, Broker, PresenceStore
 from relay.core import protocol as p
 from relay.core.model import ActivityType, UserInfo
+from relay.server.recent import RecentBook
 from relay.server.registry import Registry
 from relay.twin import Document
 from relay.twin import Session as TwinSession
@@ -54,8 +55,8 @@ RECONNECT_RESYNCS = (0.5, 2.0, 4.0)
 
 # A mirrored session's field groups: index into its stamps (Cluster.stamps), each the
 # owner's server_ms of the last BATCH (or record) that set the group.
-F_CURSOR, F_TYPING, F_VIEWPORT, F_FOCUS, F_ACTIVITY = range(5)
-N_FIELDS = 5
+F_CURSOR, F_TYPING, F_VIEWPORT, F_FOCUS, F_ACTIVITY, F_STATUS = range(6)
+N_FIELDS = 6
 
 
 # Local members' difference after a resync: (doc_id, events) -> sent to its local members.
@@ -71,8 +72,12 @@ class Cluster:
         clock: Callable[[], int],
         presence_ttl_seconds: int,
         deliver: Deliver,
+        recent: RecentBook | None = None,
     ) -> None:
         self.registry = registry
+        # Leaves of mirrored members go in the node's book of recent leaves, and a document
+        # opening here brings the store's copy of it.
+        self.recent = recent
         self.store = store
         self.broker = broker
         self.clock = clock
@@ -190,6 +195,11 @@ class Cluster:
         except Exception as exc:
             log.info("no remote snapshot for %s: %s", doc_id, exc)
             stored = []
+        if self.recent is not None and self.recent.enabled:
+            try:
+                self.recent.merge(doc_id, await self.store.load_recent(doc_id))
+            except Exception as exc:  # a join never fails for want of `recent`
+                log.info("no recent leaves for %s: %s", doc_id, exc)
         if self.registry.get(doc_id) is doc:
             self._merge(doc, stored, self.clock())
             # A join on another node published before our SUBSCRIBE took effect but written
@@ -278,6 +288,9 @@ class Cluster:
                     s = sessions.get(sid)
                     if s is not None and s.remote:
                         del sessions[sid]
+                        if self.recent is not None:
+                            reason = ev[2] if len(ev) > 2 else p.LEFT
+                            self.recent.left(doc_id, s, reason, ts)
                     seen.pop(sid, None)
                     stamps.pop(sid, None)
                     if sid not in local:
@@ -314,6 +327,10 @@ class Cluster:
                 elif code == p.EV_FOCUS:
                     s.focused = bool(ev[2])
                     st[F_FOCUS] = ts
+                elif code == p.EV_STATUS:
+                    s.status = ev[2] if isinstance(ev[2], str) else None
+                    s.last_active_ms = ts
+                    st[F_STATUS] = ts
             except Exception:
                 continue  # one odd event must not stop the rest
         if len(tomb) > 1024:
@@ -388,6 +405,8 @@ class Cluster:
                 stamps.pop(sid, None)
                 tomb[sid] = now
                 events.append((p.EV_LEFT, sid, p.LOST))  # why is not known here
+                if self.recent is not None:
+                    self.recent.left(doc_id, s, p.LOST, now)
         events.extend(self._merge(doc, list(stored.values()), now))
         return events
 
@@ -439,6 +458,12 @@ class Cluster:
             st[F_FOCUS] = written
             events.append((p.EV_FOCUS, sid, m.focused))
             healed = True
+        status = getattr(record, "status", None)
+        if written >= st[F_STATUS] and status != m.status:
+            m.status = status
+            st[F_STATUS] = written
+            events.append((p.EV_STATUS, sid, status))
+            healed = True
         if written >= st[F_ACTIVITY] and int(record.activity) != int(m.activity):
             m.activity = ActivityType(record.activity)
             st[F_ACTIVITY] = written
@@ -464,4 +489,6 @@ def twin_session(m: Any, workspace_id: str, cursor_ms: int = 0) -> Any:
         viewport=tuple(m[10]) if m[10] is not None else None,
         cursor_arrived_ms=cursor_ms,
         remote=True,
+        kind=m[13] if len(m) > 13 else 0,  # a v1 node's MEMBER has 13 elements
+        status=m[14] if len(m) > 14 else None,
     )

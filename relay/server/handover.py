@@ -250,7 +250,7 @@ class Handover:
             m = Membership(doc, sid)
             peer.handles[h] = m
             doc.reconnect(sid, now)
-            joined.append((h, m, doc.snapshot()))
+            joined.append((h, m, doc.snapshot(), hub.recent_of(doc, now)))
         session.resumed(peer, session.bad_frames, joined, now)
         hub.stats.updates["resumed"] += 1
         self.resumed += 1

@@ -172,12 +172,14 @@ class HttpRoutes:
             if problem is not None:
                 return text(400, problem + "\n")
             users = await self.hub.store.document_users(doc_id)
+            recent = await self.hub.recently_left(doc_id, {u.user_id for u in users})
             return as_json(
                 200,
                 {
                     "document_id": doc_id,
                     "active_users": [u.to_json() for u in users],
                     "total_count": len(users),
+                    "recently_left": [r.to_json() for r in recent],
                     "timestamp": int(time.time() * 1000),
                 },
             )

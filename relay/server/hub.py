@@ -26,6 +26,7 @@ from relay.auth import Grant, anonymous_grant, verify_token
 from relay.backends.base import Broker, PresenceStore
 from relay.config import PresenceConfig
 from relay.core import protocol as p
+from relay.core.recent import RecentUser
 from relay.core.session import (
     CLOSED,
     OPEN,
@@ -46,6 +47,7 @@ from relay.server.cluster import Cluster
 from relay.server.handover import CONTROL, Handover, token_hash
 from relay.server.logbudget import LogBudget
 from relay.server.outlet import Outlet
+from relay.server.recent import RecentBook
 from relay.server.registry import Registry
 from relay.server.stats import Stats
 from relay.server.ticker import Ticker
@@ -79,10 +81,12 @@ class Hub:
         self.registry.on_drop.append(lambda doc: broker.unsubscribe(doc.doc_id))
         self._tasks: set[asyncio.Task[Any]] = set()
         self.outlet = Outlet(config, self.stats, self._spawn)
+        # Who left lately, per document (JOINED's `recent`, HTTP's `recently_left`).
+        self.recent = RecentBook(config.recent_window_s * 1000)
         # Shared presence (Redis): async joins and the mirror of other nodes' members.
         self.cluster = (
             Cluster(self.registry, store, broker, clock, config.presence_ttl_seconds,
-                    self._deliver_local)
+                    self._deliver_local, self.recent)
             if store.clustered
             else None
         )  # fmt: skip
@@ -316,7 +320,7 @@ class Hub:
                 local[m.sid] = client
             doc.reconnect(m.sid, now)
             self.store.session_changed(doc.doc_id, doc.sessions[m.sid])
-            members.append((h, m, doc.snapshot()))
+            members.append((h, m, doc.snapshot(), self.recent_of(doc, now)))
         session.resumed(peer, bad_frames, members, now)
         self.stats.updates["resumed"] += 1
 
@@ -362,18 +366,32 @@ class Hub:
             cluster.end(doc_id)
             self._run(client)
 
+    async def recently_left(self, doc_id: str, present: set[str]) -> list[RecentUser]:
+        """HTTP's `recently_left`: this node's book, with the store's copy merged in first
+        (with Redis, the leaves of documents this node has nobody in are only there)."""
+        if self.store.clustered and self.recent.enabled:
+            self.recent.merge(doc_id, await self.store.load_recent(doc_id))
+        return self.recent.listing(doc_id, self.clock(), present)
+
+    def recent_of(self, doc: Document, now: int) -> list[tuple[Any, ...]]:
+        """JOINED's `recent`: who left lately and is not among the members now."""
+        return self.recent.wire(doc.doc_id, now, doc.sessions.values())
+
     def _admitted(self, client: Client, h: int, member: Membership) -> None:
         doc = member.doc
-        client.session.joined(h, member, doc.snapshot(), self.clock())
+        now = self.clock()
+        client.session.joined(h, member, doc.snapshot(), now, self.recent_of(doc, now))
         self.store.session_changed(doc.doc_id, doc.sessions[member.sid])
         if self.handover is not None:
             self.handover.changed(client)
         self.stats.updates["joined"] += 1
 
     def _leave(self, member: Membership, reason: int) -> None:
-        session = self.registry.leave(member, self.clock(), reason)
+        now = self.clock()
+        session = self.registry.leave(member, now, reason)
         if session is not None:
             self.store.session_left(member.doc.doc_id, session, reason)
+            self.recent.left(member.doc.doc_id, session, reason, now)
             self.stats.updates["left"] += 1
 
     # ------------------------------------------------------------ outbound

@@ -511,8 +511,12 @@ COLOR_RE = r"hsl\(\d+(\.\d+)?, 70%, 50%\)"
 
 
 def check_member(m: Any) -> None:
-    """Assert `m` is a MEMBER with the 13 fields of docs/protocol.md, with the listed types."""
-    assert isinstance(m, list) and len(m) == 13, f"MEMBER must have 13 fields: {m!r}"
+    """Assert `m` is a MEMBER with the 15 fields of docs/protocol.md (v1.1: the 13 of v1,
+    then kind and status), with the listed types."""
+    assert isinstance(m, list) and len(m) == 15, f"MEMBER must have 15 fields: {m!r}"
+    kind, status = m[13:]
+    assert kind in (0, 1), f"MEMBER kind is 0 (person) or 1 (agent): {m!r}"
+    assert status is None or (isinstance(status, str) and len(status) <= 64), m
     (
         sid,
         user_id,
@@ -527,7 +531,7 @@ def check_member(m: Any) -> None:
         viewport,
         connected_at_ms,
         last_active_ms,
-    ) = m
+    ) = m[:13]
     assert isinstance(sid, int) and not isinstance(sid, bool) and sid >= 0, m
     assert isinstance(user_id, str), m
     assert isinstance(name, str), m

@@ -47,13 +47,15 @@ CASES = [
     # unknown type -> 2
     ("unknown-type-99", [99, 1], E_UNKNOWN_TYPE, ...),
     ("unknown-type-0", [0], E_UNKNOWN_TYPE, ...),
-    ("unknown-type-9", [9, 1, 2], E_UNKNOWN_TYPE, ...),
+    ("unknown-type-10", [10, 1, 2], E_UNKNOWN_TYPE, ...),  # 9 is STATUS since v1.1
     ("server-type-36", [36, 1, 2], E_UNKNOWN_TYPE, ...),
     # wrong arity -> 1
     ("cursor-4-elems", [CURSOR, 1, 1, 2], E_BAD_FRAME, ...),
     ("cursor-6-elems", [CURSOR, 1, 1, 2, 3, 4], E_BAD_FRAME, ...),
     ("cursor-10-elems", [CURSOR, 1, 1, 2, 3, 4, 5, 6, True, 7], E_BAD_FRAME, ...),
     ("ping-1-elem", [PING], E_BAD_FRAME, ...),
+    ("status-int-text", [9, 1, 2], E_BAD_FRAME, ...),
+    ("status-2-elems", [9, 1], E_BAD_FRAME, ...),
     ("ping-3-elems", [PING, 1, 2], E_BAD_FRAME, ...),
     ("cursor-7-elems", [CURSOR, 1, 1, 2, 3, 4, 5], E_BAD_FRAME, ...),
     ("cursor-8-elems", [CURSOR, 1, 1, 2, 3, 4, 5, 6], E_BAD_FRAME, ...),

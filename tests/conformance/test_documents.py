@@ -46,8 +46,9 @@ async def test_joined_shape_and_self_in_members(server, client_factory, doc_id):
     await c.send([JOIN, 7, doc_id])
     joined = await c.reply()
     assert joined[0] == JOINED, joined
-    assert len(joined) == 5, f"JOINED is [33, h, doc_id, sid, members]: {joined!r}"
-    _, h, doc, sid, members = joined
+    assert len(joined) == 6, f"JOINED is [33, h, doc_id, sid, members, recent]: {joined!r}"
+    _, h, doc, sid, members, recent = joined
+    assert recent == [], "nobody has left this new document"
     assert h == 7 and doc == doc_id
     assert isinstance(sid, int) and not isinstance(sid, bool)
     assert isinstance(members, list)

@@ -206,6 +206,19 @@ def client_vectors() -> list[dict[str, Any]]:
     bad("typing_arity_4", 1, [5, 0, True, True])
     bad("typing_bool_handle", 1, [5, True])
 
+    # STATUS [9, h, text_or_nil] (v1.1): at most 64 characters (code points, not bytes)
+    ok("status", [9, 0, "presenting"])
+    ok("status_clear", [9, 0, None])
+    ok("status_64_chars", [9, 0, "s" * 64])
+    ok("status_64_chars_multibyte", [9, 0, "ë" * 64])  # 128 bytes, 64 characters
+    ok("status_str8", [9, 0, "thinking"], fixarr(b"\x09", b"\x00", str8("thinking")))
+    bad("status_65_chars", 7, [9, 0, "s" * 65])
+    bad("status_int", 1, [9, 0, 7])
+    bad("status_bool", 1, [9, 0, True])
+    bad("status_bin", 1, fixarr(b"\x09", b"\x00", bin8(b"presenting")))
+    bad("status_arity_2", 1, [9, 0])
+    bad("status_arity_4", 1, [9, 0, "a", "b"])
+
     # VIEWPORT [6, h, top_line, bottom_line, scroll_pct]
     ok("viewport", [6, 0, 120, 160, 37.5])
     ok("viewport_int_pct_0", [6, 0, 0, 40, 0])
@@ -276,7 +289,7 @@ def client_vectors() -> list[dict[str, Any]]:
     bad("unknown_type_99", 2, [99])
     bad("unknown_type_99_with_fields", 2, [99, 0, 10, 4, 120])
     bad("unknown_type_0", 2, [0, 0])
-    bad("unknown_type_9", 2, [9, 0])
+    bad("unknown_type_10", 2, [10, 0])
     bad("unknown_type_negative", 2, [-1, 0])
     bad("server_type_welcome_from_client", 2, [32, 1])
     bad("server_type_batch_from_client", 2, [34, DOC, MS, []])
@@ -297,7 +310,10 @@ def member(
     viewport: list[Any] | None,
     connected_at_ms: int,
     last_active_ms: int,
+    kind: int = 0,
+    status: str | None = None,
 ) -> list[Any]:
+    """A MEMBER array; v1.1 appends kind (0 person, 1 agent) and status."""
     return [
         sid,
         user_id,
@@ -312,6 +328,8 @@ def member(
         viewport,
         connected_at_ms,
         last_active_ms,
+        kind,
+        status,
     ]
 
 
@@ -334,6 +352,27 @@ GRACE = member(
     2, "u-7", "Grace", None, "hsl(15, 70%, 50%)", 1, False, True, None, None, None, MS, MS
 )
 ZOE = member(3, "u-9", "Zoë", None, "hsl(120, 70%, 50%)", 1, False, True, None, None, None, MS, MS)
+# v1.1: a member set over HTTP (kind 1), with a status.
+REVIEWER = member(
+    4,
+    "review-bot",
+    "Reviewer",
+    None,
+    "hsl(60, 70%, 50%)",
+    1,
+    False,
+    True,
+    [3, 0, 42],
+    None,
+    None,
+    MS - 5_000,
+    MS - 1_000,
+    kind=1,
+    status="reading section 2",
+)
+# v1.1: JOINED's `recent`, [user_id, name, avatar_or_nil, color, left_at_ms, reason].
+RECENT_BOB = ["u-3", "Bob", None, "hsl(195, 70%, 50%)", MS - 90_000, 1]  # LOST
+RECENT_CY = ["u-5", "Cy", "https://example.com/a/5.png", "hsl(300, 70%, 50%)", MS - 400_000, 0]
 
 SETTINGS = {
     "batch_ms": 50,
@@ -354,7 +393,7 @@ def encode(value: list[Any]) -> bytes:
         assert value[1] == p.VERSION
         return p.encode_welcome(value[2], value[3], value[4], value[5])
     if t == p.JOINED:
-        return p.encode_joined(value[1], value[2], value[3], value[4])
+        return p.encode_joined(value[1], value[2], value[3], value[4], value[5])
     if t == p.BATCH:
         return p.encode_batch(value[1], value[2], value[3])
     if t == p.ERROR:
@@ -388,8 +427,10 @@ def server_vectors() -> list[dict[str, Any]]:
             "workspace": "default"}  # fmt: skip
     srv("welcome_anonymous", [p.WELCOME, 1, "c-0001", anon, MS, SETTINGS])
 
-    srv("joined_two_members", [p.JOINED, 0, DOC, 2, [ADA, GRACE]])
-    srv("joined_alone_max_handle", [p.JOINED, 65535, DOC, 2, [GRACE]])
+    srv("joined_two_members", [p.JOINED, 0, DOC, 2, [ADA, GRACE], []])
+    srv("joined_alone_max_handle", [p.JOINED, 65535, DOC, 2, [GRACE], []])
+    recent = [RECENT_BOB, RECENT_CY]  # newest first
+    srv("joined_agent_and_recent", [p.JOINED, 1, DOC, 2, [GRACE, REVIEWER], recent])
 
     batch("batch_empty", [])
     batch("batch_cursor", [[1, 1, 10, 4, 120]])
@@ -406,6 +447,8 @@ def server_vectors() -> list[dict[str, Any]]:
     batch("batch_activity", [[6, 1, 3]])
     batch("batch_activity_disconnected", [[6, 1, 5]])  # v1.1
     batch("batch_focus", [[7, 1, False]])
+    batch("batch_status", [[8, 1, "presenting"]])  # v1.1
+    batch("batch_status_cleared", [[8, 1, None]])
     batch(
         "batch_every_event",
         [
@@ -417,6 +460,7 @@ def server_vectors() -> list[dict[str, Any]]:
             [3, 2, 3],
             [1, 1, 10, 5, 121],
             [1, 3, 0, 0, 0, 2, 0, 31, True],
+            [8, 1, "presenting"],
         ],
     )
     batch(
@@ -480,7 +524,7 @@ def show(v: Any) -> str:
 
 TYPE_NAMES = {
     **{v: k for k, v in vars(p).items() if k in ("HELLO", "JOIN", "LEAVE", "CURSOR", "TYPING")},
-    **{v: k for k, v in vars(p).items() if k in ("VIEWPORT", "FOCUS", "PING")},
+    **{v: k for k, v in vars(p).items() if k in ("VIEWPORT", "FOCUS", "PING", "STATUS")},
     **{v: k for k, v in vars(p).items() if k in ("WELCOME", "JOINED", "BATCH", "ERROR", "PONG")},
 }
 

@@ -29,6 +29,7 @@ const sha256 = (b) => createHash('sha256').update(b).digest('hex');
 const NOT_REENCODABLE = {
   hello_info_map16: '(a) the 1-entry info map is a map16 header, not a fixmap',
   join_doc_id_str8: '(a) the 5-byte doc_id is a str8, not a fixstr',
+  status_str8: '(a) the 8-byte status is a str8, not a fixstr',
   cursor_array16_header: '(a) the 5-item frame is an array16 header, not a fixarray',
   cursor_uint32_small_ints: '(a) small ints as uint32',
   cursor_uint64_small_ints: '(a) small ints as uint64',
