@@ -39,6 +39,8 @@ from presence_client import (
     RelayError,
     Resynced,
     Typing,
+    UserJoined,
+    UserLeft,
     Viewport,
     connect,
 )
@@ -517,14 +519,15 @@ async def test_batches_are_applied_idempotently() -> None:
         doc = await c.join("d1")
         assert doc.sid == 1 and set(doc.members) == {1, 2}
         await asyncio.wait_for(batch_sent.wait(), TIMEOUT)
-        got = [await doc.next_event(TIMEOUT) for _ in range(9)]
+        got = [await doc.next_event(TIMEOUT) for _ in range(11)]
         assert [type(e) for e in got] == [
-            Joined, Typing, Joined, CursorMoved, Activity, Focus, Viewport, Left, ErrorEvent
+            Joined, Typing, Joined, UserJoined, CursorMoved, Activity, Focus, Viewport, Left,
+            UserLeft, ErrorEvent,
         ]  # fmt: skip
         assert got[0] == Joined(Member.from_wire(_member(2, "bob", [9, 9, 9])))
-        assert got[3] == CursorMoved(3, (1, 2, 3), (0, 0, 0, False))
-        assert got[6] == Viewport(3, (1, 20, 50.0))
-        assert got[8] == ErrorEvent(7, "bad value", doc.handle)
+        assert got[4] == CursorMoved(3, (1, 2, 3), (0, 0, 0, False))
+        assert got[7] == Viewport(3, (1, 20, 50.0))
+        assert got[10] == ErrorEvent(7, "bad value", doc.handle)
         assert set(doc.members) == {1, 2}
         assert doc.members[1].cursor == (5, 5, 5)
         assert doc.members[2].cursor == (9, 9, 9) and doc.members[2].typing

@@ -36,7 +36,10 @@ from presence_client import (
     Left,
     Member,
     Resynced,
+    Status,
     Typing,
+    UserJoined,
+    UserLeft,
     connect,
 )
 from presence_client import protocol as cp
@@ -527,9 +530,13 @@ async def test_a_resume_on_the_wire(caplog: pytest.LogCaptureFixture) -> None:
             proceed.set()
             d4 = await asyncio.wait_for(join_d4, TIMEOUT)
             assert await d1.next_event(TIMEOUT) == Left(12, None)
+            dave = await d1.next_event(TIMEOUT)  # dave's only session: the user left
+            assert isinstance(dave, UserLeft) and dave.user.user_id == "dave"
             assert await d1.next_event(TIMEOUT) == CursorMoved(11, (9, 9, 9), None)
             carl = await d1.next_event(TIMEOUT)
             assert isinstance(carl, Joined) and carl.member.disconnected
+            carl_came = await d1.next_event(TIMEOUT)
+            assert isinstance(carl_came, UserJoined) and carl_came.user.user_id == "carl"
             assert await d1.next_event(TIMEOUT) == Resynced(10, 10, resumed=True)
             assert await d3.next_event(TIMEOUT) == Resynced(30, 30, resumed=True)
             assert conn.resumed and conn.reconnects == 1
@@ -626,7 +633,8 @@ async def test_leave_reasons_disconnected_and_forward_compatibility(
         join = await relay.recv(ws, n)
         members = [_member(1, "u1"), [*_member(2, "bob", activity=5), 0, "away"]]
         others = [_member(sid, f"u{sid}") for sid in range(3, 9)]
-        await ws.send(_pack([33, join[1], join[2], 1, members + others, [["x", "X"]], 7]))
+        recent = [["x", "X", None, "hsl(1, 70%, 50%)", 500, 1, "trailing"]]
+        await ws.send(_pack([33, join[1], join[2], 1, members + others, recent, 7]))
         events = [
             [3, 3],  # v1
             [3, 4, 0],
@@ -636,7 +644,7 @@ async def test_leave_reasons_disconnected_and_forward_compatibility(
             [3, 8, "LOST"],  # not an int: no reason
             [6, 2, 1, "trailing"],
             [6, 2, 5],
-            [8, 2, "status text"],  # v1.1 status: not known to this SDK
+            [8, 2, "status text"],  # v1.1 status
             [99, {"a": 1}],
             [4, 2, True, "trailing"],
         ]
@@ -655,13 +663,20 @@ async def test_leave_reasons_disconnected_and_forward_compatibility(
         bob = doc.members[2]
         assert bob.disconnected and bob.activity == ActivityState.DISCONNECTED
         await asyncio.wait_for(done.wait(), TIMEOUT)
-        got = [await doc.next_event(TIMEOUT) for _ in range(9)]
+        got = [await doc.next_event(TIMEOUT) for _ in range(16)]
+        users_left = [e for e in got if isinstance(e, UserLeft)]  # each its user's last session
+        assert [(e.user.user_id, e.reason) for e in users_left] == [
+            ("u3", None), ("u4", LeaveReason.LEFT), ("u5", LeaveReason.LOST),
+            ("u6", LeaveReason.EVICTED), ("u7", 42), ("u8", None),
+        ]  # fmt: skip
+        got = [e for e in got if not isinstance(e, UserLeft)]
         assert got == [
             Left(3, None), Left(4, LeaveReason.LEFT), Left(5, LeaveReason.LOST),
             Left(6, LeaveReason.EVICTED), Left(7, 42), Left(8, None),
             Activity(2, ActivityState.VIEWING), Activity(2, ActivityState.DISCONNECTED),
-            Typing(2, True),
+            Status(2, "status text"), Typing(2, True),
         ]  # fmt: skip
+        assert [r.user_id for r in doc.recent] == ["u8", "u7", "u6", "u5", "u4", "u3", "x"]
         assert [e.reason_name for e in got if isinstance(e, Left)] == [
             None, "LEFT", "LOST", "EVICTED", "UNKNOWN", None
         ]  # fmt: skip

@@ -68,6 +68,21 @@ export declare const LEAVE_REASON_NAMES: readonly [
   'SHUTDOWN',
 ];
 
+/** What a member is (MEMBER's `kind`, v1.1). */
+export declare const Kind: Readonly<{
+  /** A person at an editor. */
+  PERSON: 0;
+  /** An agent: a member set over HTTP by a service or a bot. */
+  AGENT: 1;
+}>;
+/** One of the kinds this SDK knows (the values of `Kind`). */
+export type Kind = (typeof Kind)[keyof typeof Kind];
+/** A kind as received: one of `Kind`, or a code a newer relay added. */
+export type KindCode = Kind | (number & {});
+
+/** The longest status text (`setStatus`), in characters: Unicode code points, not bytes. */
+export declare const MAX_STATUS_CHARS = 64;
+
 /**
  * After a resumed WELCOME, how long (ms) the documents the relay re-attached wait for this
  * page to ask for them (`join()`); those never asked for are left then. Default of the
@@ -138,9 +153,18 @@ export interface Member {
   readonly connectedAtMs: number;
   /** Unix ms, the relay's clock. */
   readonly lastActiveMs: number;
+  /** A person or an agent (v1.1; `Kind.PERSON` from a v1 relay). */
+  readonly kind: KindCode;
+  /** `kind === Kind.AGENT`: a member set over HTTP (a bot, a service). */
+  readonly agent: boolean;
+  /** A short text shown next to the member ("presenting"), or null (v1.1). */
+  readonly status: string | null;
 }
 
-/** A MEMBER array as the relay sends it (docs/protocol.md, section 4); later elements are ignored. */
+/**
+ * A MEMBER array as the relay sends it (docs/protocol.md, section 4): 13 elements from a v1
+ * relay, 15 from a v1.1 relay (`kind`, `status`); later elements are ignored.
+ */
 export type MemberWire = readonly [
   sid: number,
   userId: string,
@@ -155,6 +179,8 @@ export type MemberWire = readonly [
   viewport: readonly [top: number, bottom: number, pct: number] | null,
   connectedAtMs: number,
   lastActiveMs: number,
+  kind?: number,
+  status?: string | null,
   ...rest: unknown[],
 ];
 
@@ -304,6 +330,36 @@ export declare class Keepalive<Timer = ReturnType<typeof setTimeout>> {
   stop(): void;
 }
 
+// ---------------------------------------------------------------- users
+
+/**
+ * One user of a document, however many sessions (tabs, devices) it has: an entry of
+ * `doc.users()`. Name, avatar and color are those of its first session.
+ */
+export interface User {
+  readonly userId: string;
+  readonly name: string;
+  readonly avatar: string | null;
+  readonly color: string;
+  /** `Kind.AGENT` when any session is an agent, else the first session's. */
+  readonly kind: KindCode;
+  readonly agent: boolean;
+  /** Its sessions in the document, in order of appearance (empty in a `userleft`). */
+  readonly sessions: readonly Member[];
+}
+
+/** A user who left the document a little while ago and is not in it now (`doc.recent`). */
+export interface RecentUser {
+  readonly userId: string;
+  readonly name: string;
+  readonly avatar: string | null;
+  readonly color: string;
+  /** When its last session left, Unix ms, the relay's clock. */
+  readonly leftAtMs: number;
+  /** Why its last session left; null when unknown (a v1 relay's `left`). */
+  readonly reason: LeaveReasonCode | null;
+}
+
 // ---------------------------------------------------------------- documents
 
 /** `joined`: a member joined the document. */
@@ -355,6 +411,30 @@ export interface FocusDetail {
   readonly focused: boolean;
 }
 
+/** `status`: a member's status text changed (null: cleared). */
+export interface StatusDetail {
+  readonly sid: number;
+  readonly status: string | null;
+}
+
+/** `userjoined`: a user's first session appeared (after that session's `joined`). */
+export interface UserJoinedDetail {
+  /** The user, with its sessions now. */
+  readonly user: User;
+  /** The session that made it arrive. */
+  readonly member: Member;
+}
+
+/** `userleft`: a user's last session went (after that session's `left`). */
+export interface UserLeftDetail {
+  /** The user as it was, with no sessions left. */
+  readonly user: User;
+  /** Its last session, as it was when it left. */
+  readonly member: Member;
+  /** As in `left`: undefined from a v1 relay, or for a user found gone after a resume. */
+  readonly reason: LeaveReasonCode | undefined;
+}
+
 /**
  * `resynced`: after a reconnect the member list was replaced (a rejoin: `resumed` false; a
  * resume: `resumed` true, and the differences were dispatched as events just before).
@@ -380,6 +460,9 @@ export interface PresenceDocumentEventMap {
   viewport: CustomEvent<ViewportDetail>;
   activity: CustomEvent<ActivityDetail>;
   focus: CustomEvent<FocusDetail>;
+  status: CustomEvent<StatusDetail>;
+  userjoined: CustomEvent<UserJoinedDetail>;
+  userleft: CustomEvent<UserLeftDetail>;
   resynced: CustomEvent<ResyncedDetail>;
   error: CustomEvent<DocumentErrorDetail>;
 }
@@ -387,7 +470,8 @@ export interface PresenceDocumentEventMap {
 /**
  * A document this connection has open (one JOIN handle); made by `client.join()`, not by
  * hand. Events (see PresenceDocumentEventMap) are about the other members: events of the
- * document's own sid update `doc.me` but are not dispatched.
+ * document's own sid update `doc.me` but are not dispatched, and `userjoined`/`userleft` are
+ * not dispatched for the document's own user (the userId of `doc.me`).
  */
 export declare class PresenceDocument extends EventTarget {
   /** Made by `PresenceClient.join()`. */
@@ -404,9 +488,20 @@ export declare class PresenceDocument extends EventTarget {
   readonly open: boolean;
   /** This session's own member, or null before JOINED. */
   readonly me: Member | null;
+  /**
+   * The users who left within the relay's `recent_window_s` and are not here now, newest
+   * first, at most 20: from every JOINED (empty from a v1 relay), then kept current (a user
+   * whose last session leaves comes first; one who comes back is removed).
+   */
+  readonly recent: readonly RecentUser[];
 
   /** Members other than this session, by sid (a new Map). */
   others(): Map<number, Member>;
+  /**
+   * The members grouped by user (this document's own sessions included), in order of first
+   * appearance: a new Map each call.
+   */
+  users(): Map<string, User>;
   /**
    * Move the caret (the head of the selection), with the selection's anchor if any.
    * Throttled to the relay's `cursor_throttle_ms`; the last position is always sent.
@@ -426,6 +521,12 @@ export declare class PresenceDocument extends EventTarget {
    * that changes.
    */
   setFocus(focused: boolean): void;
+  /**
+   * A short text shown next to this member ("presenting", "thinking"); null, undefined or ''
+   * clears it. Throws RangeError past MAX_STATUS_CHARS characters, TypeError for a
+   * non-string. Kept, and sent again after a reconnect if the relay's snapshot lacks it.
+   */
+  setStatus(text: string | null | undefined): void;
   /** Send FOCUS if the effective focus differs from what the relay last heard. */
   syncFocus(): void;
   /** LEAVE this document (the pending cursor goes first); the others see reason LEFT. */

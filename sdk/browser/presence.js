@@ -12,9 +12,19 @@
 // left {sid, member, reason} (a LeaveReason; undefined from a v1 relay, or for a member found
 // gone in a resume's snapshot), cursor {sid, cursor, selection}, typing {sid, typing},
 // viewport {sid, viewport}, activity {sid, activity, disconnected}, focus {sid, focused},
-// resynced {members, resumed} (after a reconnect), error {code, message}. Events of the
-// document's own sid update `doc.me` but are not dispatched. On the client: disconnected
-// {code, reason}, reconnected {resumed}, error {code, message}, closed {code, reason}.
+// status {sid, status} (v1.1), resynced {members, resumed} (after a reconnect), error {code,
+// message}. Events of the document's own sid update `doc.me` but are not dispatched. On the
+// client: disconnected {code, reason}, reconnected {resumed}, error {code, message}, closed
+// {code, reason}.
+//
+// One roster per user (v1.1): a user with the document open in two tabs is two members (two
+// sids, two carets) and one user. `doc.users()` groups the members by userId; userjoined
+// {user, member} comes (after `joined`) when a user's first session appears, userleft {user,
+// member, reason} (after `left`) when its last session goes: a second tab coming and going
+// is a `joined` and a `left`, not a user arriving and leaving. Neither is dispatched for the
+// document's own user (the userId of `doc.me`): its other tabs are sessions of a user that
+// never leaves while this one is here. `doc.recent` lists the users who left a little while
+// ago (JOINED's `recent`, then kept current from the batches).
 //
 // Against a relay with a JWT secret pass `token`: a string, or a token provider, a function
 // returning a token or a Promise of one, called before every HELLO so that reconnects use a
@@ -46,10 +56,11 @@ export const PROTOCOL = 'presence.v1';
 
 // Message types (docs/protocol.md, sections 2 and 3).
 const HELLO = 1, JOIN = 2, LEAVE = 3, CURSOR = 4, TYPING = 5, VIEWPORT = 6, FOCUS = 7, PING = 8;
+const STATUS = 9; // v1.1
 const WELCOME = 32, JOINED = 33, BATCH = 34, ERROR = 35, PONG = 36;
 // BATCH event codes (section 5).
 const EV_CURSOR = 1, EV_JOINED = 2, EV_LEFT = 3, EV_TYPING = 4, EV_VIEWPORT = 5;
-const EV_ACTIVITY = 6, EV_FOCUS = 7;
+const EV_ACTIVITY = 6, EV_FOCUS = 7, EV_STATUS = 8;
 const ALREADY_JOINED = 8; // ERROR code (section 6)
 
 export const Activity = Object.freeze({
@@ -64,6 +75,14 @@ export const LeaveReason = Object.freeze({
 });
 export const LEAVE_REASON_NAMES = Object.freeze(
   ['LEFT', 'LOST', 'NODE_DOWN', 'EVICTED', 'EXPIRED', 'SHUTDOWN']);
+
+/** What a member is (MEMBER's `kind`, v1.1): a person, or an agent set over HTTP (a bot). */
+export const Kind = Object.freeze({ PERSON: 0, AGENT: 1 });
+
+/** The longest status text, in characters (Unicode code points): the relay refuses more. */
+export const MAX_STATUS_CHARS = 64;
+// JOINED's `recent` holds at most this many users; doc.recent keeps to the same.
+const MAX_RECENT = 20;
 
 // Close codes after which reconnecting cannot help, because the same client would only be
 // closed again: a WebSocket protocol violation (1002, 1007 invalid UTF-8, 1009 too big), 4400
@@ -126,8 +145,12 @@ export class ConnectionClosedError extends Error {
   }
 }
 
-/** One member of a document, from a MEMBER array (section 4; later elements are ignored). */
+/**
+ * One member of a document, from a MEMBER array (section 4; later elements are ignored). A v1
+ * relay's MEMBER has 13 elements: no kind (a person) and no status.
+ */
 export function memberFromWire(m) {
+  const kind = typeof m[13] === 'number' ? m[13] : Kind.PERSON;
   return {
     sid: m[0],
     userId: m[1],
@@ -143,7 +166,62 @@ export function memberFromWire(m) {
     viewport: m[10] ? { top: m[10][0], bottom: m[10][1], pct: m[10][2] } : null,
     connectedAtMs: m[11],
     lastActiveMs: m[12],
+    kind,
+    agent: kind === Kind.AGENT,
+    status: statusFromWire(m[14]),
   };
+}
+
+// An empty status is no status (setStatus('') clears it too).
+const statusFromWire = (s) => (typeof s === 'string' && s !== '' ? s : null);
+
+/** One entry of JOINED's `recent` (v1.1), or null for one that is not an array. */
+function recentFromWire(r) {
+  if (!Array.isArray(r) || typeof r[0] !== 'string') return null;
+  return {
+    userId: r[0], name: r[1], avatar: r[2] ?? null, color: r[3], leftAtMs: r[4],
+    reason: typeof r[5] === 'number' ? r[5] : null,
+  };
+}
+
+/**
+ * Members grouped by user, in order of first appearance: {userId, name, avatar, color, kind,
+ * agent, sessions}. Name, avatar and color are the first session's; a user with any agent
+ * session is an agent.
+ */
+function groupUsers(members) {
+  const users = new Map();
+  for (const m of members) {
+    let user = users.get(m.userId);
+    if (user === undefined) {
+      user = { userId: m.userId, name: m.name, avatar: m.avatar, color: m.color, kind: m.kind,
+        agent: m.agent, sessions: [] };
+      users.set(m.userId, user);
+    }
+    if (m.agent && !user.agent) {
+      user.kind = Kind.AGENT;
+      user.agent = true;
+    }
+    user.sessions.push(m);
+  }
+  return users;
+}
+
+/** The user of `member` as it was before it left: no sessions any more. */
+const goneUser = (member) => ({ ...groupUsers([member]).get(member.userId), sessions: [] });
+
+/**
+ * The status text to send: null (clear) for null, undefined or ''; a string of at most
+ * MAX_STATUS_CHARS code points (what the relay counts), else RangeError; TypeError otherwise.
+ */
+function checkStatus(text) {
+  if (text === null || text === undefined || text === '') return null;
+  if (typeof text !== 'string') throw new TypeError(`a status is a string, not ${typeof text}`);
+  const chars = [...text].length;
+  if (chars > MAX_STATUS_CHARS) {
+    throw new RangeError(`a status is at most ${MAX_STATUS_CHARS} characters, not ${chars}`);
+  }
+  return text;
 }
 
 const isMap = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
@@ -289,13 +367,14 @@ export class PresenceDocument extends EventTarget {
     this.docId = docId;
     this.sid = null;
     this.members = new Map(); // sid -> member, own session included
+    this.recent = []; // users who left a little while ago, newest first (v1.1)
     this.open = false;
     // What this session last asked for (undefined: never), kept because frames sent while
     // disconnected are lost: after a JOINED, whatever the relay's snapshot of this session
     // lacks is sent again (reconcile).
     this.mine = {
       cursor: undefined, selection: null, viewport: undefined,
-      typingUntil: 0, typingStopped: false, focused: true,
+      typingUntil: 0, typingStopped: false, focused: true, status: undefined,
     };
     this.focusSent = true; // the relay's view of this session's focus (true at a join)
     const settings = client.settings;
@@ -315,6 +394,15 @@ export class PresenceDocument extends EventTarget {
   /** Members other than this session, by sid. */
   others() {
     return new Map([...this.members].filter(([sid]) => sid !== this.sid));
+  }
+
+  /**
+   * The members grouped by user (this document's own sessions included, as in `members`), in
+   * order of first appearance: userId -> {userId, name, avatar, color, kind, agent, sessions}.
+   * A new Map each call, made from `members`.
+   */
+  users() {
+    return groupUsers(this.members.values());
   }
 
   moveCursor(line, col, off, selection = null) {
@@ -355,6 +443,17 @@ export class PresenceDocument extends EventTarget {
   }
 
   /**
+   * A short text shown next to this member ("presenting", "thinking"); null, undefined or ''
+   * clears it. At most MAX_STATUS_CHARS characters (RangeError), a string (TypeError). Kept,
+   * and sent again after a reconnect if the relay's snapshot lacks it.
+   */
+  setStatus(text) {
+    const status = checkStatus(text);
+    this.mine.status = status;
+    this.#send([STATUS, this.handle, status]);
+  }
+
+  /**
    * The editor gained or lost focus. What the relay is told is this and the page's own state
    * together (a hidden or blurred page is unfocused whatever the editor says), and only when
    * that changes.
@@ -387,10 +486,11 @@ export class PresenceDocument extends EventTarget {
 
   // ---------------------------------------------------------------- from the client
 
-  applyJoined(sid, members, resync) {
+  applyJoined(sid, members, recent, resync) {
     this.sid = sid;
     this.open = true;
     this.members = membersFromWire(members);
+    this.#setRecent(recent);
     if (resync) this.#emit('resynced', { members: this.others(), resumed: false });
   }
 
@@ -399,21 +499,46 @@ export class PresenceDocument extends EventTarget {
    * only real differences become events: a member that is still there (it may have been
    * DISCONNECTED meanwhile, or moved) never gets a left and a joined.
    */
-  applySnapshot(sid, members) {
+  applySnapshot(sid, members, recent) {
     const before = this.members;
+    const usersBefore = groupUsers(before.values());
     this.sid = sid;
     this.open = true;
     this.members = membersFromWire(members);
+    this.#setRecent(recent);
+    const usersNow = this.users();
+    const arrived = new Set(); // users announced: a user with two new sessions comes once
     for (const [s, member] of this.members) {
       const old = before.get(s);
-      if (old === undefined) this.#emitFor(s, 'joined', { member });
-      else this.#emitChanges(old, member);
+      if (old === undefined) {
+        this.#emitFor(s, 'joined', { member });
+        // A user that had another session before the drop did not arrive: no news.
+        const userId = member.userId;
+        if (!usersBefore.has(userId) && !arrived.has(userId)) {
+          arrived.add(userId);
+          this.#emitUser('userjoined', { user: usersNow.get(userId), member });
+        }
+      } else {
+        this.#emitChanges(old, member);
+      }
     }
     for (const [s, member] of before) {
       // It left while this page was away: the event (and its reason) went with the old socket.
       if (!this.members.has(s)) this.#emitFor(s, 'left', { sid: s, member, reason: undefined });
     }
+    for (const [userId, user] of usersBefore) {
+      if (usersNow.has(userId)) continue;
+      const member = user.sessions[user.sessions.length - 1];
+      this.#emitUser('userleft', { user: goneUser(member), member, reason: undefined });
+    }
     this.#emit('resynced', { members: this.others(), resumed: true });
+  }
+
+  // JOINED's `recent` (absent from a v1 relay: none), without anyone in the document now.
+  #setRecent(recent) {
+    const present = new Set([...this.members.values()].map((m) => m.userId));
+    this.recent = (Array.isArray(recent) ? recent : []).map(recentFromWire)
+      .filter((r) => r !== null && !present.has(r.userId)).slice(0, MAX_RECENT);
   }
 
   #emitChanges(old, now) {
@@ -430,6 +555,7 @@ export class PresenceDocument extends EventTarget {
       this.#emitFor(sid, 'activity', { sid, activity, disconnected });
     }
     if (old.focused !== now.focused) this.#emitFor(sid, 'focus', { sid, focused: now.focused });
+    if (old.status !== now.status) this.#emitFor(sid, 'status', { sid, status: now.status });
   }
 
   /**
@@ -452,25 +578,62 @@ export class PresenceDocument extends EventTarget {
     const typing = performance.now() < m.typingUntil;
     if (typing && !me.typing) this.#send([TYPING, this.handle]);
     else if (!typing && m.typingStopped && me.typing) this.#send([TYPING, this.handle, false]);
+    if (m.status !== undefined && m.status !== me.status) {
+      this.#send([STATUS, this.handle, m.status]);
+    }
     this.focusSent = me.focused;
     this.syncFocus();
   }
 
-  applyEvents(events) {
+  /** One BATCH's events; `serverMs` is its time (when a user who left, left). */
+  applyEvents(events, serverMs) {
     for (const e of events) {
       if (!Array.isArray(e)) continue;
       const code = e[0];
       if (code === EV_JOINED) {
-        const member = memberFromWire(e[1]);
-        this.members.set(member.sid, member);  // a known sid is replaced (idempotent apply)
-        if (member.sid !== this.sid) this.#emit('joined', { member });
+        this.#applyJoinedEvent(memberFromWire(e[1]), serverMs);
         continue;
       }
       const sid = e[1];
       const member = this.members.get(sid);
       if (member === undefined) continue; // an event of an unknown sid is ignored
       this.#applyEvent(code, e, sid, member);
+      if (code === EV_LEFT && !this.#hasUser(member.userId)) {
+        this.#userLeft(member, e[2], serverMs);
+      }
     }
+  }
+
+  #applyJoinedEvent(member, serverMs) {
+    const replaced = this.members.get(member.sid);
+    const isNew = !this.#hasUser(member.userId);
+    this.members.set(member.sid, member); // a known sid is replaced (idempotent apply)
+    if (member.sid !== this.sid) this.#emit('joined', { member });
+    if (isNew) {
+      this.recent = this.recent.filter((r) => r.userId !== member.userId);
+      this.#emitUser('userjoined', { user: this.users().get(member.userId), member });
+    }
+    // A sid known under another user (never from this relay): that user may be gone now.
+    if (replaced !== undefined && replaced.userId !== member.userId
+      && !this.#hasUser(replaced.userId)) {
+      this.#userLeft(replaced, undefined, serverMs);
+    }
+  }
+
+  // The last session of a user left: the user left, and is the most recent of `recent`.
+  #userLeft(member, reason, serverMs) {
+    const userId = member.userId;
+    if (member.sid === this.sid || userId === this.me?.userId) return; // not for our own user
+    const user = goneUser(member);
+    const entry = { userId, name: user.name, avatar: user.avatar, color: user.color,
+      leftAtMs: serverMs, reason: typeof reason === 'number' ? reason : null };
+    this.recent = [entry, ...this.recent.filter((r) => r.userId !== userId)].slice(0, MAX_RECENT);
+    this.#emitUser('userleft', { user, member, reason });
+  }
+
+  #hasUser(userId) {
+    for (const m of this.members.values()) if (m.userId === userId) return true;
+    return false;
   }
 
   // Each shape is read by its known prefix: a newer relay may append elements (section 11).
@@ -503,6 +666,10 @@ export class PresenceDocument extends EventTarget {
         member.focused = e[2];
         this.#emitFor(sid, 'focus', { sid, focused: e[2] });
         break;
+      case EV_STATUS:
+        member.status = statusFromWire(e[2]);
+        this.#emitFor(sid, 'status', { sid, status: member.status });
+        break;
       default:
         break; // an event code from a newer relay: skip it
     }
@@ -520,6 +687,11 @@ export class PresenceDocument extends EventTarget {
 
   #emitFor(sid, type, detail) {
     if (sid !== this.sid) this.#emit(type, detail);
+  }
+
+  // userjoined / userleft: not for the document's own user (see the header).
+  #emitUser(type, detail) {
+    if (detail.user.userId !== this.me?.userId) this.#emit(type, detail);
   }
 
   #emit(type, detail) {
@@ -1038,12 +1210,14 @@ export class PresenceClient extends EventTarget {
     switch (frame[0]) {
       case BATCH: {
         for (const doc of [...this.documents.values(), ...this.claimable.values()]) {
-          if (doc.docId === frame[1] && Array.isArray(frame[3])) doc.applyEvents(frame[3]);
+          if (doc.docId !== frame[1] || !Array.isArray(frame[3])) continue;
+          doc.applyEvents(frame[3], frame[2]);
         }
         break;
       }
       case JOINED:
-        this.#onJoined(frame[1], frame[2], frame[3], Array.isArray(frame[4]) ? frame[4] : []);
+        this.#onJoined(frame[1], frame[2], frame[3], Array.isArray(frame[4]) ? frame[4] : [],
+          frame[5]);
         break;
       case ERROR:
         this.#onError(frame[1], frame[2], frame[3]);
@@ -1061,7 +1235,8 @@ export class PresenceClient extends EventTarget {
     }
   }
 
-  #onJoined(h, docId, sid, members) {
+  // `recent` is v1.1's (undefined from a v1 relay).
+  #onJoined(h, docId, sid, members, recent) {
     const pending = this.pendingJoins.get(h);
     if (pending !== undefined && pending.doc.docId === docId) {
       this.pendingJoins.delete(h);
@@ -1070,7 +1245,7 @@ export class PresenceClient extends EventTarget {
         this.send([LEAVE, h]);
         return;
       }
-      pending.doc.applyJoined(sid, members, Boolean(pending.resync));
+      pending.doc.applyJoined(sid, members, recent, Boolean(pending.resync));
       this.documents.set(h, pending.doc);
       pending.doc.reconcile();
       this.#saveSession();
@@ -1081,20 +1256,20 @@ export class PresenceClient extends EventTarget {
     const known = this.documents.get(h);
     if (known !== undefined && known.docId === docId) { // ours, resumed: same handle and sid
       this.awaiting.delete(h);
-      known.applySnapshot(sid, members);
+      known.applySnapshot(sid, members, recent);
       known.reconcile();
       return;
     }
-    this.#adopt(h, docId, sid, members);
+    this.#adopt(h, docId, sid, members, recent);
   }
 
   // A document of the resumed connection this page does not have open: the page before a
   // reload had it, or a JOIN was in flight when the connection dropped. It waits to be claimed
   // (join()), and is kept current meanwhile.
-  #adopt(h, docId, sid, members) {
+  #adopt(h, docId, sid, members, recent) {
     this.expected.delete(docId);
     const doc = new PresenceDocument(this, h, docId);
-    doc.applyJoined(sid, members, false);
+    doc.applyJoined(sid, members, recent, false);
     this.claimable.set(docId, doc);
     const waiting = [...this.pendingJoins.values()].find((p) => p.doc.docId === docId && p.resolve);
     if (waiting !== undefined) {

@@ -3,7 +3,14 @@
 // PresenceDocument. A member whose connection dropped (activity 5, DISCONNECTED) keeps its
 // caret where it was, greyed and labelled "Disconnected", while the relay holds its place.
 
-import type { ACTIVITY_NAMES, ActivityCode, Member, Position, PresenceDocument } from './presence.js';
+import type {
+  ACTIVITY_NAMES,
+  ActivityCode,
+  Member,
+  Position,
+  PresenceDocument,
+  User,
+} from './presence.js';
 
 /** A place as the renderer asks the editor for it. */
 export interface EditorPosition {
@@ -121,14 +128,10 @@ export declare function bindPresence(doc: PresenceDocument, options?: BindPresen
 
 /**
  * One user of a document, however many sessions (tabs, devices) it has: what `usersOf`
- * makes of the members.
+ * makes of the members (`doc.users()`'s entries, with what the avatars show). Name, avatar
+ * and color are those of the user's first session; a user with an agent session is an agent.
  */
-export interface PresenceUser {
-  readonly userId: string;
-  /** Name, avatar and color of the user's first session. */
-  readonly name: string;
-  readonly avatar: string | null;
-  readonly color: string;
+export interface PresenceUser extends User {
   /** The user's sessions, in the order given. */
   readonly sessions: Member[];
   /** The most present of the sessions' (Editing, Selecting, Viewing, Idle, Away, Disconnected). */
@@ -137,6 +140,8 @@ export interface PresenceUser {
   readonly typing: boolean;
   /** Every session is disconnected. */
   readonly disconnected: boolean;
+  /** The first status text among the sessions, or null. */
+  readonly status: string | null;
 }
 
 /**
@@ -159,9 +164,11 @@ export interface AvatarStackOptions {
 /**
  * One avatar per user (`usersOf`), each with its activity and typing state, and a badge with
  * the number of sessions when a user has several (tabs, devices). `render(users)` redraws.
- * Elements: `.pr-avatar[data-user]` (`.pr-avatar-typing`, `.pr-avatar-disconnected`) holding
- * `.pr-avatar-face` (initials in the user's color, or the avatar image), `.pr-avatar-badge`,
- * `.pr-avatar-name` and `.pr-avatar-activity`; past `max` users, `.pr-avatar-more` says "+N".
+ * Elements: `.pr-avatar[data-user]` (`.pr-avatar-typing`, `.pr-avatar-disconnected`,
+ * `.pr-avatar-agent` for an agent) holding `.pr-avatar-face` (initials in the user's color,
+ * or the avatar image), `.pr-avatar-badge`, `.pr-avatar-name`, `.pr-avatar-activity` and,
+ * when the user has a status text, `.pr-avatar-status`; past `max` users, `.pr-avatar-more`
+ * says "+N".
  */
 export declare class AvatarStack {
   constructor(container: HTMLElement, options?: AvatarStackOptions);

@@ -9,6 +9,7 @@
 // was, greyed and labelled "Disconnected", while the relay holds its place for a resume.
 
 const DISCONNECTED = 5; // activity code (docs/protocol.md, section 4)
+const AGENT = 1; // MEMBER kind (v1.1): a member set over HTTP
 const DISCONNECTED_COLOR = '#9e9e9e';
 const DISCONNECTED_LABEL = 'Disconnected';
 
@@ -238,10 +239,12 @@ const PRESENCE_RANK = [0, 2, 1, 3, 4, 5]; // by activity code: Editing, Selectin
 const ACTIVITY_LABELS = ['Editing', 'Viewing', 'Selecting', 'Idle', 'Away', 'Disconnected'];
 
 /**
- * Members grouped by user (one entry however many tabs): {userId, name, avatar, color,
- * sessions, activity, typing, disconnected}, in order of first appearance. `activity` is the
- * most present of the sessions' (Editing, Selecting, Viewing, Idle, Away, Disconnected);
- * `typing` is true when any session types; `disconnected` when every session is.
+ * Members grouped by user (one entry however many tabs): {userId, name, avatar, color, kind,
+ * agent, sessions, activity, typing, disconnected, status}, in order of first appearance.
+ * `activity` is the most present of the sessions' (Editing, Selecting, Viewing, Idle, Away,
+ * Disconnected); `typing` is true when any session types; `disconnected` when every session
+ * is; a user with an agent session is an agent (v1.1 `kind`; a v1 member is a person);
+ * `status` is the first status text among the sessions, or null.
  */
 export function usersOf(members) {
   const users = new Map();
@@ -249,8 +252,9 @@ export function usersOf(members) {
     let user = users.get(m.userId);
     if (!user) {
       user = {
-        userId: m.userId, name: m.name, avatar: m.avatar, color: m.color, sessions: [],
-        activity: m.activity, typing: false, disconnected: true,
+        userId: m.userId, name: m.name, avatar: m.avatar, color: m.color, kind: m.kind ?? 0,
+        agent: false, sessions: [], activity: m.activity, typing: false, disconnected: true,
+        status: null,
       };
       users.set(m.userId, user);
     }
@@ -258,6 +262,9 @@ export function usersOf(members) {
     if (PRESENCE_RANK[m.activity] < PRESENCE_RANK[user.activity]) user.activity = m.activity;
     user.typing ||= Boolean(m.typing) && !m.disconnected;
     user.disconnected &&= Boolean(m.disconnected);
+    if (m.kind === AGENT) user.kind = AGENT;
+    user.agent = user.kind === AGENT;
+    user.status ??= m.status || null;
   }
   return [...users.values()];
 }
@@ -276,9 +283,11 @@ function initials(name) {
 /**
  * One avatar per user (`usersOf`), each with its activity and typing state, and a badge with
  * the number of sessions when a user has several (tabs, devices). `render(users)` redraws.
- * Elements: `.pr-avatar[data-user]` (`.pr-avatar-typing`, `.pr-avatar-disconnected`) holding
- * `.pr-avatar-face` (initials in the user's color, or the avatar image), `.pr-avatar-badge`,
- * `.pr-avatar-name` and `.pr-avatar-activity`; past `max` users, `.pr-avatar-more` says "+N".
+ * Elements: `.pr-avatar[data-user]` (`.pr-avatar-typing`, `.pr-avatar-disconnected`,
+ * `.pr-avatar-agent` for an agent) holding `.pr-avatar-face` (initials in the user's color,
+ * or the avatar image), `.pr-avatar-badge`, `.pr-avatar-name`, `.pr-avatar-activity` and,
+ * when the user has a status text, `.pr-avatar-status`; past `max` users, `.pr-avatar-more`
+ * says "+N".
  */
 export class AvatarStack {
   constructor(container, { max = 8, me = null } = {}) {
@@ -305,6 +314,7 @@ export class AvatarStack {
     el.dataset.user = user.userId;
     el.classList.toggle('pr-avatar-typing', user.typing);
     el.classList.toggle('pr-avatar-disconnected', user.disconnected);
+    el.classList.toggle('pr-avatar-agent', Boolean(user.agent));
     const face = document.createElement('div');
     face.className = 'pr-avatar-face';
     face.style.backgroundColor = user.disconnected ? DISCONNECTED_COLOR : user.color;
@@ -332,6 +342,15 @@ export class AvatarStack {
     activity.textContent = user.typing ? `${activityLabel(user.activity)}, typing` : activityLabel(user.activity);
     el.append(name, activity);
     el.title = `${user.name}: ${activity.textContent}`;
+    // Users made by hand (not by usersOf) may lack it: the status of any session counts.
+    const text = user.status ?? user.sessions.find((m) => m.status)?.status ?? null;
+    if (text) {
+      const status = document.createElement('div');
+      status.className = 'pr-avatar-status';
+      status.textContent = text; // text, never markup: anyone in the document sets it
+      el.appendChild(status);
+      el.title += ` (${text})`;
+    }
     return el;
   }
 }

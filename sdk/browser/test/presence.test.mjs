@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { decode, encode } from '../msgpack.js';
-import { Activity, Keepalive, PresenceClient } from '../presence.js';
+import { Activity, Keepalive, Kind, LeaveReason, MAX_STATUS_CHARS, PresenceClient } from '../presence.js';
 
 const URL = 'ws://relay.test/ws';
 const tick = (ms = 0) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -92,10 +92,11 @@ async function welcomed(c, settings = {}) {
   return ws;
 }
 
-async function joined(c, ws, docId, sid, members) {
+// `recent` (v1.1) is left out unless given: a v1 relay's 5-element JOINED.
+async function joined(c, ws, docId, sid, members, recent) {
   const pending = c.join(docId);
   const join = ws.sent.findLast((f) => f[0] === 2 && f[2] === docId);
-  ws.deliver([33, join[1], docId, sid, members]);
+  ws.deliver([33, join[1], docId, sid, members, ...(recent === undefined ? [] : [recent])]);
   return pending;
 }
 
@@ -121,7 +122,7 @@ test('a newer relay: unknown settings, elements, event codes and frame types are
   const seen = record(d, EVERY_EVENT);
   ws.deliver([34, 'doc-1', 1, [
     [99, 2, 'a future event'],
-    [8, 2, 'a status text'],
+    [98, 2, 'another one'],
     [1, 2, 3, 4, 5, 'extra'], // a cursor with a trailing element: no selection
     [6, 2, Activity.DISCONNECTED, 'extra'],
     [7, 2, false, 'extra'],
@@ -131,6 +132,239 @@ test('a newer relay: unknown settings, elements, event codes and frame types are
   assert.deepEqual(seen, [['cursor', 2, null], ['activity', 2, 5], ['focus', 2, false],
     ['left', 2, 1]]);
   assert.equal(d.members.size, 1);
+});
+
+// ---------------------------------------------------------------- v1.1: status, kind, users
+
+// A v1.1 MEMBER: the 13 elements of `member`, then kind and status.
+const member11 = (sid, userId, kind = Kind.PERSON, status = null, rest = {}) => [
+  ...member(sid, userId, Activity.VIEWING, rest), kind, status];
+const recentEntry = (userId, leftAtMs, reason = LeaveReason.LOST) => [userId, userId.toUpperCase(),
+  null, 'hsl(2, 70%, 50%)', leftAtMs, reason];
+
+/** Every event a document dispatches, as [type, detail]. */
+function everything(doc) {
+  const seen = [];
+  for (const type of [...EVERY_EVENT, 'status', 'userjoined', 'userleft', 'resynced']) {
+    doc.addEventListener(type, (e) => seen.push([type, e.detail]));
+  }
+  return seen;
+}
+
+/** `seen` in short: [type, sid (the member's for user events), what it is about]. */
+const brief = (seen) => seen.map(([type, d]) => {
+  if (type === 'userjoined') return [type, d.member.sid, d.user.userId];
+  if (type === 'userleft') return [type, d.member.sid, d.user.userId, d.reason];
+  if (type === 'status') return [type, d.sid, d.status];
+  if (type === 'left') return [type, d.sid, d.reason];
+  if (type === 'joined') return [type, d.member.sid];
+  if (type === 'resynced') return [type, d.resumed];
+  return [type, d.sid];
+});
+
+const sessions = (doc) => [...doc.users()].map(([userId, u]) => [userId, u.sessions.map((m) => m.sid)]);
+
+test('a v1 relay: 13-element members are persons without a status, a 5-element JOINED has no recent', async () => {
+  const c = client();
+  const ws = await welcomed(c);
+  const d = await joined(c, ws, 'doc-1', 1, [member(1, 'ann'), member(2, 'bob')]);
+  for (const m of d.members.values()) {
+    assert.deepEqual([m.kind, m.agent, m.status], [Kind.PERSON, false, null]);
+  }
+  assert.deepEqual(d.recent, []);
+  const seen = everything(d);
+  ws.deliver([34, 'doc-1', 5000, [[2, member(3, 'cy')], [3, 2]]]); // a v1 left: no reason
+  assert.deepEqual(brief(seen), [['joined', 3], ['userjoined', 3, 'cy'], ['left', 2, undefined],
+    ['userleft', 2, 'bob', undefined]]);
+  assert.deepEqual(d.recent, [{ userId: 'bob', name: 'bob', avatar: null, color: 'hsl(1, 70%, 50%)',
+    leftAtMs: 5000, reason: null }]);
+  assert.equal(d.users().get('cy').kind, Kind.PERSON);
+});
+
+test('v1.1 members: kind and status; event 8 sets the status, dispatched for the others only', async () => {
+  const c = client();
+  const ws = await welcomed(c);
+  const d = await joined(c, ws, 'doc-1', 1, [member11(1, 'ann'),
+    member11(2, 'review-bot', Kind.AGENT, 'reading section 2'), member11(3, 'bob', 7, '')]);
+  const bot = d.members.get(2);
+  assert.deepEqual([bot.kind, bot.agent, bot.status], [1, true, 'reading section 2']);
+  const bob = d.members.get(3);
+  assert.deepEqual([bob.kind, bob.agent, bob.status], [7, false, null]); // a newer kind; '' is none
+  assert.equal(d.users().get('review-bot').agent, true);
+  const seen = everything(d);
+  ws.deliver([34, 'doc-1', 1, [[8, 3, 'presenting'], [8, 2, null], [8, 1, 'mine'],
+    [8, 99, 'unknown sid'], [8, 3, 'thinking', 'a newer element']]]);
+  assert.deepEqual(brief(seen), [['status', 3, 'presenting'], ['status', 2, null],
+    ['status', 3, 'thinking']]);
+  assert.equal(d.members.get(3).status, 'thinking');
+  assert.equal(d.members.get(2).status, null);
+  assert.equal(d.me.status, 'mine'); // applied to doc.me, not dispatched
+});
+
+test('setStatus sends [9, h, text]; null, undefined and "" clear; past 64 characters it throws', async () => {
+  const c = client();
+  const ws = await welcomed(c);
+  const d = await joined(c, ws, 'doc-1', 1, [member11(1, 'ann')]);
+  const before = ws.sent.length;
+  d.setStatus('presenting');
+  d.setStatus(null);
+  d.setStatus(undefined);
+  d.setStatus('');
+  const emoji = '\u{1F600}'.repeat(MAX_STATUS_CHARS); // 64 code points, 128 UTF-16 units
+  d.setStatus(emoji);
+  d.setStatus('ë'.repeat(64));
+  assert.deepEqual(ws.sent.slice(before), [[9, d.handle, 'presenting'], [9, d.handle, null],
+    [9, d.handle, null], [9, d.handle, null], [9, d.handle, emoji], [9, d.handle, 'ë'.repeat(64)]]);
+  assert.throws(() => d.setStatus('s'.repeat(65)), RangeError);
+  assert.throws(() => d.setStatus(`${emoji}!`), RangeError);
+  assert.throws(() => d.setStatus(42), TypeError);
+  assert.throws(() => d.setStatus({ text: 'x' }), TypeError);
+  assert.equal(ws.sent.length, before + 6); // a refused status sends nothing
+  assert.equal(d.mine.status, 'ë'.repeat(64)); // ... and keeps the last one
+});
+
+test('recent: from JOINED (users here now left out, at most 20), then kept current', async () => {
+  const c = client();
+  const ws = await welcomed(c);
+  const many = Array.from({ length: 25 }, (_, i) => recentEntry(`u-${i}`, 1000 - i));
+  const d = await joined(c, ws, 'doc-1', 1, [member11(1, 'ann'), member11(2, 'bob'),
+    member11(3, 'cy')], [recentEntry('zoe', 4000, LeaveReason.LEFT), 'not an entry',
+    recentEntry('bob', 3000), ...many]);
+  assert.equal(d.recent.length, 20);
+  assert.deepEqual(d.recent[0], { userId: 'zoe', name: 'ZOE', avatar: null,
+    color: 'hsl(2, 70%, 50%)', leftAtMs: 4000, reason: LeaveReason.LEFT });
+  assert.deepEqual(d.recent.slice(1, 3).map((r) => r.userId), ['u-0', 'u-1']);
+  ws.deliver([34, 'doc-1', 5000, [[3, 3, LeaveReason.LOST]]]);
+  assert.deepEqual(d.recent.slice(0, 2).map((r) => [r.userId, r.leftAtMs, r.reason]),
+    [['cy', 5000, LeaveReason.LOST], ['zoe', 4000, LeaveReason.LEFT]]);
+  assert.equal(d.recent.length, 20);
+  // Zoë comes back: no longer recent; and leaves again: first, once.
+  ws.deliver([34, 'doc-1', 6000, [[2, member11(4, 'zoe')]]]);
+  assert.equal(d.recent.some((r) => r.userId === 'zoe'), false);
+  ws.deliver([34, 'doc-1', 7000, [[3, 4, LeaveReason.EVICTED]]]);
+  assert.deepEqual(d.recent.slice(0, 2).map((r) => [r.userId, r.leftAtMs]),
+    [['zoe', 7000], ['cy', 5000]]);
+  assert.equal(d.recent.filter((r) => r.userId === 'zoe').length, 1);
+  // A user with another session is still here: not recent.
+  ws.deliver([34, 'doc-1', 8000, [[2, member11(5, 'bob')], [3, 2, LeaveReason.LEFT]]]);
+  assert.equal(d.recent.some((r) => r.userId === 'bob'), false);
+});
+
+test('users(): one entry per user; userjoined and userleft at its first and last session', async () => {
+  const c = client();
+  const ws = await welcomed(c);
+  const d = await joined(c, ws, 'doc-1', 1, [member11(1, 'ann'), member11(2, 'bob'),
+    member11(3, 'cy'), member11(4, 'bob')]);
+  assert.deepEqual(sessions(d), [['ann', [1]], ['bob', [2, 4]], ['cy', [3]]]);
+  const bob = d.users().get('bob');
+  assert.deepEqual({ ...bob, sessions: bob.sessions.length }, { userId: 'bob', name: 'bob',
+    avatar: null, color: 'hsl(1, 70%, 50%)', kind: Kind.PERSON, agent: false, sessions: 2 });
+  const seen = everything(d);
+  ws.deliver([34, 'doc-1', 100, [
+    [2, member11(5, 'dan')], // a new user
+    [2, member11(6, 'dan')], // ... and its second tab: a session, not a user
+    [2, member11(5, 'dan', Kind.PERSON, null, { cursor: [1, 1, 1] })], // a known sid: replaced
+    [3, 2, LeaveReason.LEFT], // bob's first tab: bob is still here
+    [2, member11(7, 'ann')], // the document's own user, in another tab
+  ]]);
+  assert.deepEqual(brief(seen), [['joined', 5], ['userjoined', 5, 'dan'], ['joined', 6],
+    ['joined', 5], ['left', 2, 0], ['joined', 7]]);
+  const [, joinedDan] = seen[1];
+  assert.deepEqual(joinedDan.user.sessions.map((m) => m.sid), [5]);
+  assert.equal(joinedDan.member.sid, 5);
+  assert.deepEqual(sessions(d), [['ann', [1, 7]], ['cy', [3]], ['bob', [4]], ['dan', [5, 6]]]);
+  seen.length = 0;
+  ws.deliver([34, 'doc-1', 200, [[3, 4, LeaveReason.LOST], [3, 7, LeaveReason.LEFT],
+    [3, 5, LeaveReason.LEFT], [3, 6, LeaveReason.EXPIRED]]]);
+  assert.deepEqual(brief(seen), [['left', 4, 1], ['userleft', 4, 'bob', 1], ['left', 7, 0],
+    ['left', 5, 0], ['left', 6, 4], ['userleft', 6, 'dan', 4]]);
+  const [, leftBob] = seen[1];
+  assert.deepEqual(leftBob.user, { userId: 'bob', name: 'bob', avatar: null,
+    color: 'hsl(1, 70%, 50%)', kind: Kind.PERSON, agent: false, sessions: [] });
+  assert.equal(leftBob.member.sid, 4);
+  assert.deepEqual(sessions(d), [['ann', [1]], ['cy', [3]]]);
+  assert.deepEqual(d.recent.map((r) => r.userId), ['dan', 'bob']); // not ann: still here
+});
+
+test('an agent: a user with an agent session is an agent', async () => {
+  const c = client();
+  const ws = await welcomed(c);
+  const d = await joined(c, ws, 'doc-1', 1, [member11(1, 'ann'), member11(2, 'svc'),
+    member11(3, 'svc', Kind.AGENT)]);
+  const svc = d.users().get('svc');
+  assert.deepEqual([svc.kind, svc.agent], [Kind.AGENT, true]);
+  const seen = everything(d);
+  ws.deliver([34, 'doc-1', 1, [[2, member11(4, 'review-bot', Kind.AGENT, 'reviewing')]]]);
+  const [, arrived] = seen.find(([type]) => type === 'userjoined');
+  assert.deepEqual([arrived.user.agent, arrived.member.status], [true, 'reviewing']);
+});
+
+/** Drop `ws`, reconnect, resume, and answer with a JOINED of `members` (and `recent`). */
+async function resumeWith(c, ws, d, members, recent) {
+  ws.drop();
+  await until(() => lastSocket() !== ws && lastSocket().sent.length > 0, 'the reconnect HELLO');
+  const ws2 = lastSocket();
+  ws2.deliver(welcome({ resume_token: 'tok-2', reconnect_grace_ms: 30000, resumed: true }));
+  ws2.deliver([33, d.handle, d.docId, d.sid, members, ...(recent === undefined ? [] : [recent])]);
+  return ws2;
+}
+
+test('a resume: users who came and went in the gap are events, a second tab is not; status re-sent', async () => {
+  const c = client();
+  const ws = await welcomed(c, { resume_token: 'tok-1', reconnect_grace_ms: 30000 });
+  const d = await joined(c, ws, 'doc-1', 7, [member11(7, 'ann'), member11(8, 'bob'),
+    member11(9, 'cy'), member11(10, 'bob'), member11(11, 'dan'), member11(12, 'dan')],
+  [recentEntry('old', 10)]);
+  d.setStatus('presenting');
+  const seen = everything(d);
+  // In the gap: bob closed a tab, opened another and set a status; cy left; both of dan's
+  // tabs went; eve came with two tabs. The relay never got ann's status.
+  const ws2 = await resumeWith(c, ws, d, [member11(7, 'ann'),
+    member11(8, 'bob', Kind.PERSON, 'thinking'), member11(13, 'eve'), member11(14, 'bob'),
+    member11(15, 'eve')], [recentEntry('dan', 90), recentEntry('cy', 80)]);
+  assert.deepEqual(brief(seen), [
+    ['status', 8, 'thinking'], ['joined', 13], ['userjoined', 13, 'eve'], ['joined', 14],
+    ['joined', 15], ['left', 9, undefined], ['left', 10, undefined], ['left', 11, undefined],
+    ['left', 12, undefined], ['userleft', 9, 'cy', undefined], ['userleft', 12, 'dan', undefined],
+    ['resynced', true]]);
+  const [, eve] = seen[2];
+  assert.deepEqual(eve.user.sessions.map((m) => m.sid), [13, 15]);
+  assert.deepEqual(seen[10][1].user.sessions, []);
+  assert.deepEqual(d.recent.map((r) => r.userId), ['dan', 'cy']); // the snapshot's
+  assert.deepEqual(ws2.sent.slice(1), [[9, d.handle, 'presenting']]);
+
+  // Once more; this time the snapshot has it (and no recent: a v1-shaped JOINED): nothing
+  // is sent, nothing is dispatched but resynced.
+  seen.length = 0;
+  const ws3 = await resumeWith(c, ws2, d, [member11(7, 'ann', Kind.PERSON, 'presenting'),
+    member11(8, 'bob', Kind.PERSON, 'thinking'), member11(13, 'eve'), member11(14, 'bob'),
+    member11(15, 'eve')]);
+  assert.deepEqual(brief(seen), [['resynced', true]]);
+  assert.deepEqual(ws3.sent.slice(1), []);
+  assert.deepEqual(d.recent, []);
+  // A cleared status is sent again as a clear when the relay still shows the old one.
+  d.setStatus(null);
+  const ws4 = await resumeWith(c, ws3, d, [member11(7, 'ann', Kind.PERSON, 'presenting')]);
+  assert.deepEqual(ws4.sent.slice(1), [[9, d.handle, null]]);
+  c.options.reconnect = false;
+  ws4.drop();
+});
+
+test('a rejoin (no resume) sends the status again: the new session has none', async () => {
+  const c = client();
+  const ws = await welcomed(c); // a relay without resume
+  const d = await joined(c, ws, 'doc-1', 1, [member11(1, 'ann')]);
+  d.setStatus('presenting');
+  ws.drop();
+  await until(() => lastSocket() !== ws && lastSocket().sent.length > 0, 'the reconnect HELLO');
+  const ws2 = lastSocket();
+  ws2.deliver(welcome());
+  assert.deepEqual(ws2.sent.slice(1), [[2, d.handle, 'doc-1']]);
+  ws2.deliver([33, d.handle, 'doc-1', 2, [member11(2, 'ann')], [recentEntry('x', 1)]]);
+  assert.deepEqual(ws2.sent.slice(2), [[9, d.handle, 'presenting']]);
+  assert.deepEqual(d.recent.map((r) => r.userId), ['x']);
+  c.options.reconnect = false;
+  ws2.drop();
 });
 
 test('left carries the reason; a v1 relay sends none; activity 5 is disconnected', async () => {
@@ -503,4 +737,66 @@ test('an option given as undefined keeps its default, as an option left out does
   assert.equal(client.options.keepaliveMs, 10000);
   // null still means what it says: no storage.
   assert.equal(client.options.storage, null);
+});
+
+// ---------------------------------------------------------------- ui.js: users and avatars
+
+/** Just enough of a DOM element for AvatarStack. */
+class FakeElement {
+  constructor(tag) {
+    this.tag = tag;
+    this.className = '';
+    this.children = [];
+    this.dataset = {};
+    this.style = {};
+    this.textContent = '';
+    this.title = '';
+    const el = this;
+    this.classList = {
+      toggle(name, on) {
+        const names = new Set(el.className.split(' ').filter(Boolean));
+        if (on) names.add(name); else names.delete(name);
+        el.className = [...names].join(' ');
+      },
+    };
+  }
+
+  appendChild(child) { this.children.push(child); return child; }
+  append(...children) { this.children.push(...children); }
+  replaceChildren(...children) { this.children = children; }
+  find(cls) {
+    for (const c of this.children) {
+      if (c.className.split(' ').includes(cls)) return c;
+      const deeper = c.find(cls);
+      if (deeper) return deeper;
+    }
+    return null;
+  }
+}
+
+test('usersOf and AvatarStack: agents are marked, a status is shown, the rest stays', async () => {
+  const { AvatarStack, usersOf } = await import('../ui.js');
+  const { memberFromWire } = await import('../presence.js');
+  const m = (sid, userId, kind, status) => memberFromWire([...member(sid, userId), kind, status]);
+  const users = usersOf([m(1, 'ann', 0, null), m(2, 'bot', 1, 'reviewing'), m(3, 'ann', 0, 'presenting'),
+    memberFromWire(member(4, 'cy')), m(5, 'ann', 0, 'ignored: not the first')]);
+  assert.deepEqual(users.map((u) => [u.userId, u.kind, u.agent, u.status, u.sessions.length]),
+    [['ann', 0, false, 'presenting', 3], ['bot', 1, true, 'reviewing', 1], ['cy', 0, false, null, 1]]);
+  globalThis.document = { createElement: (tag) => new FakeElement(tag) };
+  try {
+    const container = new FakeElement('div');
+    new AvatarStack(container, { me: 'ann' }).render(users);
+    const [ann, bot, cy] = container.children;
+    assert.deepEqual([ann.className, bot.className, cy.className],
+      ['pr-avatar', 'pr-avatar pr-avatar-agent', 'pr-avatar']);
+    assert.equal(bot.dataset.user, 'bot');
+    assert.equal(ann.find('pr-avatar-name').textContent, 'ann (you)');
+    assert.equal(ann.find('pr-avatar-activity').textContent, 'Viewing');
+    assert.equal(ann.find('pr-avatar-badge').textContent, '3');
+    assert.equal(ann.find('pr-avatar-status').textContent, 'presenting');
+    assert.equal(bot.find('pr-avatar-status').textContent, 'reviewing');
+    assert.equal(cy.find('pr-avatar-status'), null);
+  } finally {
+    delete globalThis.document;
+  }
 });

@@ -15,7 +15,10 @@ that reconnects, including the one after the relay ends a connection at the toke
 
 Against a v1.1 relay a dropped connection resumes its session when it comes back within the
 relay's ``reconnect_grace_ms``: same sids, no leave and join for the others (they see the
-member as DISCONNECTED meanwhile); `Left` events carry a `LeaveReason`.
+member as DISCONNECTED meanwhile); `Left` events carry a `LeaveReason`. Against a v1.1
+relay members have a `kind` (a person, or an agent set over HTTP) and a `status` text
+(`Document.set_status`, `Status` events), `Document.users()` groups sessions by user
+(`UserJoined`/`UserLeft` events) and `Document.recent` lists who left a little while ago.
 
 A distribution of its own (`pip install ./sdk/python`): it needs websockets and msgpack,
 nothing of the relay's (no redis, no prometheus, no uvloop, no compiler). Its wire constants
@@ -32,11 +35,17 @@ from .document import (
     Event,
     Focus,
     Joined,
+    Kind,
     LeaveReason,
     Left,
     Member,
+    RecentUser,
     Resynced,
+    Status,
     Typing,
+    User,
+    UserJoined,
+    UserLeft,
     Viewport,
 )
 from .errors import ConnectionClosedError, RelayClientError, RelayError, TokenProviderError
@@ -55,16 +64,22 @@ __all__ = [
     "Event",
     "Focus",
     "Joined",
+    "Kind",
     "LeaveReason",
     "Left",
     "Member",
+    "RecentUser",
     "RelayClientError",
     "RelayError",
     "Resynced",
+    "Status",
     "Throttle",
     "TokenProvider",
     "TokenProviderError",
     "Typing",
+    "User",
+    "UserJoined",
+    "UserLeft",
     "Viewport",
     "connect",
 ]

@@ -134,7 +134,7 @@ class Connection:
     as gone, and each document emits the differences it finds as events, then
     `Resynced(resumed=True)`. Otherwise every open document is joined again with the same
     handle and emits `Resynced`. Either way the latest cursor, viewport, focus and typing
-    are sent again.
+    are sent again, and the status when the relay's snapshot lacks it.
 
     `close()` is a deliberate leave: LEAVE for every document, then close 1000, so the
     others see reason LEFT at once instead of a DISCONNECTED member.
@@ -735,7 +735,7 @@ class Connection:
         if t == BATCH:
             doc = self._by_doc_id.get(frame[1])
             if doc is not None:
-                doc._apply_batch(frame[3])
+                doc._apply_batch(frame[3], frame[2])
         elif t == JOINED:
             handle = frame[1]
             if handle in self._unwanted:  # left while disconnected; the LEAVE is sent
@@ -745,7 +745,8 @@ class Connection:
             if doc is None or doc.doc_id != frame[2]:
                 self._send(pack([LEAVE, handle]))  # a join we gave up on: undo it
             else:
-                doc._on_joined(frame[3], frame[4], resumed=self.resumed)
+                recent = frame[5] if len(frame) > 5 else None  # v1.1
+                doc._on_joined(frame[3], frame[4], recent, resumed=self.resumed)
         elif t == ERROR:
             handle, code, message = frame[1], frame[2], frame[3]
             if code == NOT_JOINED and handle in self._unwanted:

@@ -1,11 +1,21 @@
-"""Documents joined on a connection: members, events, and the local presence senders."""
+"""Documents joined on a connection: members, events, and the local presence senders.
+
+One roster per user (v1.1): a user with the document open in two tabs is two members (two
+sids) and one user. `Document.users()` groups the members by user id; `UserJoined` comes
+(after the `Joined`) when a user's first session appears and `UserLeft` (after the `Left`)
+when its last session goes, so a second tab coming and going is a `Joined` and a `Left` but
+no user arriving or leaving. Neither is emitted for the document's own user (the user id of
+`doc.me`): while this session is here, that user never leaves. `Document.recent` lists the
+users who left a little while ago (JOINED's `recent`, then kept current from the batches).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -18,9 +28,14 @@ from .protocol import (
     EV_FOCUS,
     EV_JOINED,
     EV_LEFT,
+    EV_STATUS,
     EV_TYPING,
     EV_VIEWPORT,
     FOCUS,
+    KIND_AGENT,
+    KIND_PERSON,
+    MAX_STATUS_CHARS,
+    STATUS,
     TYPING,
     VIEWPORT,
     pack,
@@ -39,11 +54,17 @@ __all__ = [
     "Event",
     "Focus",
     "Joined",
+    "Kind",
     "LeaveReason",
     "Left",
     "Member",
+    "RecentUser",
     "Resynced",
+    "Status",
     "Typing",
+    "User",
+    "UserJoined",
+    "UserLeft",
     "Viewport",
 ]
 
@@ -55,6 +76,9 @@ Selection: TypeAlias = tuple[int, int, int, bool]
 """`(anchor_line, anchor_col, anchor_offset, backward)`."""
 ViewportRange: TypeAlias = tuple[int, int, float]
 """`(top_line, bottom_line, scroll_pct)`."""
+
+MAX_RECENT = 20
+"""JOINED's `recent` lists at most this many users, and `Document.recent` keeps to it."""
 
 
 # ---------------------------------------------------------------------------- members
@@ -82,6 +106,13 @@ class LeaveReason(enum.IntEnum):
     SHUTDOWN = 5  # a relay without shared state shut down gracefully
 
 
+class Kind(enum.IntEnum):
+    """What a member is: MEMBER's `kind` (v1.1; a v1 relay's member is a person)."""
+
+    PERSON = KIND_PERSON
+    AGENT = KIND_AGENT  # a member set over HTTP: an agent, a bot, a service
+
+
 def _activity(v: Any) -> int:
     try:
         return ActivityState(v)
@@ -96,6 +127,41 @@ def _leave_reason(v: Any) -> int | None:
         return LeaveReason(v)
     except ValueError:
         return v  # a newer relay's reason: kept as it came
+
+
+def _kind(v: Any) -> int:
+    if type(v) is not int:  # absent (a v1 relay's 13-element MEMBER) or not a number
+        return Kind.PERSON
+    try:
+        return Kind(v)
+    except ValueError:
+        return v  # a newer relay's kind: kept as it came
+
+
+def _status(v: Any) -> str | None:
+    """A status from the wire: a non-empty text, else None (an empty status is no status)."""
+    return v if isinstance(v, str) and v else None
+
+
+def _reason_name(reason: int | None) -> str | None:
+    if reason is None:
+        return None
+    try:
+        return LeaveReason(reason).name
+    except ValueError:
+        return "UNKNOWN"
+
+
+def _check_status(text: object) -> str | None:
+    """The status `set_status` sends: None (clear) for None or ""; a str of at most
+    MAX_STATUS_CHARS characters (code points, as the relay counts them)."""
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        raise TypeError(f"a status is a str or None, not {type(text).__name__}")
+    if len(text) > MAX_STATUS_CHARS:
+        raise ValueError(f"a status is at most {MAX_STATUS_CHARS} characters, not {len(text)}")
+    return text
 
 
 def _cursor(v: Any) -> Cursor | None:
@@ -127,6 +193,10 @@ class Member:
     viewport: ViewportRange | None
     connected_at_ms: int
     last_active_ms: int
+    kind: int = Kind.PERSON
+    """A `Kind` (a plain int for a kind newer than this SDK); PERSON from a v1 relay."""
+    status: str | None = None
+    """A short text shown next to the member ("presenting"), or None (v1.1)."""
 
     @property
     def disconnected(self) -> bool:
@@ -134,10 +204,16 @@ class Member:
         resume (activity DISCONNECTED): draw it greyed out rather than remove it."""
         return self.activity == ActivityState.DISCONNECTED
 
+    @property
+    def agent(self) -> bool:
+        """True for a member set over HTTP (an agent, a bot, a service): kind AGENT."""
+        return self.kind == Kind.AGENT
+
     @classmethod
     def from_wire(cls, m: list[Any]) -> Member:
-        """Build a Member from the protocol's 13-element MEMBER array (elements a newer
-        relay appends are ignored)."""
+        """Build a Member from a MEMBER array: 13 elements from a v1 relay (a person, no
+        status), 15 from a v1.1 relay (`kind`, `status`); elements a newer relay appends
+        are ignored."""
         if len(m) < 13:
             m = [*m, *([None] * (13 - len(m)))]
         return cls(
@@ -154,7 +230,79 @@ class Member:
             viewport=_viewport(m[10]),
             connected_at_ms=m[11],
             last_active_ms=m[12],
+            kind=_kind(m[13]) if len(m) > 13 else Kind.PERSON,
+            status=_status(m[14]) if len(m) > 14 else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """One user of a document, however many sessions (tabs, devices) it has: an entry of
+    `Document.users()`. Name, avatar and color are its first session's; `kind` is AGENT
+    when any session is an agent, else the first session's."""
+
+    user_id: str
+    name: str
+    avatar: str | None
+    color: str
+    kind: int
+    sessions: tuple[Member, ...]
+    """Its sessions in the document, in order of appearance (none in a `UserLeft`)."""
+
+    @property
+    def agent(self) -> bool:
+        return self.kind == Kind.AGENT
+
+
+def _user(sessions: Sequence[Member]) -> User:
+    first = sessions[0]
+    kind = Kind.AGENT if any(m.agent for m in sessions) else first.kind
+    return User(first.user_id, first.name, first.avatar, first.color, kind, tuple(sessions))
+
+
+def _users_of(members: Iterable[Member]) -> dict[str, User]:
+    """The members grouped by user id, in order of first appearance."""
+    groups: dict[str, list[Member]] = {}
+    for m in members:
+        groups.setdefault(m.user_id, []).append(m)
+    return {user_id: _user(sessions) for user_id, sessions in groups.items()}
+
+
+def _user_copy(user: User) -> User:
+    """`user` with copies of its sessions, for an event (the live members change later)."""
+    return replace(user, sessions=tuple(replace(m) for m in user.sessions))
+
+
+def _gone_user(last: Member) -> User:
+    """The user of its last session `last`, as it was: no sessions any more."""
+    return replace(_user([last]), sessions=())
+
+
+@dataclass(frozen=True, slots=True)
+class RecentUser:
+    """A user who left the document a little while ago and is not in it now (an entry of
+    `Document.recent`): JOINED's `[user_id, name, avatar_or_nil, color, left_at_ms,
+    reason]`, or the last session of a user leaving since."""
+
+    user_id: str
+    name: str
+    avatar: str | None
+    color: str
+    left_at_ms: int
+    """When its last session left: Unix ms, the relay's clock."""
+    reason: int | None
+    """A `LeaveReason` (a plain int for a newer one), or None when unknown (a v1 relay)."""
+
+    @property
+    def reason_name(self) -> str | None:
+        """As `Left.reason_name`."""
+        return _reason_name(self.reason)
+
+    @classmethod
+    def from_wire(cls, r: list[Any]) -> RecentUser:
+        if type(r) is not list or not isinstance(r[0], str) or type(r[4]) is not int:
+            raise TypeError("a RECENT entry is [user_id, name, avatar, color, left_at_ms, reason]")
+        return cls(r[0], r[1], r[2], r[3], r[4], _leave_reason(r[5]) if len(r) > 5 else None)
 
 
 # ---------------------------------------------------------------------------- events
@@ -182,12 +330,7 @@ class Left:
     def reason_name(self) -> str | None:
         """The reason's name ("LEFT", "LOST", ...), "UNKNOWN" for a reason this SDK does not
         know, None when there is no reason."""
-        if self.reason is None:
-            return None
-        try:
-            return LeaveReason(self.reason).name
-        except ValueError:
-            return "UNKNOWN"
+        return _reason_name(self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +375,39 @@ class Focus:
 
 
 @dataclass(frozen=True, slots=True)
+class Status:
+    """A member's status text changed; None means cleared (v1.1)."""
+
+    sid: int
+    status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserJoined:
+    """A user's first session appeared (emitted after that session's `Joined`; a second tab
+    of a user already here is a `Joined` only). `user` has its sessions at that moment and
+    `member` is the session that made it arrive; both are copies."""
+
+    user: User
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class UserLeft:
+    """A user's last session went (emitted after that session's `Left`). `user` is the user
+    as it was, with no sessions left; `member` its last session; `reason` as in `Left`."""
+
+    user: User
+    member: Member
+    reason: int | None = None
+
+    @property
+    def reason_name(self) -> str | None:
+        """As `Left.reason_name`."""
+        return _reason_name(self.reason)
+
+
+@dataclass(frozen=True, slots=True)
 class Resynced:
     """The connection came back and the document is joined again; `doc.members` holds a
     fresh snapshot and `sid` is this client's session id in it.
@@ -257,7 +433,18 @@ class ErrorEvent:
 
 
 Event: TypeAlias = (
-    Joined | Left | CursorMoved | Typing | Viewport | Activity | Focus | Resynced | ErrorEvent
+    Joined
+    | Left
+    | CursorMoved
+    | Typing
+    | Viewport
+    | Activity
+    | Focus
+    | Status
+    | UserJoined
+    | UserLeft
+    | Resynced
+    | ErrorEvent
 )
 
 _CLOSED = object()  # end-of-events sentinel
@@ -296,6 +483,10 @@ class Document:
         """This client's session id in the document (None until joined; kept when the relay
         resumes the session after a reconnect, a new one when it is joined afresh)."""
         self.members: dict[int, Member] = {}
+        self.recent: list[RecentUser] = []
+        """The users who left within the relay's `recent_window_s` and are not here now,
+        newest first, at most MAX_RECENT: from every JOINED (none from a v1 relay), then kept
+        current (a user whose last session leaves comes first; one who comes back goes)."""
         self.closed: bool = False
         self.close_error: BaseException | None = None
         self._ever_joined = False
@@ -317,6 +508,8 @@ class Document:
         self._viewport_frame: bytes | None = None
         self._focus_frame: bytes | None = None
         self._typing: tuple[bool, float] | None = None  # (typing, loop time) of the last call
+        self._status_frame: bytes | None = None  # None: set_status was never called
+        self._status: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -328,6 +521,12 @@ class Document:
     def joined(self) -> bool:
         """True while the document is joined on a live connection."""
         return self._joined and not self.closed
+
+    def users(self) -> dict[str, User]:
+        """The members grouped by user: user id -> `User`, in order of first appearance, this
+        client's own sessions included (as in `members`). Made afresh from `members` on each
+        call; its `sessions` are the live entries."""
+        return _users_of(self.members.values())
 
     @property
     def me(self) -> Member | None:
@@ -397,6 +596,17 @@ class Document:
         self._viewport_frame = frame
         self._throttled(frame, self._viewport_throttle, "_viewport_timer")
 
+    def set_status(self, text: str | None) -> None:
+        """Show a short text next to this member ("presenting", "thinking"); None or ""
+        clears it. At most `MAX_STATUS_CHARS` (64) characters, counted as code points
+        (ValueError past it; TypeError for anything but a str or None). Kept, and sent again
+        after a reconnect when the relay's snapshot of this session lacks it."""
+        status = _check_status(text)
+        self._status = status
+        self._status_frame = pack([STATUS, self.handle, status])
+        if self.joined:
+            self._conn._send(self._status_frame)
+
     def set_focus(self, focused: bool) -> None:
         """Report whether the editor (tab) has focus."""
         frame = pack([FOCUS, self.handle, bool(focused)])
@@ -451,44 +661,91 @@ class Document:
             q.get_nowait()
         q.put_nowait(event)
 
-    def _apply_batch(self, events: list[Any]) -> None:
-        """Apply one BATCH's events idempotently and emit those of other sessions."""
+    def _apply_batch(self, events: list[Any], server_ms: Any = None) -> None:
+        """Apply one BATCH's events idempotently and emit those of other sessions (and of
+        other users). `server_ms` is the BATCH's time: when a user who left, left."""
         if not self._joined:
             return
+        at = server_ms if type(server_ms) is int else time.time_ns() // 1_000_000
         for ev in events:
             try:
-                applied = self._apply_event(ev)
+                applied = self._apply_event(ev, at)
             except (IndexError, TypeError, KeyError, ValueError) as exc:
                 log.warning("ignoring malformed event %r in %s: %s", ev, self.doc_id, exc)
                 continue
-            if applied is not None and applied[0] != self.sid:
-                self._emit(applied[1])
+            for event in applied:
+                self._emit(event)
 
-    def _apply_event(self, ev: list[Any]) -> tuple[int, Event] | None:
-        """Apply one event to `members`; return (its sid, the event to emit) or None when
-        it changes nothing. Elements past the ones this SDK knows are ignored, and so are
-        event codes it does not know (a newer relay's)."""
+    def _apply_event(self, ev: list[Any], server_ms: int) -> list[Event]:
+        """Apply one event to `members` (and to `recent`); return the events to emit: none
+        of this client's own sid, and a user's arrival or leaving after its session's.
+        Elements past the ones this SDK knows are ignored, and so are event codes it does
+        not know (a newer relay's)."""
         code = ev[0]
         if code == EV_JOINED:
-            m = Member.from_wire(ev[1])
-            self.members[m.sid] = m
-            return m.sid, Joined(replace(m))  # a copy: `m` changes later
+            return self._apply_joined(Member.from_wire(ev[1]), server_ms)
         apply = _EVENT_APPLIERS.get(code)
         if apply is None:
-            return None
+            return []
         sid = ev[1]
         m0 = self.members.get(sid)
         if m0 is None:
-            return None  # unknown sid (e.g. already gone in our snapshot): ignore
+            return []  # unknown sid (e.g. already gone in our snapshot): ignore
         if code == EV_LEFT:
             del self.members[sid]
-        return sid, apply(m0, ev)
+        event = apply(m0, ev)
+        out = [] if sid == self.sid else [event]
+        if isinstance(event, Left) and not self._has_user(m0.user_id):
+            out += self._user_left(m0, event.reason, server_ms)
+        return out
 
-    def _on_joined(self, sid: int, members: list[Any], *, resumed: bool = False) -> None:
-        """A JOINED: the document's snapshot. `resumed`: it came from a resumed session,
-        which keeps this client's sid; the differences from the members known before the
-        drop are then emitted as events (others see no leave and join, and neither should
-        this client's user)."""
+    def _apply_joined(self, m: Member, server_ms: int) -> list[Event]:
+        replaced = self.members.get(m.sid)
+        arrives = not self._has_user(m.user_id)
+        self.members[m.sid] = m  # a known sid is replaced (idempotent apply)
+        out: list[Event] = [] if m.sid == self.sid else [Joined(replace(m))]  # a copy
+        if arrives:
+            out += self._user_joined(m)
+        # A sid known under another user (never from this relay): that user may be gone.
+        if (
+            replaced is not None
+            and replaced.user_id != m.user_id
+            and not self._has_user(replaced.user_id)
+        ):
+            out += self._user_left(replaced, None, server_ms)
+        return out
+
+    def _user_joined(self, m: Member) -> list[Event]:
+        """`m` is the first session of its user: the user is no longer recent, it arrived."""
+        self.recent = [r for r in self.recent if r.user_id != m.user_id]
+        if self._is_own_user(m.user_id):
+            return []
+        return [UserJoined(_user_copy(self.users()[m.user_id]), replace(m))]
+
+    def _user_left(self, m: Member, reason: int | None, server_ms: int) -> list[Event]:
+        """`m` was the last session of its user: the user left, and is the most recent."""
+        if m.sid == self.sid or self._is_own_user(m.user_id):
+            return []
+        user = _gone_user(m)
+        entry = RecentUser(m.user_id, user.name, user.avatar, user.color, server_ms, reason)
+        others = [r for r in self.recent if r.user_id != m.user_id]
+        self.recent = [entry, *others][:MAX_RECENT]
+        return [UserLeft(user, replace(m), reason)]
+
+    def _has_user(self, user_id: str) -> bool:
+        return any(m.user_id == user_id for m in self.members.values())
+
+    def _is_own_user(self, user_id: str) -> bool:
+        me = self.me
+        return me is not None and me.user_id == user_id
+
+    def _on_joined(
+        self, sid: int, members: list[Any], recent: Any = None, *, resumed: bool = False
+    ) -> None:
+        """A JOINED: the document's snapshot, and (v1.1) its `recent` (None from a v1
+        relay). `resumed`: it came from a resumed session, which keeps this client's sid;
+        the differences from the members known before the drop are then emitted as events
+        (others see no leave and join, and neither should this client's user)."""
         old_sid, old_members = self.sid, self.members
         rejoin = self._ever_joined
         if resumed and sid != old_sid:
@@ -498,6 +755,7 @@ class Document:
         resumed = resumed and rejoin
         self.sid = sid
         self.members = self._parse_members(members)
+        self.recent = self._parse_recent(recent)
         self._joined = True
         self._ever_joined = True
         self._link = _Link.JOINED
@@ -505,7 +763,7 @@ class Document:
             self._join_waiter.set_result(None)
         if resumed:
             for ev_sid, event in _snapshot_diff(old_members, self.members):
-                if ev_sid != sid:
+                if ev_sid != sid and not self._about_own_user(event):
                     self._emit(event)
         # Frames sent while disconnected were lost, and state may have been set before the
         # first JOINED arrived (e.g. move_cursor right after join()): send the latest.
@@ -523,6 +781,25 @@ class Document:
                 continue
             out[m.sid] = m
         return out
+
+    def _parse_recent(self, recent: Any) -> list[RecentUser]:
+        """JOINED's `recent` (absent from a v1 relay: none), without anyone here now."""
+        if type(recent) is not list:
+            return []
+        present = {m.user_id for m in self.members.values()}
+        out: list[RecentUser] = []
+        for raw in recent:
+            try:
+                entry = RecentUser.from_wire(raw)
+            except (IndexError, TypeError, ValueError) as exc:
+                log.warning("ignoring malformed recent user %r in %s: %s", raw, self.doc_id, exc)
+                continue
+            if entry.user_id not in present:
+                out.append(entry)
+        return out[:MAX_RECENT]
+
+    def _about_own_user(self, event: Event) -> bool:
+        return isinstance(event, UserJoined | UserLeft) and self._is_own_user(event.user.user_id)
 
     def _on_error(self, code: int, message: str) -> bool:
         """Route an ERROR for this handle. Returns True when it is consumed: a pending
@@ -565,6 +842,11 @@ class Document:
         typing = self._typing_frame()
         if typing is not None:
             self._conn._send(typing)
+        # Unlike the others, only when the snapshot lacks it: a resumed session keeps its
+        # status at the relay (frames of the gap aside), a fresh session has none.
+        me = self.me
+        if self._status_frame is not None and (me is None or me.status != self._status):
+            self._conn._send(self._status_frame)
 
     def _typing_frame(self) -> bytes | None:
         """The last typing call's frame, if it still matters: a keystroke (or a stop) older
@@ -666,6 +948,11 @@ def _apply_focus(m: Member, ev: list[Any]) -> Event:
     return Focus(m.sid, m.focused)
 
 
+def _apply_status(m: Member, ev: list[Any]) -> Event:
+    m.status = _status(ev[2])
+    return Status(m.sid, m.status)
+
+
 _EVENT_APPLIERS: dict[int, Callable[[Member, list[Any]], Event]] = {
     EV_CURSOR: _apply_cursor,
     EV_LEFT: _apply_left,
@@ -673,18 +960,30 @@ _EVENT_APPLIERS: dict[int, Callable[[Member, list[Any]], Event]] = {
     EV_VIEWPORT: _apply_viewport,
     EV_ACTIVITY: _apply_activity,
     EV_FOCUS: _apply_focus,
+    EV_STATUS: _apply_status,
 }
 
 
 def _snapshot_diff(old: dict[int, Member], new: dict[int, Member]) -> list[tuple[int, Event]]:
     """The events that turn the members `old` into `new`, as (sid, event): what a client
     that had stayed connected would have seen, minus the intermediate steps. A member in
-    both with the same identity gets only the changes of its state."""
+    both with the same identity gets only the changes of its state. Users: one gone from
+    `new` left (after the sessions' `Left`s), one not in `old` arrived (after its first
+    session's `Joined`); a user in both did neither, whichever of its sessions changed."""
     out: list[tuple[int, Event]] = [(sid, Left(sid)) for sid in old if sid not in new]
+    users_before, users_now = _users_of(old.values()), _users_of(new.values())
+    for user_id, user in users_before.items():
+        if user_id not in users_now:
+            last = user.sessions[-1]
+            out.append((last.sid, UserLeft(_gone_user(last), replace(last), None)))
+    arrived: set[str] = set()
     for sid, m in new.items():
         before = old.get(sid)
         if before is None or _identity(before) != _identity(m):
             out.append((sid, Joined(replace(m))))
+            if m.user_id not in users_before and m.user_id not in arrived:
+                arrived.add(m.user_id)
+                out.append((sid, UserJoined(_user_copy(users_now[m.user_id]), replace(m))))
         else:
             out.extend((sid, event) for event in _state_changes(before, m))
     return out
@@ -706,4 +1005,6 @@ def _state_changes(a: Member, b: Member) -> list[Event]:
         out.append(Activity(b.sid, b.activity))
     if a.focused != b.focused:
         out.append(Focus(b.sid, b.focused))
+    if a.status != b.status:
+        out.append(Status(b.sid, b.status))
     return out

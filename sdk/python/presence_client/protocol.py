@@ -1,5 +1,5 @@
 """The wire protocol as a client sees it: message types, event codes, error and close codes,
-leave reasons, and the MessagePack codec.
+leave reasons, member kinds, and the MessagePack codec.
 
 The relay's contract (docs/protocol.md in the relay's repository) defines every value here;
 the SDK's tests check this module against the relay's golden vectors
@@ -25,6 +25,7 @@ TYPING = 5
 VIEWPORT = 6
 FOCUS = 7
 PING = 8
+STATUS = 9  # v1.1: [9, h, text_or_nil]
 
 # Relay -> client
 WELCOME = 32
@@ -41,6 +42,12 @@ EV_TYPING = 4
 EV_VIEWPORT = 5
 EV_ACTIVITY = 6
 EV_FOCUS = 7
+EV_STATUS = 8  # v1.1: [8, sid, text_or_nil]
+
+# MEMBER kind (v1.1, element 13; a v1 relay's 13-element MEMBER is a person)
+KIND_PERSON = 0
+KIND_AGENT = 1  # a member set over HTTP (an agent, a bot, a service)
+MAX_STATUS_CHARS = 64  # a STATUS text's limit, in characters (code points); ERROR 7 past it
 
 # ERROR codes
 BAD_FRAME = 1

@@ -12,8 +12,10 @@ import {
   connect,
   KEEPALIVE_MS,
   Keepalive,
+  Kind,
   LEAVE_REASON_NAMES,
   LeaveReason,
+  MAX_STATUS_CHARS,
   memberFromWire,
   PresenceClient,
   PresenceDocument,
@@ -26,16 +28,20 @@ import {
 import type {
   ActivityCode,
   CursorDetail,
+  KindCode,
   LeaveReasonCode,
   Member,
   MemberWire,
   Position,
   PresenceClientOptions,
   PresenceDocumentEventMap,
+  RecentUser,
   Selection,
   Settings,
   StorageLike,
   TokenProvider,
+  User,
+  UserLeftDetail,
   Viewport,
   Welcome,
   WebSocketConstructor,
@@ -74,6 +80,11 @@ assertType<Equals<typeof LeaveReason.LOST, 1>>();
 assertType<Equals<LeaveReason, 0 | 1 | 2 | 3 | 4 | 5>>();
 assertType<Equals<(typeof ACTIVITY_NAMES)[5], 'Disconnected'>>();
 assertType<Equals<(typeof LEAVE_REASON_NAMES)[2], 'NODE_DOWN'>>();
+assertType<Equals<typeof Kind.AGENT, 1>>();
+assertType<Equals<Kind, 0 | 1>>();
+assertType<Equals<typeof MAX_STATUS_CHARS, 64>>();
+// @ts-expect-error: Kind is frozen
+Kind.AGENT = 0;
 const windows: number[] = [CLAIM_WINDOW_MS, KEEPALIVE_MS];
 let keepalive = KEEPALIVE_MS; // a widening literal: a `let` of it is a number
 keepalive = 2 * keepalive;
@@ -228,6 +239,13 @@ async function app(container: HTMLElement, typingLine: HTMLElement): Promise<voi
   doc.setViewport(0, 40, 12.5);
   doc.setFocus(false);
   doc.syncFocus();
+  doc.setStatus('presenting');
+  doc.setStatus(null);
+  doc.setStatus(undefined);
+  // @ts-expect-error: a status is a text
+  doc.setStatus(42);
+  // @ts-expect-error: setStatus takes the text
+  doc.setStatus();
   // @ts-expect-error: positions are numbers
   doc.moveCursor('12', 4, 318);
   // @ts-expect-error: a selection anchor needs its offset
@@ -279,6 +297,27 @@ async function app(container: HTMLElement, typingLine: HTMLElement): Promise<voi
   doc.addEventListener('focus', (e) => {
     const focused: boolean = e.detail.focused;
   });
+  doc.addEventListener('status', (e) => {
+    const s: number = e.detail.sid;
+    const status: string | null = e.detail.status;
+    // @ts-expect-error: the status may be cleared (null)
+    const always: string = e.detail.status;
+  });
+  doc.addEventListener('userjoined', (e) => {
+    const user: User = e.detail.user;
+    const first: Member = e.detail.member;
+    const tabs: number = user.sessions.length;
+    if (user.agent) console.log(`${user.name} (a bot) is here`);
+    // @ts-expect-error: a user is not a member: it has no sid
+    user.sid;
+  });
+  doc.addEventListener('userleft', (e) => {
+    const d: UserLeftDetail = e.detail;
+    const reason: LeaveReasonCode | undefined = d.reason;
+    const last: Member = d.member;
+    // @ts-expect-error: the sessions are the SDK's, read-only
+    d.user.sessions.push(last);
+  });
   doc.addEventListener('resynced', (e) => {
     const all: Map<number, Member> = e.detail.members;
     const resumed: boolean = e.detail.resumed;
@@ -304,14 +343,44 @@ async function app(container: HTMLElement, typingLine: HTMLElement): Promise<voi
     const avatar: string | null = ann.avatar;
     const label: string = ACTIVITY_NAMES[ann.activity] ?? 'Unknown';
     const times: number = ann.lastActiveMs - ann.connectedAtMs;
+    const kind: KindCode = ann.kind;
+    const agent: boolean = ann.agent;
+    const status: string | null = ann.status;
+    if (ann.kind === Kind.AGENT) console.log('a bot');
+    // @ts-expect-error: a member's status is the relay's
+    ann.status = 'busy';
     // @ts-expect-error: members are the SDK's, read-only
     ann.name = 'Bob';
     // @ts-expect-error: the cursor may be null
     ann.cursor.line;
   }
   const wire: MemberWire = [2, 'u-7', 'Grace', null, 'hsl(15, 70%, 50%)', 1, false, true, [12, 8, 190],
-    [10, 4, 120, false], [0, 40, 25.0], 1799999940000, 1799999999000, 'a newer element'];
+    [10, 4, 120, false], [0, 40, 25.0], 1799999940000, 1799999999000, Kind.PERSON, null, 'a newer element'];
+  const v1: MemberWire = [2, 'u-7', 'Grace', null, 'hsl(15, 70%, 50%)', 1, false, true, null, null, null,
+    1799999940000, 1799999999000]; // a v1 relay's: no kind, no status
+  expectType<Member>(memberFromWire(v1));
   expectType<Member>(memberFromWire(wire));
+  const v11: MemberWire = [4, 'review-bot', 'Reviewer', null, 'hsl(60, 70%, 50%)', 1, false, true, [3, 0, 42],
+    null, null, 1799999995000, 1799999999000, Kind.AGENT, 'reading section 2'];
+  expectType<Member>(memberFromWire(v11));
+  // @ts-expect-error: a status is a text or nil
+  const badStatus: MemberWire = [4, 'b', 'B', null, 'c', 1, false, true, null, null, null, 1, 1, 1, 7];
+
+  // One roster per user, and who left a little while ago.
+  const roster: Map<string, User> = doc.users();
+  for (const [userId, user] of roster) {
+    const sessions: readonly Member[] = user.sessions;
+    const kind: KindCode = user.kind;
+    console.log(userId, user.name, user.avatar, user.color, sessions.length);
+  }
+  const recent: readonly RecentUser[] = doc.recent;
+  for (const r of recent) {
+    const at: number = r.leftAtMs;
+    const why: string = r.reason === null ? 'unknown' : (LEAVE_REASON_NAMES[r.reason] ?? `reason ${r.reason}`);
+    console.log(r.userId, r.name, r.avatar, r.color, at, why);
+  }
+  // @ts-expect-error: recent is the SDK's, read-only
+  doc.recent.push({ userId: 'x', name: 'X', avatar: null, color: 'c', leftAtMs: 0, reason: 0 });
   // @ts-expect-error: a MEMBER has 13 elements at least
   memberFromWire([2, 'u-7', 'Grace']);
 
@@ -357,6 +426,9 @@ async function app(container: HTMLElement, typingLine: HTMLElement): Promise<voi
   const stack = new AvatarStack(container, { max: 5, me: me?.userId ?? null });
   stack.render(users);
   const label: string = activityLabel(users[0]?.activity ?? Activity.VIEWING);
+  const bots: PresenceUser[] = users.filter((u) => u.agent);
+  const statuses: (string | null)[] = users.map((u) => u.status);
+  const asUser: User = users[0]!; // a PresenceUser is a User, with what the avatars show
   // @ts-expect-error: usersOf takes members, not the Map's [sid, member] entries
   usersOf(doc.members);
 
