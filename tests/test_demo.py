@@ -327,6 +327,17 @@ async def test_two_users_and_a_second_tab_see_each_other(chromium: str, relay_fa
             )
             assert {u["name"] for u in users} == {"Ann (you)", "Bob"}
 
+            # A status (STATUS, v1.1) typed in Ann's header shows on her avatar at Bob's.
+            await ann.evaluate(
+                "(() => { const s = document.getElementById('my-status'); "
+                "s.value = 'presenting'; s.dispatchEvent(new Event('change')); return 1; })()"
+            )
+            shown = await bob.until(
+                "document.querySelector('.pr-avatar[data-user=\"ann\"] .pr-avatar-status')"
+                "?.textContent"
+            )
+            assert shown == "presenting"
+
             # The typing line: Bob types, Ann's tabs say so, then it goes.
             await bob.evaluate("document.getElementById('text').focus()")
             await bob.call("Input.insertText", text="hi")

@@ -19,7 +19,9 @@ const IDENTITY_KEY = 'presence-relay-demo:identity';
 const LAST_DOC_KEY = 'presence-relay-demo:last-doc';
 const NAMES = ['Ann', 'Bob', 'Chen', 'Dara', 'Eli', 'Fatima', 'Goran', 'Hana', 'Ines', 'Jun',
   'Kofi', 'Lena', 'Mateo', 'Nia', 'Omar', 'Priya', 'Quinn', 'Rosa', 'Sami', 'Tariq'];
-const RECENT_KEEP = 8;
+// Why someone left, when it was not a plain leave (LeaveReason codes, docs/protocol.md §11).
+const REASONS = { 1: 'connection lost', 2: 'server went down', 3: 'disconnected by the relay',
+  4: 'expired' };
 const SAMPLE = `presence-relay demo
 ===================
 
@@ -133,33 +135,20 @@ class Room {
     this.client = client;
     this.doc = doc;
     this.identity = identity;
-    this.recent = new Map(); // userId -> {name, color, leftAt}
     this.avatars = new AvatarStack($('avatars'), { me: identity.userId, max: 12 });
     this.typing = new TypingIndicator($('typing'));
     this.binding = bindTextarea(doc, $('text'));
     this.onEvent = () => this.render();
-    this.onLeft = (e) => this.left(e.detail);
-    for (const type of ['joined', 'cursor', 'typing', 'viewport', 'activity', 'focus', 'resynced']) {
+    for (const type of ['joined', 'left', 'userjoined', 'userleft', 'cursor', 'typing', 'viewport',
+      'activity', 'focus', 'status', 'resynced']) {
       doc.addEventListener(type, this.onEvent);
     }
-    doc.addEventListener('left', this.onLeft);
     this.clock = setInterval(() => this.renderRecent(), 15000);
-    this.render();
-  }
-
-  /** A user is "recently here" once their last session has left, until they come back. */
-  left({ member }) {
-    if (member && !usersOf(this.doc.members.values()).some((u) => u.userId === member.userId)) {
-      this.recent.delete(member.userId);
-      this.recent.set(member.userId, { name: member.name, color: member.color, leftAt: Date.now() });
-      while (this.recent.size > RECENT_KEEP) this.recent.delete(this.recent.keys().next().value);
-    }
     this.render();
   }
 
   render() {
     const users = usersOf(this.doc.members.values());
-    for (const user of users) this.recent.delete(user.userId);
     this.avatars.render(users);
     this.typing.typingUsers.clear();
     for (const user of users) {
@@ -195,13 +184,16 @@ class Room {
     $('rail').replaceChildren(...marks);
   }
 
+  /** The relay's list (JOINED's `recent`, kept current by the SDK): users whose last session
+   * left lately, newest first, with how long ago and, when it was not a plain leave, why. */
   renderRecent() {
-    const items = [...this.recent.values()].reverse().map((r) => {
+    const items = this.doc.recent.map((r) => {
       const li = document.createElement('li');
       const dot = document.createElement('span');
       dot.className = 'dot';
       dot.style.backgroundColor = r.color;
-      li.append(dot, `${r.name}, ${ago(Date.now() - r.leftAt)}`);
+      const why = REASONS[r.reason] ? ` (${REASONS[r.reason]})` : '';
+      li.append(dot, `${r.name}, ${ago(Date.now() - r.leftAtMs)}${why}`);
       return li;
     });
     if (items.length === 0) {
@@ -280,8 +272,16 @@ async function main() {
     window.ready = false;
     await room.close();
     room = await enter(docId, token, identity);
+    if (statusInput.value) room.doc.setStatus(statusInput.value);
     window.demo = room;
     window.ready = true;
+  });
+  // A status next to your name ("presenting", "thinking"): STATUS, at most 64 characters.
+  const statusInput = $('my-status');
+  statusInput.addEventListener('change', () => {
+    const text = [...statusInput.value.trim()].slice(0, 64).join('');
+    statusInput.value = text;
+    room.doc.setStatus(text || null);
   });
   $('share').addEventListener('click', () => {
     const url = `${location.origin}/#${encodeURIComponent(docId)}`; // never the token
