@@ -83,6 +83,11 @@ class Hub:
         self.outlet = Outlet(config, self.stats, self._spawn)
         # Who left lately, per document (JOINED's `recent`, HTTP's `recently_left`).
         self.recent = RecentBook(config.recent_window_s * 1000)
+        # Observers of this node's own members coming and going (a session admitted to a
+        # document; a session that left it, with the reason): called after the document
+        # changed, on the event loop, and must not block (webhooks without Redis use them).
+        self.on_member_joined: list[Callable[[Document, Any], None]] = []
+        self.on_member_left: list[Callable[[Document, Any, int], None]] = []
         # Shared presence (Redis): async joins and the mirror of other nodes' members.
         self.cluster = (
             Cluster(self.registry, store, broker, clock, config.presence_ttl_seconds,
@@ -382,6 +387,8 @@ class Hub:
         now = self.clock()
         client.session.joined(h, member, doc.snapshot(), now, self.recent_of(doc, now))
         self.store.session_changed(doc.doc_id, doc.sessions[member.sid])
+        for joined in self.on_member_joined:
+            joined(doc, doc.sessions[member.sid])
         if self.handover is not None:
             self.handover.changed(client)
         self.stats.updates["joined"] += 1
@@ -393,6 +400,8 @@ class Hub:
             self.store.session_left(member.doc.doc_id, session, reason)
             self.recent.left(member.doc.doc_id, session, reason, now)
             self.stats.updates["left"] += 1
+            for left in self.on_member_left:
+                left(member.doc, session, reason)
 
     # ------------------------------------------------------------ outbound
 
