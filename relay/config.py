@@ -121,6 +121,8 @@ class PresenceConfig:
     # Redis stream
     presence_stream: str = _opt("materi:events:presence", "Redis stream of joined/left events")
     presence_stream_maxlen: int = _opt(100_000, "approximate MAXLEN of the presence stream", 1, 10**9)
+    agent_puts_per_s: float = _opt(10.0, "PUTs a second per member set over HTTP (429 past it)", 0.1, 10_000)
+    agent_puts_burst: int = _opt(20, "burst of PUTs per member set over HTTP", 1, 100_000)
     recent_window_s: int = _opt(600, "a user who left within this is 'recently here' (JOINED recent, HTTP recently_left; 0 = off)", 0, 86_400)
     # fmt: on
 

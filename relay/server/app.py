@@ -164,6 +164,9 @@ class Relay:
             await self.metrics_server.wait_closed()
         if self.server is not None:
             clients = list(hub.clients)
+            # Members set over HTTP live on this node only: they end with it (their next
+            # PUT, to any node, brings them back).
+            hub.agents.leave_all(p.SHUTDOWN)
             if hub.handover is not None and self.config.reconnect_grace_ms > 0:
                 # On shared Redis a deploy is invisible: every session is held, its clients
                 # resume through another node, and nobody sees anyone leave.

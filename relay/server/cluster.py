@@ -118,8 +118,15 @@ class Cluster:
         return doc_id in self.opening or doc_id in self.joining
 
     def unused(self, doc: Document) -> bool:
-        """No local member (only mirrored ones, or none) and no join under way."""
-        return not self.registry.local.get(doc.doc_id) and not self.busy(doc.doc_id)
+        """No local member (only mirrored ones, or none: an agent of this node counts) and no
+        join under way."""
+        doc_id = doc.doc_id
+        registry = self.registry
+        return (
+            not registry.local.get(doc_id)
+            and not registry.agents.get(doc_id)
+            and not (self.busy(doc_id))
+        )
 
     def forget(self, doc_id: str) -> None:
         self.seen.pop(doc_id, None)

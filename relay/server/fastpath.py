@@ -41,6 +41,7 @@ Internals used (stable from websockets 13 to 17, pinned in pyproject): `data_rec
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -48,6 +49,7 @@ from websockets.protocol import CONNECTING, OPEN
 
 from relay.core import protocol as p
 from relay.core.wire import FRAME, frame_header, next_frame
+from relay.server import httpbody
 from relay.server.sockets import prepare_socket, unsent_bytes
 from relay.twin import NEED_MORE, NOT_OURS
 
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from relay.core.session import Session
     from relay.server.client import Client
     from relay.server.hub import Hub
+
+log = logging.getLogger("relay.http")
 
 SESSION_OPEN = 1  # relay.core.session.OPEN (read on every read: a module global is quicker)
 
@@ -77,6 +81,9 @@ class RelayConnection(ServerConnection):
         self._handed_over = False  # websockets failed the stream and owns the rest
         self._tail = b""  # the request's last bytes so far (its end may span two reads)
         self._pending = b""  # a partial frame carried to the next read
+        # A PUT/DELETE (relay/server/httpbody.py): None until the first bytes tell, then
+        # the bytes so far (answered here) or False (a request for websockets).
+        self._body_request: bytearray | bool | None = None
         self._paused = False  # reading paused: too much sent before the handshake completed
         self.bytes_in = 0  # every byte received (keepalive reads it; tests wait on it)
         # Keepalive's bookkeeping (relay/server/liveness.py): the count it last saw, when
@@ -152,8 +159,56 @@ class RelayConnection(ServerConnection):
             self._frames(self._pending + data if self._pending else data)
         elif self._handed_over:
             self._to_websockets(data)
+        elif self._body_request is not False:
+            self._body(data)
         else:
             self._request(data)
+
+    def _body(self, data: bytes) -> None:
+        """The first bytes decide: a PUT or DELETE is read and answered here (websockets
+        refuses request bodies), anything else goes to websockets as before."""
+        buf = self._body_request
+        if buf is None:
+            claimed = httpbody.claims(data)
+            if claimed is False:
+                self._body_request = False
+                self._request(data)
+                return
+            buf = self._body_request = bytearray()
+        assert isinstance(buf, bytearray)
+        buf += data
+        if len(buf) < httpbody.SNIFF and httpbody.claims(bytes(buf)) is None:
+            return  # too few bytes yet to tell
+        if httpbody.claims(bytes(buf)) is False:
+            self._body_request = False
+            self._request(bytes(buf))
+            return
+        try:
+            req = httpbody.parse(bytes(buf))
+        except httpbody.BadRequest as exc:
+            self._body_request = bytearray()  # nothing more is read into it
+            self._reply(httpbody.error(exc.status, exc.message))
+            return
+        if req is None:
+            return
+        self.transport.pause_reading()  # one request per connection
+        task = asyncio.get_running_loop().create_task(
+            httpbody.answer(self.hub, req, self.transport.get_extra_info("peername"))
+        )
+        task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Task[bytes]) -> None:
+        try:
+            answer = task.result()
+        except Exception:
+            log.exception("answering a members request failed")
+            answer = httpbody.response(503, b'{"error": "failed; try again"}')
+        self._reply(answer)
+
+    def _reply(self, answer: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(answer)
+            self.transport.close()
 
     def _request(self, data: bytes) -> None:
         """HTTP request bytes go to websockets as they come; frames start after its end."""

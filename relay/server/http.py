@@ -6,6 +6,7 @@ import hmac
 import ipaddress
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -62,12 +63,29 @@ def as_json(status: int, data: Any) -> Response:
     return _response(status, json.dumps(data).encode(), "application/json")
 
 
-def _is_loopback(conn: ServerConnection) -> bool:
+def _is_loopback(remote_address: Any) -> bool:
     try:
-        host = conn.remote_address[0]
+        host = remote_address[0]
         return ipaddress.ip_address(host).is_loopback
     except (TypeError, ValueError, IndexError):
         return False
+
+
+def internal_denied(
+    config: Any, remote_address: Any, headers: Mapping[str, str]
+) -> tuple[int, str] | None:
+    """Why an /internal/* (or /metrics) request is refused: (status, message), or None.
+    `headers` maps names to values (websockets' Headers, or lower-cased names)."""
+    key = config.internal_api_key
+    if key is None:
+        proxied = any(h in headers or h.lower() in headers for h in PROXY_HEADERS)
+        if _is_loopback(remote_address) and not proxied:
+            return None
+        return 403, "forbidden: loopback only (set internal_api_key)"
+    given = headers.get("Authorization") or headers.get("authorization") or ""
+    if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        return None
+    return 401, "unauthorized"
 
 
 def _proxied(request: Request) -> bool:
@@ -148,15 +166,8 @@ class HttpRoutes:
         return text(200, "ready\n")
 
     def _check_internal(self, conn: ServerConnection, request: Request) -> Response | None:
-        key = self.hub.config.internal_api_key
-        if key is None:
-            if _is_loopback(conn) and not _proxied(request):
-                return None
-            return text(403, "forbidden: loopback only (set internal_api_key)\n")
-        given = request.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-            return None
-        return text(401, "unauthorized\n")
+        denied = internal_denied(self.hub.config, conn.remote_address, request.headers)
+        return None if denied is None else text(denied[0], denied[1] + "\n")
 
     async def internal(self, path: str) -> Response:
         try:

@@ -42,6 +42,7 @@ from relay.core.session import (
     new_peer,
 )
 from relay.exceptions import AuthError, DocumentFull, ProtocolError
+from relay.server.agents import Agents
 from relay.server.client import Client
 from relay.server.cluster import Cluster
 from relay.server.handover import CONTROL, Handover, token_hash
@@ -88,6 +89,8 @@ class Hub:
         # changed, on the event loop, and must not block (webhooks without Redis use them).
         self.on_member_joined: list[Callable[[Document, Any], None]] = []
         self.on_member_left: list[Callable[[Document, Any, int], None]] = []
+        # Members set over HTTP (PUT /internal/presence/{doc}/members/{id}).
+        self.agents = Agents(self)
         # Shared presence (Redis): async joins and the mirror of other nodes' members.
         self.cluster = (
             Cluster(self.registry, store, broker, clock, config.presence_ttl_seconds,

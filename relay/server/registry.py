@@ -22,6 +22,9 @@ class Registry:
         self.rules = rules
         self.documents: dict[str, Document] = {}
         self.local: dict[str, dict[int, Any]] = {}  # doc_id -> sid -> Client on this node
+        # doc_id -> sids of this node's members set over HTTP (relay/server/agents.py): local
+        # members without a socket, so not in `local`, but they keep the document open.
+        self.agents: dict[str, set[int]] = {}
         # Documents are spread over `flush_groups` groups that flush one after another, each
         # every `batch_ms` (so every document still gets one BATCH per interval): the writes
         # of one tick are a group's, not every member's at once, so a member's batch does
