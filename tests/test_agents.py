@@ -255,3 +255,37 @@ async def test_two_nodes_see_the_agent_and_a_killed_node_reaps_it(redis_url: str
             await ws.close()
         doomed.kill()
         survivor.terminate()
+
+
+async def test_a_put_to_another_node_reaches_the_node_holding_the_agent(
+    relay_factory: Any, client_factory: Any, redis_url: str
+) -> None:
+    """Behind a load balancer an agent's PUTs land anywhere: a node that does not hold the
+    member forwards the request to the one that does (its control channel), so there is
+    one member, one sid, whatever node is asked."""
+    a = await relay_factory(batch_ms=20, redis_url=redis_url)
+    b = await relay_factory(batch_ms=20, redis_url=redis_url)
+    watcher = await client_factory(b, "watcher")
+    await watcher.join(0, DOC)
+    status, body = await put(a.port, {**REVIEWER, "ttl_s": 60})
+    assert status == 201
+    sid = body["sid"]
+    await event(watcher, p.EV_JOINED, lambda e: e[1][0] == sid)
+    status, again = await put(b.port, {"name": "Reviewer", "cursor": [7, 1, 70]})
+    assert (status, again["sid"]) == (200, sid)
+    assert await event(watcher, p.EV_CURSOR, lambda e: e[1] == sid) == [1, sid, 7, 1, 70]
+    assert a.hub.agents.of(DOC, "review-bot") is not None
+    assert b.hub.agents.of(DOC, "review-bot") is None  # not a second member on b
+    # A bad body is answered by the holder, with its field, through the other node too.
+    status, bad = await put(b.port, {"name": "Reviewer", "ttl_s": 0})
+    assert status == 400 and bad["field"] == "ttl_s"
+    held = a.hub.agents.of(DOC, "review-bot")
+    assert held is not None and held.doc is a.hub.registry.get(DOC)  # its document stays open
+    assert await delete(b.port) == (204, None)
+    assert await event(watcher, p.EV_LEFT, lambda e: e[1] == sid) == [p.EV_LEFT, sid, p.LEFT]
+    # Released: the next PUT, to b, creates it on b.
+    await asyncio.sleep(100 * MS)  # (the owner record is deleted in the background)
+    status, fresh = await put(b.port, REVIEWER)
+    assert status == 201 and b.hub.agents.of(DOC, "review-bot") is not None
+    joins = [e for f in await watcher.quiet(100 * MS) for e in events(f, p.EV_JOINED)]
+    assert [e[1][0] for e in joins] in ([fresh["sid"]], [])

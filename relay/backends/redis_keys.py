@@ -9,6 +9,7 @@ Keys (`<doc>` is the document id itself, no braces, exactly as the seed builds t
 - `materi:events:presence`               stream of joined / left (seed; name configurable)
 - `presence:<doc>:members`               hash sid -> msgpack
 - `presence:<doc>:recent`                hash user_id -> msgpack, users who left (v1.1)
+- `presence:agent:<doc>/<member_id>`     the node holding a member set over HTTP (v1.1)
                                          [node, workspace, MEMBER, last_cursor, written_at]
 - `presence:<doc>:sid`                   INCR counter allocating sids (unique across nodes)
 - `presence:node:<id>`                   a node's heartbeat (string with a TTL)
@@ -40,6 +41,12 @@ def users_key(doc_id: str) -> str:
 
 def members_key(doc_id: str) -> str:
     return f"presence:{doc_id}:members"
+
+
+def agent_key(doc_id: str, member_id: str) -> str:
+    """String, TTL: the node holding a member set over HTTP (v1.1), for its ttl_s. (A doc
+    id has no `/`, so the member id after it, whatever it holds, is never ambiguous.)"""
+    return f"presence:agent:{doc_id}/{member_id}"
 
 
 def recent_key(doc_id: str) -> str:

@@ -54,6 +54,29 @@ class ResumeRecords:
     def forget(self, h: str) -> None:
         self._spawn(self._delete(h))
 
+    # ------------------------------------------------------------ agents' owners
+
+    async def own_agent(self, doc_id: str, member_id: str, ttl_ms: int) -> None:
+        """This node holds the member set over HTTP (relay/server/agents.py), for `ttl_ms`:
+        a PUT reaching another node is forwarded here."""
+        await self.redis.set(k.agent_key(doc_id, member_id), self.node_id, px=max(1, ttl_ms))
+
+    def renew_agent(self, doc_id: str, member_id: str, ttl_ms: int) -> None:
+        self._spawn(self.own_agent(doc_id, member_id, ttl_ms))
+
+    def release_agent(self, doc_id: str, member_id: str) -> None:
+        self._spawn(self._release_agent(doc_id, member_id))
+
+    async def _release_agent(self, doc_id: str, member_id: str) -> None:
+        key = k.agent_key(doc_id, member_id)
+        # Only our own claim: a node that took the agent over meanwhile keeps its record.
+        if k.as_text(await self.redis.get(key) or b"") == self.node_id:
+            await self.redis.delete(key)
+
+    async def agent_owner(self, doc_id: str, member_id: str) -> str | None:
+        raw = await self.redis.get(k.agent_key(doc_id, member_id))
+        return None if raw is None else k.as_text(raw)
+
     # ------------------------------------------------------------ a claimer's side
 
     async def claim(self, h: str) -> dict[str, Any] | None:

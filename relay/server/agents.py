@@ -77,7 +77,11 @@ class Agents:
 
     # ------------------------------------------------------------ requests
 
-    async def request(self, method: str, doc_id: str, member_id: str, body: bytes) -> Answer:
+    async def request(
+        self, method: str, doc_id: str, member_id: str, body: bytes, forwarded: bool = False
+    ) -> Answer:
+        """A PUT or DELETE. With Redis, one this node does not hold the member for goes to
+        the node that does (`forwarded`: it came from another node, answer it here)."""
         problem = doc_id_problem(doc_id)
         if problem is not None:
             return _error(400, problem, "doc")
@@ -87,9 +91,34 @@ class Agents:
         pending = self._creating.get(key)
         if pending is not None:
             await asyncio.shield(pending)
+        if key not in self.live and not forwarded and self.hub.handover is not None:
+            answer = await self._elsewhere(method, doc_id, member_id, body)
+            if answer is not None:
+                return answer
         if method == "DELETE":
             return self._delete(key)
         return await self._put(key, body)
+
+    async def _elsewhere(
+        self, method: str, doc_id: str, member_id: str, body: bytes
+    ) -> Answer | None:
+        """The answer of the live node that holds the member, or None: nobody holds it, or
+        its node is gone, stopping or silent (then this node takes it over: a PUT creates it
+        here; the dead node's copy is reaped with that node's other members)."""
+        records = self.hub.store.resumes
+        try:
+            owner = await records.agent_owner(doc_id, member_id)
+            if owner is None or owner == self.hub.broker.node_id:
+                return None
+            if await records.node_state(owner) != "up":
+                return None
+        except Exception as exc:  # Redis unreachable: answer from here
+            log.info("agent owner lookup failed: %s", exc)
+            return None
+        answer = await self.hub.handover.forward_agent(owner, method, doc_id, member_id, body)
+        if answer is None:
+            return None
+        return Answer(int(answer["status"]), answer.get("body"))
 
     async def _put(self, key: tuple[str, str], raw: bytes) -> Answer:
         try:
@@ -128,6 +157,15 @@ class Agents:
             return problem
         agent.expires_at_ms = now + update.ttl_s * 1000
         self._arm(key, agent)
+        records = hub.store.resumes if hub.handover is not None else None
+        if records is not None:  # where the other nodes forward this member's requests
+            if created:
+                try:
+                    await records.own_agent(key[0], key[1], update.ttl_s * 1000)
+                except Exception as exc:  # (then a PUT elsewhere creates it there)
+                    log.info("agent owner record failed: %s", exc)
+            else:
+                records.renew_agent(key[0], key[1], update.ttl_s * 1000)
         doc = agent.doc
         hub.store.session_changed(doc.doc_id, doc.sessions[agent.sid])
         answer = {"sid": agent.sid, "expires_at": agent.expires_at_ms}
@@ -153,6 +191,8 @@ class Agents:
             try:
                 doc, sid = await cluster.prepare(doc_id)
                 session = doc.join(user, hub.clock(), sid=sid, kind=p.KIND_AGENT)
+                # Before `end`, which drops a document nothing holds.
+                registry.agents.setdefault(doc_id, set()).add(session.sid)
             finally:
                 cluster.end(doc_id)
         else:
@@ -163,7 +203,7 @@ class Agents:
                 if doc.empty:
                     registry.drop(doc)
                 raise
-        registry.agents.setdefault(doc_id, set()).add(session.sid)
+        registry.agents.setdefault(doc_id, set()).add(session.sid)  # (again: a no-op)
         cfg = hub.config
         bucket = TokenBucket(cfg.agent_puts_per_s, cfg.agent_puts_burst, 1e18, hub.clock())
         agent = self.live[key] = Agent(doc, session.sid, member_id, bucket)
@@ -212,6 +252,8 @@ class Agents:
         agent = self._forget(key)
         if agent is None:
             return
+        if self.hub.handover is not None:
+            self.hub.store.resumes.release_agent(*key)
         doc = agent.doc
         agents = self.hub.registry.agents.get(doc.doc_id)
         if agents is not None:

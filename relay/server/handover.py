@@ -62,6 +62,7 @@ class Handover:
         self._budgets: dict[int, Any] = {}  # a resuming client's budgets, from the owner
         self._collecting: list[tuple[str, dict[str, Any], int]] | None = None
         self._ids = itertools.count(1)
+        self._agent_tasks: set[asyncio.Task[None]] = set()
         self.resumed = 0  # sessions this node took over from another
         self.released = 0  # sessions another node took over from this one
         self.broker.subscribe(control_channel(self.node_id))
@@ -115,6 +116,14 @@ class Handover:
             fut = self._asks.pop(msg.get("id"), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg if op == "released" else UNKNOWN)
+        elif op == "agent":  # another node took a PUT/DELETE of a member we hold
+            task = asyncio.get_running_loop().create_task(self._agent_request(msg))
+            self._agent_tasks.add(task)
+            task.add_done_callback(self._agent_tasks.discard)
+        elif op == "agent-answer":
+            fut = self._asks.pop(msg.get("id"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
 
     def _release(self, msg: dict[str, Any]) -> None:
         """Another node resumes one of our sessions: hand it over (see the module doc)."""
@@ -145,6 +154,39 @@ class Handover:
             reply = {"op": "released", "id": msg.get("id"), "members": members, "budget": budget}
             self.released += 1
         self.broker.publish(control_channel(str(msg.get("to"))), msgpack.packb(reply))
+
+    async def _agent_request(self, msg: dict[str, Any]) -> None:
+        try:
+            answer = await self.hub.agents.request(
+                str(msg["method"]), str(msg["doc"]), str(msg["member"]), bytes(msg["body"]),
+                forwarded=True,
+            )  # fmt: skip
+            reply = {"op": "agent-answer", "id": msg.get("id"), "status": answer.status,
+                     "body": answer.body}  # fmt: skip
+        except Exception:
+            log.exception("a forwarded members request failed")
+            reply = {"op": "agent-answer", "id": msg.get("id"), "status": 503,
+                     "body": {"error": "failed; try again"}}  # fmt: skip
+        self.broker.publish(control_channel(str(msg.get("to"))), msgpack.packb(reply))
+
+    async def forward_agent(
+        self, owner: str, method: str, doc_id: str, member_id: str, body: bytes
+    ) -> dict[str, Any] | None:
+        """Ask the node holding a member set over HTTP to answer a PUT/DELETE of it: its
+        answer ({"status", "body"}), or None when none came in time."""
+        ask_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._asks[ask_id] = fut
+        msg = {"op": "agent", "id": ask_id, "to": self.node_id, "method": method,
+               "doc": doc_id, "member": member_id, "body": body}  # fmt: skip
+        self.broker.publish(control_channel(owner), msgpack.packb(msg, use_bin_type=True))
+        try:
+            answer: dict[str, Any] = await asyncio.wait_for(fut, self.ask_timeout_s)
+            return answer
+        except TimeoutError:
+            return None
+        finally:
+            self._asks.pop(ask_id, None)
 
     async def _ask(self, owner: str, h: str) -> Any:
         """The owner's answer: its `released` message, UNKNOWN, or None (none in time)."""
