@@ -1,5 +1,5 @@
 """Members set over HTTP: agents, bots and services present in a document without a socket
-(protocol v1.1, "Members set over HTTP"; docs/agents.md).
+(protocol v1.1, "Members set over HTTP"; docs/protocol.md, section 11).
 
 `PUT /internal/presence/{doc}/members/{member_id}` creates or updates a member of kind 1
 (agent) whose user id is `member_id`; every PUT renews its `ttl_s`; `DELETE` makes it leave

@@ -25,6 +25,7 @@ nothing of the relay's (no redis, no prometheus, no uvloop, no compiler). Its wi
 and codec are in `presence_client.protocol`, checked against the relay's golden vectors.
 """
 
+from .agent import AgentPresence, AgentPresenceError
 from .connection import FATAL_CLOSE_CODES, SDK_VERSION, Connection, TokenProvider, connect
 from .document import (
     Activity,
@@ -56,6 +57,8 @@ __all__ = [
     "SDK_VERSION",
     "Activity",
     "ActivityState",
+    "AgentPresence",
+    "AgentPresenceError",
     "Connection",
     "ConnectionClosedError",
     "CursorMoved",
