@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for name in ("jwt_secret", "internal_api_key"):
+    for name in ("jwt_secret", "internal_api_key", "webhook_secret"):
         if _flags(ns).get(name) is not None:
             logging.getLogger("relay").warning(
                 "--%s on the command line is visible to every local user (ps); prefer "

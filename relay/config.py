@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from relay.core.document import DocumentRules
 from relay.core.session import SessionRules
@@ -42,6 +43,40 @@ def _opt(
 MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash are guessable offline (RFC 7518 3.2)
 MIN_API_KEY_BYTES = 16
 MIN_LIVENESS_MS = 500
+MIN_WEBHOOK_SECRET_BYTES = 16
+
+
+def _webhook_url_list(value: str) -> list[str]:
+    """The URLs of `webhook_urls` (comma-separated), each an absolute http(s) URL with a
+    host and no credentials; ConfigError naming the setting otherwise."""
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if not urls:
+        raise ConfigError(f"webhook_urls={value!r}: lists no URL (unset it to turn webhooks off)")
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as exc:
+            raise ConfigError(f"webhook_urls: {url!r} is not a valid URL ({exc})") from None
+        if parts.scheme not in ("http", "https"):
+            raise ConfigError(f"webhook_urls: {url!r} must be an http:// or https:// URL")
+        if not parts.hostname:
+            raise ConfigError(f"webhook_urls: {url!r} names no host")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                f"webhook_urls: {url.split('@')[-1]!r}: credentials in the URL are not "
+                "supported (receivers verify X-Presence-Signature)"
+            )
+        if parts.fragment or url.endswith("#"):
+            raise ConfigError(f"webhook_urls: {url!r} has a fragment")
+        if not url.isascii() or any(ord(c) < 0x21 or c == "\x7f" for c in url):
+            raise ConfigError(
+                f"webhook_urls: {url!r}: use ASCII without spaces (percent-encode the path, "
+                "punycode the host)"
+            )
+    if len(set(urls)) != len(urls):
+        raise ConfigError("webhook_urls: a URL is listed twice")
+    return urls
 
 
 def _read_secret(setting: str, path: str) -> str:
@@ -124,11 +159,20 @@ class PresenceConfig:
     agent_puts_per_s: float = _opt(10.0, "PUTs a second per member set over HTTP (429 past it)", 0.1, 10_000)
     agent_puts_burst: int = _opt(20, "burst of PUTs per member set over HTTP", 1, 100_000)
     recent_window_s: int = _opt(600, "a user who left within this is 'recently here' (JOINED recent, HTTP recently_left; 0 = off)", 0, 86_400)
+    # Webhooks (docs/webhooks.md)
+    webhook_urls: str | None = _opt(None, "comma-separated http(s) URLs POSTed user.joined/left and document.active/empty (unset = off)")
+    webhook_secret: str | None = _opt(None, "HMAC-SHA256 key (at least 16 bytes) signing every webhook; required with webhook_urls")
+    webhook_secret_file: str | None = _opt(None, "read webhook_secret from this file (its first line)")
+    webhook_timeout_ms: int = _opt(5000, "a webhook POST without a response within this counts as failed", 100, 600_000)
+    webhook_max_attempts: int = _opt(10, "attempts per event and endpoint before it is given up", 1, 10_000)
+    webhook_backoff_ms: int = _opt(1000, "delay after an endpoint's first failed attempt, doubling after each further one", 10, 3_600_000)
+    webhook_backoff_max_ms: int = _opt(60_000, "the longest delay between attempts (never below webhook_backoff_ms)", 10, 3_600_000)
+    webhook_queue_max: int = _opt(10_000, "events waiting per endpoint; past it the oldest is dropped (counted)", 1, 10_000_000)
     # fmt: on
 
     def __post_init__(self) -> None:
         # Secrets kept in files are read here, so every way of building a config gets them.
-        for name in ("jwt_secret", "internal_api_key"):
+        for name in ("jwt_secret", "internal_api_key", "webhook_secret"):
             path = getattr(self, name + "_file")
             if path is not None:
                 if getattr(self, name) is not None:
@@ -137,6 +181,7 @@ class PresenceConfig:
         for name, least in (
             ("jwt_secret", MIN_SECRET_BYTES),
             ("internal_api_key", MIN_API_KEY_BYTES),
+            ("webhook_secret", MIN_WEBHOOK_SECRET_BYTES),
         ):
             value = getattr(self, name)
             if value is not None and len(value.encode()) < least:
@@ -162,6 +207,8 @@ class PresenceConfig:
             )
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level={self.log_level!r}: use debug, info, warning or error")
+        if self.webhook_urls is not None:
+            _webhook_url_list(self.webhook_urls)  # raises ConfigError naming webhook_urls
         if self.allowed_origins is not None:
             listed = _origin_list(self.allowed_origins)
             if not listed or any("://" not in o for o in listed):
@@ -185,6 +232,11 @@ class PresenceConfig:
         if self.allowed_origins is None:
             return None
         return [None, *_origin_list(self.allowed_origins)]
+
+    @property
+    def webhook_url_list(self) -> list[str]:
+        """The endpoints webhooks go to, in the order listed ([] when off)."""
+        return [] if self.webhook_urls is None else _webhook_url_list(self.webhook_urls)
 
     @property
     def tcp_user_timeout_ms(self) -> int:
@@ -240,7 +292,7 @@ class PresenceConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(PresenceConfig)}
-SECRET_FIELDS = {"jwt_secret", "internal_api_key", "redis_url"}
+SECRET_FIELDS = {"jwt_secret", "internal_api_key", "redis_url", "webhook_secret"}
 
 
 def _field_type(name: str) -> type:

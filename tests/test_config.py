@@ -243,6 +243,8 @@ def _valid_value(name: str) -> tuple[str, Any]:
         "jwt_secret_file": str(SECRET_FILE),
         "internal_api_key_file": str(SECRET_FILE),
         "metrics_host": "::1",
+        "webhook_urls": "https://hooks.example/presence",
+        "webhook_secret_file": str(SECRET_FILE),
     }
     if name in special:
         return special[name], special[name]

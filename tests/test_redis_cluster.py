@@ -124,8 +124,12 @@ async def test_members_on_two_nodes_share_one_document(
     events = [(f[b"type"], f[b"user_id"]) for _, f in entries]
     assert events.count((b"joined", b"ann")) == 1 and (b"left", b"bob") in events
     fields = entries[0][1]
-    assert set(fields) == {b"type", b"user_id", b"document_id", b"workspace_id", b"timestamp"}
+    # The seed's fields, plus the session's sid (and a `left`'s reason) for webhooks.
+    seed = {b"type", b"user_id", b"document_id", b"workspace_id", b"timestamp"}
+    assert set(fields) == seed | {b"sid"}
     assert fields[b"document_id"] == b"doc-x" and fields[b"workspace_id"] == b"default"
+    left = next(f for _, f in entries if f[b"type"] == b"left")
+    assert set(left) == seed | {b"sid", b"reason"} and left[b"sid"] == str(sid_b).encode()
 
 
 async def _cursor_of(r: aioredis.Redis, user: str, want: dict[str, int]) -> bool:

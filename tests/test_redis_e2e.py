@@ -194,8 +194,9 @@ async def test_two_processes_share_presence_and_sweep_a_killed_node(
         (b"joined", b"bea"),
         (b"left", b"bea"),
     } <= set(kinds)
+    seed = {b"type", b"user_id", b"document_id", b"workspace_id", b"timestamp"}
     assert all(
-        set(f) == {b"type", b"user_id", b"document_id", b"workspace_id", b"timestamp"}
+        set(f) == seed | ({b"sid", b"reason"} if f[b"type"] == b"left" else {b"sid"})
         for f in stream
     )
 

@@ -271,7 +271,7 @@ class WriteBehind:
             pipe.sadd(k.workspace_key(s.user.workspace_id), doc_id)
             pipe.sadd(k.node_sessions_key(nid), k.owned(s.sid, doc_id))
         if announce:
-            self.writer.stream_event(pipe, "joined", doc_id, uid, s.user.workspace_id)
+            self.writer.stream_event(pipe, "joined", doc_id, uid, s.user.workspace_id, s.sid)
 
     async def flush_some(self) -> None:
         queue = self.queue
@@ -313,7 +313,9 @@ class WriteBehind:
             elif e.remove:
                 pipe.hdel(k.members_key(doc_id), str(sid))
                 pipe.srem(k.node_sessions_key(self.node_id), k.owned(sid, doc_id))
-                writer.stream_event(pipe, "left", doc_id, s.user.user_id, s.user.workspace_id)
+                writer.stream_event(
+                    pipe, "left", doc_id, s.user.user_id, s.user.workspace_id, sid, e.reason
+                )
                 writer.recent_left(pipe, doc_id, s.user, s.color, e.reason, e.left_at_ms)
                 removed[doc_id].append(s)
                 if e.publish_left:

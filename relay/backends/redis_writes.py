@@ -124,20 +124,30 @@ class Writer:
         pipe.pexpire(key, self.recent_window_ms)
 
     def stream_event(
-        self, pipe: Any, kind: str, doc_id: str, user_id: str, workspace_id: str
+        self,
+        pipe: Any,
+        kind: str,
+        doc_id: str,
+        user_id: str,
+        workspace_id: str,
+        sid: int,
+        reason: int | None = None,
     ) -> None:
-        pipe.xadd(
-            self.stream,
-            {
-                "type": kind,
-                "user_id": user_id,
-                "document_id": doc_id,
-                "workspace_id": workspace_id,
-                "timestamp": str(now_ms()),
-            },
-            maxlen=self.stream_maxlen,
-            approximate=True,
-        )
+        """One `joined` / `left` entry of the presence stream: the seed's fields, then the
+        session's `sid` and, for `left`, its `reason` by name (what webhooks need to tell a
+        user's first and last session apart: relay/server/webhook_stream.py)."""
+        fields = {
+            "type": kind,
+            "user_id": user_id,
+            "document_id": doc_id,
+            "workspace_id": workspace_id,
+            "timestamp": str(now_ms()),
+            "sid": str(sid),
+        }
+        if reason is not None:
+            names = p.LEAVE_REASONS
+            fields["reason"] = names[reason] if 0 <= reason < len(names) else str(reason)
+        pipe.xadd(self.stream, fields, maxlen=self.stream_maxlen, approximate=True)
 
     def publish_batches(
         self, pipe: Any, events: dict[str, list[tuple[Any, ...]]], deliver: bool = False
@@ -218,7 +228,7 @@ class Writer:
         pipe.srem(k.node_sessions_key(node_id), *[k.owned(s, doc_id) for s in sids])
         at = now_ms()
         for r in gone:
-            self.stream_event(pipe, "left", doc_id, r.user_id, r.workspace_id)
+            self.stream_event(pipe, "left", doc_id, r.user_id, r.workspace_id, r.sid, reason)
             self.recent_left(pipe, doc_id, k.user_from_record(r), r.member[4], reason, at)
         if publish and gone:
             self.publish_batches(

@@ -24,7 +24,9 @@ from relay.server.fastpath import RelayConnection
 from relay.server.http import HttpRoutes, MetricsRoutes
 from relay.server.hub import Hub
 from relay.server.liveness import Liveness
+from relay.server.metrics import WebhookCollector
 from relay.server.sockets import abort
+from relay.server.webhook_source import build_webhooks
 
 log = logging.getLogger("relay")
 # websockets logs through this logger, never below INFO: at DEBUG it writes request lines
@@ -74,6 +76,8 @@ class Relay:
         self.config = config
         store, broker = backends if backends is not None else make_backends(config)
         self.hub = Hub(config, store, broker)
+        # Webhooks (docs/webhooks.md): only with webhook_urls; no secret is a ConfigError.
+        self.webhooks = build_webhooks(config, self.hub) if config.webhook_urls else None
         self.server: Server | None = None
         self.metrics_server: Server | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -100,6 +104,9 @@ class Relay:
 
         WS_LOG.setLevel(logging.INFO if cfg.log_level == "debug" else logging.WARNING)
         routes = HttpRoutes(hub, relay.implementation)
+        if self.webhooks is not None:
+            routes.registry.register(WebhookCollector(self.webhooks))
+            await self.webhooks.start()  # before the first member: no event is missed
         allowed = cfg.origins
         origins = None if allowed is None else [Origin(o) if o else None for o in allowed]
         self.server = await serve(
@@ -207,6 +214,8 @@ class Relay:
             await hub.cluster.stop()
         await hub.broker.close()
         await hub.store.close()
+        if self.webhooks is not None:  # last: every member has left (and been written)
+            await self.webhooks.stop()
 
 
 async def serve_forever(

@@ -24,19 +24,26 @@ from relay.server.stats import CounterHistogram
 
 if TYPE_CHECKING:
     from relay.server.hub import Hub
+    from relay.server.webhooks import Webhooks
 
 # Client-driven updates, by the message type that carries them (index = wire type).
 HOT_TYPES = {"cursor": 4, "typing": 5, "viewport": 6, "focus": 7}
 
 
-def histogram_family(h: CounterHistogram, name: str, doc: str) -> HistogramMetricFamily:
-    cumulative, running = [], 0
+def _cumulative(h: CounterHistogram) -> tuple[list[tuple[str, float]], float]:
+    cumulative: list[tuple[str, float]] = []
+    running = 0
     for bound, count in zip(h.bounds, h.counts, strict=False):
         running += count
         cumulative.append((repr(float(bound)), running))
     running += h.counts[-1]
     cumulative.append(("+Inf", running))
-    return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=h.sum)
+    return cumulative, h.sum
+
+
+def histogram_family(h: CounterHistogram, name: str, doc: str) -> HistogramMetricFamily:
+    buckets, total = _cumulative(h)
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
 
 
 class RelayCollector(Collector):
@@ -139,6 +146,54 @@ class RelayCollector(Collector):
         )
         info.add_metric([self.implementation()], 1)
         yield info
+
+
+class WebhookCollector(Collector):
+    """Webhook counters, per endpoint (`scheme://host:port/path`, no query string)."""
+
+    def __init__(self, webhooks: Webhooks) -> None:
+        self.webhooks = webhooks
+
+    def collect(self) -> Iterator[Metric]:
+        label = ["endpoint"]
+        delivered = CounterMetricFamily(
+            "presence_relay_webhooks_delivered", "Webhook events delivered (2xx)", labels=label
+        )
+        failed = CounterMetricFamily(
+            "presence_relay_webhooks_failed_attempts",
+            "Webhook POSTs that failed (non-2xx, timeout, connection error)",
+            labels=label,
+        )
+        dropped = CounterMetricFamily(
+            "presence_relay_webhooks_dropped",
+            "Webhook events not delivered: queue_full (oldest dropped past webhook_queue_max), "
+            "attempts (webhook_max_attempts used up), shutdown (still queued at a stop)",
+            labels=["endpoint", "reason"],
+        )
+        depth = GaugeMetricFamily(
+            "presence_relay_webhooks_queue_depth",
+            "Webhook events waiting or in flight",
+            labels=label,
+        )
+        for e in self.webhooks.endpoints:
+            st = e.stats
+            delivered.add_metric([e.label], st.delivered)
+            failed.add_metric([e.label], st.failed_attempts)
+            for why, n in st.dropped.items():
+                dropped.add_metric([e.label, why], n)
+            depth.add_metric([e.label], e.depth())
+        yield delivered
+        yield failed
+        yield dropped
+        yield depth
+        delay = HistogramMetricFamily(
+            "presence_relay_webhooks_delivery_seconds",
+            "From the presence event to its webhook's 2xx",
+            labels=label,
+        )
+        for e in self.webhooks.endpoints:
+            delay.add_metric([e.label], *_cumulative(e.stats.delay))
+        yield delay
 
 
 def make_registry(hub: Hub, implementation: Callable[[], str]) -> CollectorRegistry:
