@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from helpers import MS
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parent.parent
 # Loopback only: never through an http_proxy from the environment.
@@ -112,6 +113,10 @@ class Page:
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the tab closed: nothing more to read
+            await self._read_all()
+
+    async def _read_all(self) -> None:
         async for raw in self.ws:
             msg = json.loads(raw)
             if "id" in msg and msg["id"] in self.replies:
@@ -176,7 +181,9 @@ async def open_page(
     new_tab = urllib.request.Request(f"{chromium}/json/new?about:blank", method="PUT")
     with HTTP.open(new_tab, timeout=10000 * MS) as r:
         target = json.loads(r.read())
-    async with ws_connect(target["webSocketDebuggerUrl"], max_size=None) as ws:
+    # No keepalive on the DevTools socket: a busy page may answer pings late, and a missed
+    # pong would close it (1011) under a running test.
+    async with ws_connect(target["webSocketDebuggerUrl"], max_size=None, ping_interval=None) as ws:
         p = Page(ws)
         p.target_id = target["id"]
         await p.call("Runtime.enable")
