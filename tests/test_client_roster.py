@@ -720,3 +720,41 @@ async def test_e2e_a_status_set_while_away_is_sent_after_the_resume(
         await _eventually(lambda: ann.resumed and da.joined, "ann resumes")
         await _eventually(lambda: db.members[sid].status == "back in a minute", "re-sent")
         assert da.sid == sid and not ann.errors
+
+
+async def test_e2e_the_roster_with_two_tabs_and_an_agent(
+    relay_factory: Callable[..., Awaitable[Relay]],
+) -> None:
+    """Issue 13's roster: one user per user id, a user with two tabs is one user with two
+    sessions, and a member set over HTTP (AgentPresence) is a user marked agent."""
+    from presence_client import AgentPresence
+
+    relay = await relay_factory()
+    doc_id = _doc_id()
+    async with _user(relay, "ann") as ann, _user(relay, "bob") as bob1, _user(relay, "bob") as bob2:
+        da = await ann.join(doc_id)
+        async with Recorder(da) as ann_saw:
+            s1 = (await bob1.join(doc_id)).sid
+            s2 = (await bob2.join(doc_id)).sid
+            url = f"http://127.0.0.1:{relay.port}"
+            async with AgentPresence(url, doc_id, "review-bot", name="Reviewer") as agent:
+                await agent.set_status("reading")
+                await _eventually(
+                    lambda: (
+                        "review-bot" in da.users()
+                        and da.users()["review-bot"].sessions[0].status == "reading"
+                    ),
+                    "the agent and its status",
+                )
+                users = da.users()
+                assert list(users) == ["ann", "bob", "review-bot"]
+                assert [m.sid for m in users["bob"].sessions] == [s1, s2]
+                assert users["review-bot"].agent and not users["bob"].agent
+                assert users["review-bot"].sessions[0].sid == agent.sid
+            gone = await ann_saw.wait(
+                lambda e: isinstance(e, UserLeft) and e.user.user_id == "review-bot",
+                "the agent leaves",
+            )
+            assert isinstance(gone, UserLeft) and gone.reason == LeaveReason.LEFT
+            joins = [b for b in ann_saw.users() if b[0] == "userjoined"]
+            assert [b[1] for b in joins] == ["bob", "review-bot"]  # bob once, two tabs
