@@ -655,3 +655,30 @@ class ScriptedRelay:
         frame = msgpack.unpackb(await ws.recv())
         self.received[n].append(frame)
         return frame
+
+
+class DocumentEvents:
+    """Collects a Python SDK document's events in the background (`async with`), from the
+    moment it starts: the events already queued are dropped. Test modules subclass it with
+    their own ways of reading `events`."""
+
+    def __init__(self, doc: Any) -> None:
+        self.doc = doc
+        self.events: list[Any] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Any:
+        while not self.doc._events.empty():
+            self.doc._events.get_nowait()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        async for event in self.doc.events():
+            self.events.append(event)

@@ -22,14 +22,13 @@ import helpers
 import jwt
 import msgpack
 import pytest
-from helpers import MS, RawClient
+from helpers import MS, DocumentEvents, RawClient
 from presence_client import (
     Activity,
     ActivityState,
     Connection,
     ConnectionClosedError,
     CursorMoved,
-    Document,
     Event,
     Joined,
     LeaveReason,
@@ -77,30 +76,10 @@ class GatedProvider:
         return _token(self.user)
 
 
-class Recorder:
-    """Collects a document's events in the background (`async with`), from the moment it
-    starts: the events already queued are dropped."""
+class Recorder(DocumentEvents):
+    """A document's events (tests/helpers.py), read the way this module's tests want."""
 
-    def __init__(self, doc: Document) -> None:
-        self.doc = doc
-        self.events: list[Event] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Recorder:
-        while not self.doc._events.empty():
-            self.doc._events.get_nowait()
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        async for event in self.doc.events():
-            self.events.append(event)
+    events: list[Event]
 
     def of(self, sid: int | None) -> list[Event]:
         """The events about `sid`."""

@@ -23,7 +23,7 @@ from typing import Any
 import helpers
 import msgpack
 import pytest
-from helpers import MS
+from helpers import MS, DocumentEvents
 from presence_client import (
     Connection,
     Document,
@@ -515,30 +515,10 @@ async def _user(relay: Relay, user: str, **kw: Any) -> AsyncIterator[Connection]
         yield conn
 
 
-class Recorder:
-    """Collects a document's events in the background (`async with`), from the moment it
-    starts: the events already queued are dropped."""
+class Recorder(DocumentEvents):
+    """A document's events (tests/helpers.py), read the way this module's tests want."""
 
-    def __init__(self, doc: Document) -> None:
-        self.doc = doc
-        self.events: list[Event] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Recorder:
-        while not self.doc._events.empty():
-            self.doc._events.get_nowait()
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        async for event in self.doc.events():
-            self.events.append(event)
+    events: list[Event]
 
     async def wait(self, pred: Callable[[Event], bool], what: str) -> Event:
         await _eventually(lambda: any(pred(e) for e in self.events), what)

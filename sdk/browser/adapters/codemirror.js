@@ -31,7 +31,8 @@
 import { StateEffect, StateField, Transaction } from '@codemirror/state';
 import { Decoration, EditorView, ViewPlugin, WidgetType } from '@codemirror/view';
 import {
-  DISCONNECTED_COLOR, SELECTION_ALPHA, RemoteTracker, ViewportReporter, allRemotes, scrollPct,
+  DISCONNECTED_COLOR, LocalLinkBase, SELECTION_ALPHA, RemoteTracker, ViewportReporter, allRemotes,
+  scrollPct,
 } from './shared.js';
 
 /** The CodeMirror extension; see the header. */
@@ -83,12 +84,10 @@ export function presenceCodeMirror(doc, options = {}) {
 // ---------------------------------------------------------------- this editor -> the relay
 
 /** Sends what this editor's user does: cursor and selection, typing, focus, viewport. */
-class LocalLink {
+class LocalLink extends LocalLinkBase {
   constructor(view, doc, viewportThrottleMs) {
+    super(doc);
     this.view = view;
-    this.doc = doc;
-    this.sentCursor = null; // a key of what moveCursor last got: an unchanged one is not resent
-    this.typingUntil = 0;
     this.viewport = new ViewportReporter(doc, viewportThrottleMs, () => measureViewport(view));
     this.onScroll = (e) => {
       const t = e.target;
@@ -117,30 +116,7 @@ class LocalLink {
     const { head, anchor } = state.selection.main;
     const h = wirePos(state.doc, head);
     const a = head === anchor ? null : { ...wirePos(state.doc, anchor), backward: head < anchor };
-    const key = JSON.stringify([h, a]);
-    if (key === this.sentCursor) return; // resending would count as an action (wakes Idle)
-    this.sentCursor = key;
-    this.doc.moveCursor(h.line, h.col, h.off, a);
-  }
-
-  typed() {
-    this.typingUntil = performance.now() + (this.doc.typingDebounceMs ?? 500);
-    this.doc.typed();
-  }
-
-  focusChanged(focused) {
-    this.doc.setFocus(focused);
-    // The others stop seeing "typing" at once rather than a debounce later.
-    if (!focused && performance.now() < this.typingUntil) {
-      this.typingUntil = 0;
-      this.doc.stopTyping();
-    }
-  }
-
-  destroy() {
-    this.win.removeEventListener('scroll', this.onScroll, { capture: true });
-    this.win.removeEventListener('resize', this.onResize);
-    this.viewport.destroy();
+    this.sendPositions(h, a);
   }
 }
 

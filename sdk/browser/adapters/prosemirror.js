@@ -38,7 +38,8 @@
 import { Plugin, PluginKey, TextSelection } from 'prosemirror-state';
 import { Decoration, DecorationSet } from 'prosemirror-view';
 import {
-  DISCONNECTED_COLOR, SELECTION_ALPHA, RemoteTracker, ViewportReporter, allRemotes, scrollPct,
+  DISCONNECTED_COLOR, LocalLinkBase, SELECTION_ALPHA, RemoteTracker, ViewportReporter, allRemotes,
+  scrollPct,
 } from './shared.js';
 
 // ProseMirror reads typed text from the DOM a moment after the input event (a mutation
@@ -113,14 +114,12 @@ export function presenceProseMirror(doc, options = {}) {
 // ---------------------------------------------------------------- this editor -> the relay
 
 /** Sends what this editor's user does: cursor and selection, typing, focus, viewport. */
-class LocalLink {
+class LocalLink extends LocalLinkBase {
   constructor(view, doc, key, viewportThrottleMs) {
+    super(doc);
     this.view = view;
-    this.doc = doc;
     this.key = key;
-    this.sentCursor = null; // a key of what moveCursor last got: an unchanged one is not resent
     this.lastInputAt = -Infinity;
-    this.typingUntil = 0;
     this.viewport = new ViewportReporter(doc, viewportThrottleMs, () => measureViewport(view));
     this.onScroll = (e) => {
       const t = e.target;
@@ -150,30 +149,7 @@ class LocalLink {
     const { head, anchor } = state.selection;
     const h = wirePos(state.doc, head);
     const a = head === anchor ? null : { ...wirePos(state.doc, anchor), backward: head < anchor };
-    const key = JSON.stringify([h, a]);
-    if (key === this.sentCursor) return; // resending would count as an action (wakes Idle)
-    this.sentCursor = key;
-    this.doc.moveCursor(h.line, h.col, h.off, a);
-  }
-
-  typed() {
-    this.typingUntil = performance.now() + (this.doc.typingDebounceMs ?? 500);
-    this.doc.typed();
-  }
-
-  focusChanged(focused) {
-    this.doc.setFocus(focused);
-    // The others stop seeing "typing" at once rather than a debounce later.
-    if (!focused && performance.now() < this.typingUntil) {
-      this.typingUntil = 0;
-      this.doc.stopTyping();
-    }
-  }
-
-  destroy() {
-    this.win.removeEventListener('scroll', this.onScroll, { capture: true });
-    this.win.removeEventListener('resize', this.onResize);
-    this.viewport.destroy();
+    this.sendPositions(h, a);
   }
 }
 

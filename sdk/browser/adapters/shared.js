@@ -14,6 +14,46 @@ export function scrollPct(el) {
 }
 
 /**
+ * What both editors' links to the relay share: the cursor sent only when it changed, the
+ * typing state a blur must end, and the window listeners (`win`, `onScroll`, `onResize`,
+ * `viewport`, set by the subclass) taken down on destroy.
+ */
+export class LocalLinkBase {
+  constructor(doc) {
+    this.doc = doc;
+    this.sentCursor = null; // a key of what moveCursor last got: an unchanged one is not resent
+    this.typingUntil = 0;
+  }
+
+  sendPositions(h, a) {
+    const key = JSON.stringify([h, a]);
+    if (key === this.sentCursor) return; // resending would count as an action (wakes Idle)
+    this.sentCursor = key;
+    this.doc.moveCursor(h.line, h.col, h.off, a);
+  }
+
+  typed() {
+    this.typingUntil = performance.now() + (this.doc.typingDebounceMs ?? 500);
+    this.doc.typed();
+  }
+
+  focusChanged(focused) {
+    this.doc.setFocus(focused);
+    // The others stop seeing "typing" at once rather than a debounce later.
+    if (!focused && performance.now() < this.typingUntil) {
+      this.typingUntil = 0;
+      this.doc.stopTyping();
+    }
+  }
+
+  destroy() {
+    this.win.removeEventListener('scroll', this.onScroll, { capture: true });
+    this.win.removeEventListener('resize', this.onResize);
+    this.viewport.destroy();
+  }
+}
+
+/**
  * VIEWPORT, throttled (presence.js sends every setViewport) and only when it changed. The
  * layout is read after the editor's update, at send time: the trailing send is the latest.
  */
