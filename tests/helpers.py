@@ -682,3 +682,20 @@ class DocumentEvents:
     async def _run(self) -> None:
         async for event in self.doc.events():
             self.events.append(event)
+
+
+class GatedProvider:
+    """A token provider for the Python SDK whose calls after the first wait for `gate`: the
+    SDK stays disconnected after a drop until the test opens it. `mint(user)` makes a token."""
+
+    def __init__(self, user: str, mint: Callable[[str], str]) -> None:
+        self.user = user
+        self.mint = mint
+        self.gate = asyncio.Event()
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls > 1:
+            await self.gate.wait()
+        return self.mint(self.user)

@@ -22,7 +22,7 @@ import helpers
 import jwt
 import msgpack
 import pytest
-from helpers import MS, DocumentEvents, RawClient
+from helpers import MS, DocumentEvents, GatedProvider, RawClient
 from presence_client import (
     Activity,
     ActivityState,
@@ -60,20 +60,8 @@ def _token(user: str) -> str:
     return mint_token(SECRET, user, user.title(), workspace="acme", docs=["*"], ttl_s=600)
 
 
-class GatedProvider:
-    """A token provider whose calls after the first wait for `gate`: the SDK stays
-    disconnected after a drop until the test opens it."""
-
-    def __init__(self, user: str) -> None:
-        self.user = user
-        self.gate = asyncio.Event()
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.calls > 1:
-            await self.gate.wait()
-        return _token(self.user)
+def gated(user: str) -> GatedProvider:
+    return GatedProvider(user, _token)
 
 
 class Recorder(DocumentEvents):
@@ -133,7 +121,7 @@ async def _user(url: str, user: str, **kw: Any) -> AsyncIterator[Connection]:
 
 async def test_a_drop_is_resumed_without_a_flicker(jwt_relay: Callable[..., Any]) -> None:
     url = await jwt_relay()
-    provider = GatedProvider("ann")
+    provider = gated("ann")
     doc_id = _doc_id()
     async with (
         _user(url, "ann", token=provider) as ann,
@@ -210,7 +198,7 @@ async def test_state_set_while_away_is_sent_after_the_resume(
     jwt_relay: Callable[..., Any],
 ) -> None:
     url = await jwt_relay()
-    provider = GatedProvider("ann")
+    provider = gated("ann")
     doc_id = _doc_id()
     async with _user(url, "ann", token=provider) as ann, _user(url, "bob") as bob:
         da = await ann.join(doc_id)
@@ -272,7 +260,7 @@ async def test_a_token_expiry_is_resumed_with_a_fresh_token(
 
 async def test_past_the_grace_the_sdk_joins_afresh(jwt_relay: Callable[..., Any]) -> None:
     url = await jwt_relay(reconnect_grace_ms=300)
-    provider = GatedProvider("ann")
+    provider = gated("ann")
     doc_id = _doc_id()
     async with _user(url, "ann", token=provider) as ann, _user(url, "bob") as bob:
         da = await ann.join(doc_id)

@@ -23,7 +23,7 @@ from typing import Any
 import helpers
 import msgpack
 import pytest
-from helpers import MS, DocumentEvents
+from helpers import MS, DocumentEvents, GatedProvider
 from presence_client import (
     Connection,
     Document,
@@ -656,20 +656,8 @@ def _token(user: str) -> str:
     return mint_token(SECRET, user, user.title(), workspace="acme", docs=["*"], ttl_s=600)
 
 
-class GatedProvider:
-    """A token provider whose calls after the first wait for `gate`: the SDK stays
-    disconnected after a drop until the test opens it."""
-
-    def __init__(self, user: str) -> None:
-        self.user = user
-        self.gate = asyncio.Event()
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.calls > 1:
-            await self.gate.wait()
-        return _token(self.user)
+def gated(user: str) -> GatedProvider:
+    return GatedProvider(user, _token)
 
 
 async def test_e2e_a_status_set_while_away_is_sent_after_the_resume(
@@ -677,7 +665,7 @@ async def test_e2e_a_status_set_while_away_is_sent_after_the_resume(
 ) -> None:
     relay = await relay_factory(jwt_secret=SECRET)
     url = f"ws://127.0.0.1:{relay.port}/ws"
-    provider = GatedProvider("ann")
+    provider = gated("ann")
     doc_id = _doc_id()
     async with (
         connect(url, token=provider, proxy=None, backoff_base=0.01) as ann,
