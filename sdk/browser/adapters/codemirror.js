@@ -32,7 +32,7 @@ import { StateEffect, StateField, Transaction } from '@codemirror/state';
 import { Decoration, EditorView, ViewPlugin, WidgetType } from '@codemirror/view';
 import {
   DISCONNECTED_COLOR, LocalLinkBase, SELECTION_ALPHA, RemoteTracker, ViewportReporter, allRemotes,
-  scrollPct,
+  applyChanges, mapRemotes, scrollPct,
 } from './shared.js';
 
 /** The CodeMirror extension; see the header. */
@@ -45,13 +45,16 @@ export function presenceCodeMirror(doc, options = {}) {
   const field = StateField.define({
     create: (state) => {
       const remotes = applyChanges(new Map(), { reset: true, changes: allRemotes(doc, new Set()) },
-        state.doc);
+        (pos) => placeLineCol(state.doc, pos));
       return { remotes, decorations: buildDecorations(remotes) };
     },
     update: (value, tr) => {
-      let remotes = tr.docChanged ? mapRemotes(value.remotes, tr.changes) : value.remotes;
+      let remotes = tr.docChanged
+        ? mapRemotes(value.remotes, (pos) => tr.changes.mapPos(pos, 1)) : value.remotes;
       for (const e of tr.effects) {
-        if (e.is(remoteEffect)) remotes = applyChanges(remotes, e.value, tr.state.doc);
+        if (e.is(remoteEffect)) {
+          remotes = applyChanges(remotes, e.value, (pos) => placeLineCol(tr.state.doc, pos));
+        }
       }
       if (remotes === value.remotes) return value;
       return { remotes, decorations: buildDecorations(remotes) };
@@ -149,38 +152,6 @@ function measureViewport(view) {
 }
 
 // ---------------------------------------------------------------- the relay -> this editor
-
-// The remotes as drawn: sid -> {look, head, anchor} (positions in this editor's document).
-function applyChanges(remotes, { reset, changes }, text) {
-  const next = reset ? new Map() : new Map(remotes);
-  for (const { sid, remote, moved } of changes) {
-    if (remote === null) {
-      next.delete(sid);
-      continue;
-    }
-    const old = next.get(sid);
-    // A change of look only (typing, label, connection) keeps the caret where local edits
-    // mapped it; a move places it where the wire says.
-    const keep = !moved && old !== undefined;
-    const head = keep ? old.head : placeLineCol(text, remote.cursor);
-    const anchor = keep ? old.anchor
-      : (remote.selection ? placeLineCol(text, remote.selection) : null);
-    next.set(sid, { look: remote, head, anchor });
-  }
-  return next;
-}
-
-function mapRemotes(remotes, changes) {
-  const next = new Map();
-  for (const [sid, r] of remotes) {
-    next.set(sid, {
-      ...r,
-      head: changes.mapPos(r.head, 1),
-      anchor: r.anchor === null ? null : changes.mapPos(r.anchor, 1),
-    });
-  }
-  return next;
-}
 
 // Line and column, clamped: the remote's text may not be this one.
 function placeLineCol(text, { line, col }) {

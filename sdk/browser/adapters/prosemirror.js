@@ -39,7 +39,7 @@ import { Plugin, PluginKey, TextSelection } from 'prosemirror-state';
 import { Decoration, DecorationSet } from 'prosemirror-view';
 import {
   DISCONNECTED_COLOR, LocalLinkBase, SELECTION_ALPHA, RemoteTracker, ViewportReporter, allRemotes,
-  scrollPct,
+  applyChanges, mapRemotes, scrollPct,
 } from './shared.js';
 
 // ProseMirror reads typed text from the DOM a moment after the input event (a mutation
@@ -68,18 +68,18 @@ export function presenceProseMirror(doc, options = {}) {
     key,
     state: {
       init: (_config, state) => {
-        const remotes = applyChanges(new Map(),
-          { reset: true, changes: allRemotes(doc, new Set()) }, state.doc);
+        const all = { reset: true, changes: allRemotes(doc, new Set()) };
+        const remotes = applyChanges(new Map(), all, (pos) => placeOff(state.doc, pos.off));
         return { remotes, decorations: buildDecorations(remotes, state.doc), edits: 0 };
       },
       apply: (tr, value) => {
         let { remotes, edits } = value;
         if (tr.docChanged) {
-          remotes = mapRemotes(remotes, tr.mapping);
+          remotes = mapRemotes(remotes, (pos) => tr.mapping.map(pos, 1));
           if (tr.getMeta('addToHistory') !== false) edits += 1;
         }
         const change = tr.getMeta(key);
-        if (change) remotes = applyChanges(remotes, change, tr.doc);
+        if (change) remotes = applyChanges(remotes, change, (pos) => placeOff(tr.doc, pos.off));
         if (remotes === value.remotes) return edits === value.edits ? value : { ...value, edits };
         return { remotes, decorations: buildDecorations(remotes, tr.doc), edits };
       },
@@ -210,38 +210,6 @@ function measureViewport(view) {
 }
 
 // ---------------------------------------------------------------- the relay -> this editor
-
-// The remotes as drawn: sid -> {look, head, anchor} (positions in this editor's document).
-function applyChanges(remotes, { reset, changes }, pmDoc) {
-  const next = reset ? new Map() : new Map(remotes);
-  for (const { sid, remote, moved } of changes) {
-    if (remote === null) {
-      next.delete(sid);
-      continue;
-    }
-    const old = next.get(sid);
-    // A change of look only (typing, label, connection) keeps the caret where local edits
-    // mapped it; a move places it where the wire says.
-    const keep = !moved && old !== undefined;
-    const head = keep ? old.head : placeOff(pmDoc, remote.cursor.off);
-    const anchor = keep ? old.anchor
-      : (remote.selection ? placeOff(pmDoc, remote.selection.off) : null);
-    next.set(sid, { look: remote, head, anchor });
-  }
-  return next;
-}
-
-function mapRemotes(remotes, mapping) {
-  const next = new Map();
-  for (const [sid, r] of remotes) {
-    next.set(sid, {
-      ...r,
-      head: mapping.map(r.head, 1),
-      anchor: r.anchor === null ? null : mapping.map(r.anchor, 1),
-    });
-  }
-  return next;
-}
 
 // By offset, clamped, at the nearest place a caret can be: the remote's document may not be
 // this one, and a widget between two blocks would draw a stray line.

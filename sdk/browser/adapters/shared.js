@@ -180,3 +180,35 @@ export function allRemotes(doc, faded) {
   return [...doc.others().keys()]
     .map((sid) => ({ sid, remote: snapshot(doc, sid, faded), moved: true }));
 }
+
+/**
+ * The remotes as drawn, after a tracker's update `{reset, changes}`: sid -> {look, head,
+ * anchor}, positions in this editor's document; `place(position)` turns a wire position
+ * (`{line, col, off}`) into one (each editor has its own rule, see their headers).
+ */
+export function applyChanges(remotes, { reset, changes }, place) {
+  const next = reset ? new Map() : new Map(remotes);
+  for (const { sid, remote, moved } of changes) {
+    if (remote === null) {
+      next.delete(sid);
+      continue;
+    }
+    const old = next.get(sid);
+    // A change of look only (typing, label, connection) keeps the caret where local edits
+    // mapped it; a move places it where the wire says.
+    const keep = !moved && old !== undefined;
+    const head = keep ? old.head : place(remote.cursor);
+    const anchor = keep ? old.anchor : (remote.selection ? place(remote.selection) : null);
+    next.set(sid, { look: remote, head, anchor });
+  }
+  return next;
+}
+
+/** The remotes through a local edit: `map(pos)` is the editor's position mapping. */
+export function mapRemotes(remotes, map) {
+  const next = new Map();
+  for (const [sid, r] of remotes) {
+    next.set(sid, { ...r, head: map(r.head), anchor: r.anchor === null ? null : map(r.anchor) });
+  }
+  return next;
+}
