@@ -177,9 +177,10 @@ class RelayConnection(ServerConnection):
             buf = self._body_request = bytearray()
         assert isinstance(buf, bytearray)
         buf += data
-        if len(buf) < httpbody.SNIFF and httpbody.claims(bytes(buf)) is None:
+        claimed = httpbody.claims(bytes(buf[: httpbody.SNIFF]))
+        if claimed is None:
             return  # too few bytes yet to tell
-        if httpbody.claims(bytes(buf)) is False:
+        if claimed is False:
             self._body_request = False
             self._request(bytes(buf))
             return

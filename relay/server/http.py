@@ -78,8 +78,7 @@ def internal_denied(
     `headers` maps names to values (websockets' Headers, or lower-cased names)."""
     key = config.internal_api_key
     if key is None:
-        proxied = any(h in headers or h.lower() in headers for h in PROXY_HEADERS)
-        if _is_loopback(remote_address) and not proxied:
+        if _is_loopback(remote_address) and not _proxied(headers):
             return None
         return 403, "forbidden: loopback only (set internal_api_key)"
     given = headers.get("Authorization") or headers.get("authorization") or ""
@@ -88,8 +87,9 @@ def internal_denied(
     return 401, "unauthorized"
 
 
-def _proxied(request: Request) -> bool:
-    return any(h in request.headers for h in PROXY_HEADERS)
+def _proxied(headers: Mapping[str, str]) -> bool:
+    """`headers`: websockets' (any case) or lower-cased names (relay/server/httpbody.py)."""
+    return any(h in headers or h.lower() in headers for h in PROXY_HEADERS)
 
 
 def _offered_subprotocols(request: Request) -> list[str]:
@@ -116,7 +116,7 @@ class HttpRoutes:
             # Every open socket counts, this one included (HELLO or not: hub.sockets).
             if len(self.hub.sockets) > self.hub.config.max_connections:
                 return text(503, "too many connections\n")
-            if self.hub.config.jwt_secret is None and _proxied(request):
+            if self.hub.config.jwt_secret is None and _proxied(request.headers):
                 return text(
                     403,
                     "anonymous mode (no jwt_secret) serves direct loopback "
