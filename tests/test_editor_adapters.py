@@ -112,6 +112,12 @@ async def type_text(p: Page, text: str) -> None:
 async def focus(p: Page) -> None:
     await p.evaluate("t.focus()")
     await p.until("t.hasFocus()", 5000)
+    # An editor settles its DOM selection after it gains focus (ProseMirror restores its own
+    # in a later task): a key sent before that can be undone by it, as seen once on a loaded
+    # machine. Two frames let it finish.
+    await p.evaluate(
+        "new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))"
+    )
 
 
 async def arrived(
