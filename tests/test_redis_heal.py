@@ -240,6 +240,9 @@ async def test_an_older_record_never_regresses_the_mirror(
         def mirror() -> Any:  # looked up each time: a `joined` replaces the object
             return r2.hub.documents[DOC].sessions[sid_a]
 
+        # r2 may have read Redis before r1's write-behind wrote ann (and subscribed after her
+        # `joined` went out): its settle resync brings her in moments later.
+        assert await eventually(lambda: sid_a in r2.hub.documents[DOC].sessions)
         assert mirror().remote
 
         async def record_with(cursor: list[int]) -> tuple[bytes, Any] | None:
