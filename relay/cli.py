@@ -1,7 +1,8 @@
 """`presence-relay serve` and `presence-relay token`.
 
 Every PresenceConfig field is a `--kebab-case` flag of `serve` (and of `token`, which needs
-`--jwt-secret` or PRESENCE_JWT_SECRET to sign with).
+`--jwt-secret` or PRESENCE_JWT_SECRET to sign with). `serve --workers N` (N > 1) makes this
+process a supervisor of N relay processes on one port (relay/server/workers.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from relay.config import FIELDS, SECRET_FIELDS, PresenceConfig, load_config
 from relay.exceptions import ConfigError
+from relay.server import workers
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -59,20 +61,32 @@ def _flags(ns: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(ns, name, None) for name in FIELDS}
 
 
-def _run_serve(config: PresenceConfig) -> int:
+def _run_serve(config: PresenceConfig, argv: list[str]) -> int:
+    workers.check_workers(config)
+    index = workers.worker_index()
+    if index is None and config.workers > 1:  # docs/workers.md
+        return workers.Supervisor(config, argv).run()
+    on_ready = None
+    if index is not None:
+        if not workers.bind_to_supervisor():
+            logging.getLogger("relay").error("the supervisor is gone: worker %d exits", index)
+            return 1
+        on_ready = workers.announce(index)
+
     from relay.server.app import serve_forever
 
     try:
         import uvloop
     except ImportError:  # not available on this platform: the stock loop still works
-        asyncio.run(serve_forever(config))
+        asyncio.run(serve_forever(config, on_ready))
     else:
-        uvloop.run(serve_forever(config))
+        uvloop.run(serve_forever(config, on_ready))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)  # a supervisor hands them on
+    ns = build_parser().parse_args(args)
     if ns.command == "config":
         config = load_config()
         for f in dataclasses.fields(config):
@@ -85,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"presence-relay: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    serving = ns.command == "serve"
     logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.log_level.upper(),
+        format=workers.log_format(config.workers if serving else 1, workers.worker_index()),
     )
     for name in ("jwt_secret", "internal_api_key", "webhook_secret"):
         if _flags(ns).get(name) is not None:
@@ -114,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     try:
-        return _run_serve(config)
+        return _run_serve(config, args)
     except ConfigError as exc:
         print(f"presence-relay: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -109,6 +109,7 @@ class PresenceConfig:
     # Server
     host: str = _opt("127.0.0.1", "listen address")
     port: int = _opt(8765, "listen port (0 picks a free one)", 0, 65535)
+    workers: int = _opt(1, "relay processes sharing port (SO_REUSEPORT), each a node of redis_url; > 1 needs redis_url, Linux (docs/workers.md)", 1, 256)
     batch_ms: int = _opt(50, "batch interval: one BATCH per dirty document per interval", 1, 1000)
     flush_groups: int = _opt(
         5, "documents flush in this many staggered groups per interval (1 = all at once)", 1, 50

@@ -134,6 +134,7 @@ class Relay:
             server_header=f"presence-relay/{relay.__version__}",
             create_connection=functools.partial(RelayConnection, hub=hub),  # type: ignore[arg-type]
             logger=WS_LOG,
+            reuse_port=cfg.workers > 1,  # the workers share the port (docs/workers.md)
         )
         if cfg.metrics_port is not None:
             self.metrics_server = await serve(
