@@ -128,7 +128,7 @@ class PresenceConfig:
         None, "comma-separated Origin values browsers may connect from (unset: any)"
     )
     demo: bool | None = _opt(None, "serve the demo page at / (unset: on without jwt_secret, off with it)", kind=bool)
-    redis_url: str | None = _opt(None, "Redis URL for shared presence (unset: memory backend)")
+    redis_url: str | None = _opt(None, "Redis URL for shared presence: redis://host:port/db, or redis+sentinel://host:port[,host:port...]/<master>[/<db>] (docs/redis.md; unset: memory backend)")
     auth_timeout_ms: int = _opt(5000, "HELLO must arrive within this (else close 4401)", 1, 600_000)
     liveness_timeout_ms: int = _opt(10_000, "a client silent this long (no byte, no pong) is shown DISCONNECTED; also TCP_USER_TIMEOUT (0 = off, else >= 500)", 0, 600_000)
     reconnect_grace_ms: int = _opt(30_000, "how long a lost connection's place is held for a resume (0 = it leaves at once)", 0, 3_600_000)
@@ -210,6 +210,14 @@ class PresenceConfig:
             raise ConfigError(f"log_level={self.log_level!r}: use debug, info, warning or error")
         if self.webhook_urls is not None:
             _webhook_url_list(self.webhook_urls)  # raises ConfigError naming webhook_urls
+        if self.redis_url is not None:  # (the Redis backends import redis anyway)
+            from relay.backends.redis_sentinel import is_sentinel_url, parse_sentinel_url
+
+            try:
+                if is_sentinel_url(self.redis_url):
+                    parse_sentinel_url(self.redis_url)
+            except ValueError as exc:  # its message never holds a password
+                raise ConfigError(f"redis_url: {exc}") from None
         if self.allowed_origins is not None:
             listed = _origin_list(self.allowed_origins)
             if not listed or any("://" not in o for o in listed):

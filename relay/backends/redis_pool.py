@@ -16,6 +16,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from relay.backends.redis_sentinel import is_sentinel_url, sentinel_client
+
 log = logging.getLogger("relay.redis")
 
 # Errors that mean "Redis is unreachable right now" (as opposed to a bad command).
@@ -32,18 +34,21 @@ class RedisShared:
 
     def __init__(self, url: str, max_connections: int = 32) -> None:
         self.url = url
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=2.0,  # waiting for a free pooled connection
-            socket_timeout=2.0,
-            socket_connect_timeout=1.0,
-            socket_keepalive=True,
-            health_check_interval=5,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-            client_name="presence-relay",
-        )
-        self.redis: Redis = Redis.from_pool(pool)
+        if is_sentinel_url(url):  # redis+sentinel://: relay/backends/redis_sentinel.py
+            self.redis: Redis = sentinel_client(url, max_connections)
+        else:
+            pool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=2.0,  # waiting for a free pooled connection
+                socket_timeout=2.0,
+                socket_connect_timeout=1.0,
+                socket_keepalive=True,
+                health_check_interval=5,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+                client_name="presence-relay",
+            )
+            self.redis = Redis.from_pool(pool)
         self._users = 0
 
     def acquire(self) -> Redis:
