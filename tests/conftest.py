@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from browser import ROOT, run_chromium, serve_directory
 from helpers import MS, REDIS_BIN, RawClient, RedisServer
+from redis_cluster_server import RedisClusterServer, require_binaries
 from websockets.asyncio.client import ClientConnection, connect
 
 from relay.config import PresenceConfig
@@ -115,6 +116,23 @@ def redis_factory() -> Iterator[Callable[[], RedisServer]]:
     yield make
     for s in servers:
         s.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A three-master Redis Cluster for the session (tests/redis_cluster_server.py)."""
+    require_binaries()
+    cluster = RedisClusterServer().start()
+    yield cluster
+    cluster.kill()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServer) -> str:
+    """The shared cluster, every master emptied (nodes a test killed started again)."""
+    redis_cluster.ensure_running()
+    redis_cluster.flushall()
+    return redis_cluster.url
 
 
 @pytest.fixture(scope="module")

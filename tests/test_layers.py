@@ -160,14 +160,14 @@ def test_the_shell_modules_talk_to_the_registry_not_the_hub() -> None:
 
 
 def test_no_test_module_imports_another() -> None:
-    """Shared test code lives in tests/helpers.py and tests/browser.py (the Chromium harness;
-    fixtures in conftest.py): a test module imported by another runs its tests twice and
-    hides what the other depends on."""
+    """Shared test code lives in tests/helpers.py, tests/browser.py (the Chromium harness) and
+    tests/redis_cluster_server.py (fixtures in conftest.py): a test module imported by
+    another runs its tests twice and hides what the other depends on."""
     tests_dir = Path(__file__).resolve().parent
     own = {p.stem for p in tests_dir.glob("*.py")}
     for path in tests_dir.glob("test_*.py"):
         imported = _imports(path)
-        shared = {"helpers", "browser"}
+        shared = {"helpers", "browser", "redis_cluster_server"}
         assert not imported & (own - shared), (path.name, sorted(imported & own))
 
 

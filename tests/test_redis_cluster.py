@@ -1,4 +1,6 @@
-"""Two in-process relays sharing one real redis-server: shared presence, fan-out, liveness."""
+"""Two in-process relays sharing a real Redis: shared presence, fan-out, liveness. Every test
+runs on each topology: "single" (one redis-server) and "cluster" (a three-master Redis
+Cluster, tests/redis_cluster_server.py: the relays are given one node's URL and find out)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from helpers import (
     wait_event,
     ws_frame,
 )
+from redis.asyncio.cluster import RedisCluster
 
 from relay.config import PresenceConfig
 from relay.server.app import Relay
@@ -31,9 +34,23 @@ from relay.server.app import Relay
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture(params=["single", "cluster"])
+def topology(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def rds(redis_url: str) -> Any:
-    r = aioredis.from_url(redis_url)
+def shared_url(topology: str, request: pytest.FixtureRequest) -> str:
+    """The Redis both relays share, emptied: one redis-server, or one node of the cluster."""
+    fixture = "redis_url" if topology == "single" else "redis_cluster_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+async def rds(shared_url: str, topology: str) -> Any:
+    """A client of the same Redis (a RedisCluster client on the cluster)."""
+    cluster = topology == "cluster"
+    r: Any = RedisCluster.from_url(shared_url) if cluster else aioredis.from_url(shared_url)
     yield r
     await r.aclose()
 
@@ -50,10 +67,10 @@ async def two_nodes(relay_factory: Callable[..., Any], url: str, **kw: Any) -> t
 async def test_members_on_two_nodes_share_one_document(
     relay_factory: Callable[..., Any],
     client_factory: Callable[..., Any],
-    redis_url: str,
+    shared_url: str,
     rds: aioredis.Redis,
 ) -> None:
-    r1, r2 = await two_nodes(relay_factory, redis_url)
+    r1, r2 = await two_nodes(relay_factory, shared_url)
     a = await client_factory(r1, "ann")
     b = await client_factory(r2, "bob")
     sid_a, _ = await joined(a, 1, "doc-x")
@@ -82,7 +99,7 @@ async def test_members_on_two_nodes_share_one_document(
         return users if {"ann", "bob", "cy"} <= set(users) else None
 
     users = await eventually(both_written)
-    assert users, await rds.keys("*")
+    assert users, [key async for key in rds.scan_iter()]  # (every primary, on the cluster)
     ann = users["ann"]
     assert set(ann) == SEED_FIELDS
     assert ann["document_id"] == "doc-x" and ann["workspace_id"] == "default"
@@ -143,14 +160,14 @@ async def _selection_of(r: aioredis.Redis, user: str) -> Any:
 async def test_without_a_grace_a_graceful_stop_removes_a_nodes_sessions_at_once(
     relay_factory: Callable[..., Any],
     client_factory: Callable[..., Any],
-    redis_url: str,
+    shared_url: str,
     rds: aioredis.Redis,
 ) -> None:
     # (With a grace the stop holds them for a resume: tests/test_resume_cluster.py.)
-    r2 = await relay_factory(redis_url=redis_url, presence_ttl_seconds=30, reconnect_grace_ms=0)
+    r2 = await relay_factory(redis_url=shared_url, presence_ttl_seconds=30, reconnect_grace_ms=0)
     r1 = Relay(
         PresenceConfig(
-            port=0, batch_ms=20, redis_url=redis_url, presence_ttl_seconds=30,
+            port=0, batch_ms=20, redis_url=shared_url, presence_ttl_seconds=30,
             reconnect_grace_ms=0,
         )
     )  # fmt: skip
@@ -179,12 +196,14 @@ async def _has(r: aioredis.Redis, doc: str, user: str) -> bool:
 async def test_idle_member_never_expires_and_a_frozen_node_is_reaped(
     relay_factory: Callable[..., Any],
     client_factory: Callable[..., Any],
-    redis_url: str,
+    shared_url: str,
     rds: aioredis.Redis,
 ) -> None:
     # No grace: the reaper removes a dead node's members at once (held for the grace
     # otherwise: tests/test_resume_cluster.py).
-    r1, r2 = await two_nodes(relay_factory, redis_url, presence_ttl_seconds=2, reconnect_grace_ms=0)
+    r1, r2 = await two_nodes(
+        relay_factory, shared_url, presence_ttl_seconds=2, reconnect_grace_ms=0
+    )
     a = await client_factory(r1, "ann")
     b = await client_factory(r2, "bob")
     sid_a, _ = await joined(a, 1, "doc-i")
@@ -211,9 +230,9 @@ async def test_idle_member_never_expires_and_a_frozen_node_is_reaped(
 async def test_sids_stay_unique_under_concurrent_joins(
     relay_factory: Callable[..., Any],
     client_factory: Callable[..., Any],
-    redis_url: str,
+    shared_url: str,
 ) -> None:
-    r1, r2 = await two_nodes(relay_factory, redis_url)
+    r1, r2 = await two_nodes(relay_factory, shared_url)
     clients = [await client_factory(r, f"u{i}") for i, r in enumerate([r1, r2] * 5)]
     results = await asyncio.gather(*(joined(c, 1, "doc-c") for c in clients))
     sids = [sid for sid, _ in results]
@@ -231,12 +250,12 @@ async def test_sids_stay_unique_under_concurrent_joins(
 async def test_slow_member_of_remote_batches_is_closed_4408(
     relay_factory: Callable[..., Any],
     client_factory: Callable[..., Any],
-    redis_url: str,
+    shared_url: str,
 ) -> None:
     """Batches forwarded from another node obey the same send-backlog rule as local ones."""
     r1, r2 = await two_nodes(
         relay_factory,
-        redis_url,
+        shared_url,
         max_send_backlog=32 * 1024,
         max_frames_per_s=2000,
         max_frames_burst=2000,
@@ -282,13 +301,13 @@ async def test_slow_member_of_remote_batches_is_closed_4408(
 async def test_frames_past_the_held_cap_get_error_6(
     relay_factory: Callable[..., Any],
     client_factory: Callable[..., Any],
-    redis_url: str,
+    shared_url: str,
 ) -> None:
     """While a clustered JOIN waits for Redis, at most max_frames_burst later frames wait with
     it; the rest are dropped and the client is told (ERROR 6), before its JOINED."""
 
     r1, _ = await two_nodes(
-        relay_factory, redis_url, max_frames_burst=5, max_frames_per_s=1_000_000
+        relay_factory, shared_url, max_frames_burst=5, max_frames_per_s=1_000_000
     )  # refilled every millisecond
     c = await client_factory(r1, "ann")
     # One write: the JOIN and 12 CURSORs reach the relay in one read, so all 12 arrive

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from relay.backends import redis_cluster, redis_pool
 from relay.backends import redis_keys as k
-from relay.backends import redis_pool
 from relay.backends.base import Broker, BrokerCallback
 from relay.backends.redis_pool import RedisShared
 
@@ -132,7 +133,7 @@ class RedisBroker(Broker):
                 batch = [out.popleft() for _ in range(n)]
                 pipe = self.redis.pipeline(transaction=False)
                 for doc_id, frame in batch:
-                    pipe.publish(k.channel(doc_id), k.envelope(self._nid, frame))
+                    self._send(pipe, k.channel(doc_id), k.envelope(self._nid, frame))
                 self._in_flight = n
                 try:
                     await pipe.execute()
@@ -151,6 +152,11 @@ class RedisBroker(Broker):
                 finally:
                     self._in_flight = 0
 
+    def _send(self, pipe: Any, channel: str, data: bytes) -> None:
+        """PUBLISH, or on a Redis Cluster SPUBLISH (sharded: only the shard owning the
+        channel's slot carries it; docs/redis.md, "Cluster")."""
+        redis_cluster.publish(pipe, channel, data)
+
     # ------------------------------------------------------------ subscribing
 
     def _release_waiters(self, doc_ids: set[str] | None = None) -> None:
@@ -159,25 +165,31 @@ class RedisBroker(Broker):
                 if not fut.done():
                     fut.set_result(None)
 
+    def _subscriber(self, rebuild: bool) -> redis_cluster.Subscriber:
+        """Classic channels on one Redis; sharded ones (SSUBSCRIBE) on a Redis Cluster, where
+        a rebuild first re-reads the slot map (a failover or a reshard may have moved them)."""
+        if isinstance(self.redis, RedisCluster):
+            return redis_cluster.ShardedSubscriber(self.redis, refresh=rebuild)
+        return redis_cluster.ChannelSubscriber(self.redis)
+
     async def _supervise(self) -> None:
         backoff = 0.1
+        rebuild = False
         while True:
             redis_pool.check_cancelled()
-            ps = self.redis.pubsub()
+            sub = self._subscriber(rebuild)
+            rebuild = True
             reader: asyncio.Task[None] | None = None
             try:
-                await ps.connect()  # type: ignore[no-untyped-call]  # (redis-py: untyped)
-                conn: Any = ps.connection  # (redis-py types it as None: unannotated)
-                if conn is None:
-                    raise ConnectionError("pub/sub did not connect")
-                conn.register_connect_callback(self._on_connect)
+                await sub.connect(self._on_connect)
                 requested: set[str] = set()
                 if self._wanted:
                     requested = set(self._wanted)
-                    await ps.subscribe(*[k.channel(d) for d in requested])
+                    await sub.subscribe([k.channel(d) for d in requested])
                 await self._on_connect(None)
+                await self.shared.check_mode()
                 backoff = 0.1
-                reader = asyncio.get_running_loop().create_task(self._read(ps))
+                reader = asyncio.get_running_loop().create_task(sub.read(self._read))
                 while True:
                     redis_pool.check_cancelled()
                     self._changed.clear()
@@ -185,11 +197,11 @@ class RedisBroker(Broker):
                     remove = requested - self._wanted
                     if add:
                         requested |= add
-                        await ps.subscribe(*[k.channel(d) for d in add])
+                        await sub.subscribe([k.channel(d) for d in add])
                     if remove:
                         requested -= remove
                         self._confirmed -= remove
-                        await ps.unsubscribe(*[k.channel(d) for d in remove])
+                        await sub.unsubscribe([k.channel(d) for d in remove])
                     changed = asyncio.ensure_future(self._changed.wait())
                     done, _ = await asyncio.wait(
                         {changed, reader}, return_when=asyncio.FIRST_COMPLETED
@@ -215,15 +227,11 @@ class RedisBroker(Broker):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
-                conn = ps.connection
-                if conn is not None:
-                    conn.deregister_connect_callback(self._on_connect)
                 if reader is not None:
                     reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await reader
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ps.aclose(), 1.0)  # type: ignore[no-untyped-call]
+                await sub.aclose()
 
     async def _on_connect(self, connection: Any) -> None:
         """A (re)connected pub/sub connection: anything published meanwhile was missed."""

@@ -23,23 +23,24 @@ import asyncio
 import logging
 from collections import defaultdict
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from relay.backends import redis_cluster, redis_pool
 from relay.backends import redis_keys as k
-from relay.backends import redis_pool
-from relay.backends.redis_pool import UNREACHABLE, Reachability
+from relay.backends.redis_pool import UNREACHABLE, Client, Reachability
 from relay.backends.redis_writebehind import WriteBehind
 from relay.backends.redis_writes import Writer
 from relay.core import protocol as p
 
 log = logging.getLogger("relay.redis.store")
 
+RESTART_SLACK_MS = 5000  # see Liveness._surely_dead
+
 
 class Liveness:
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         writer: Writer,
         writebehind: WriteBehind,
         reach: Reachability,
@@ -123,6 +124,8 @@ class Liveness:
             pipe.exists(k.node_key(n))
         alive = await pipe.execute()
         dead = [n for n, a in zip(others, alive, strict=True) if not a]
+        if dead:
+            dead = await self._surely_dead(dead)
         reaped = []
         for n in dead:
             if self.grace_ms > 0 and not await self.redis.exists(k.node_held_key(n)):
@@ -133,6 +136,21 @@ class Liveness:
             await self.redis.delete(k.node_held_key(n))
             reaped.append(n)
         return reaped
+
+    async def _surely_dead(self, nodes: list[str]) -> list[str]:
+        """On a Cluster a heartbeat key also goes when its shard restarts empty, while the
+        registry, on another shard, still lists the node: not dead (its next heartbeat
+        finds the key gone and it rewrites everything it owns; after an outage its probe
+        backs off up to 2 s). See redis_cluster.lost_with_restart."""
+        within_s = (self.node_ttl_ms + RESTART_SLACK_MS) / 1000
+        registry = k.NODE_REGISTRY
+        out = []
+        for n in nodes:
+            if not await redis_cluster.lost_with_restart(
+                self.redis, k.node_key(n), registry, within_s
+            ):
+                out.append(n)
+        return out
 
     async def mark_held(self, node_id: str, grace_ms: int) -> bool:
         """Claim the hold of a node's sessions (one claimant); False if already claimed."""

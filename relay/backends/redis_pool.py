@@ -11,17 +11,25 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from relay.backends import redis_cluster
 from relay.backends.redis_sentinel import is_sentinel_url, sentinel_client
 
 log = logging.getLogger("relay.redis")
 
-# Errors that mean "Redis is unreachable right now" (as opposed to a bad command).
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# Errors that mean "Redis is unreachable right now" (as opposed to a bad command). On a
+# Cluster also CLUSTERDOWN (no node answering, or a slot nobody serves, is a ConnectionError:
+# redis_cluster.ClusterUnreachable).
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, ClusterDownError)
+
+# The client: one Redis (or its Sentinel-managed master), or a Redis Cluster.
+Client = Redis | RedisCluster
 
 
 class RedisShared:
@@ -30,12 +38,19 @@ class RedisShared:
     Explicit retry (2 quick retries; the backends add their own backoff on top), socket
     timeouts so a hung server cannot hold a task forever, and a health check so idle pooled
     connections (and the pub/sub connection) notice a dead server.
+
+    A URL naming a node of a Redis Cluster (`redis_cluster.probe`, one round trip now) gets a
+    `RedisCluster` with the same settings (`cluster` is then True; docs/redis.md, "Cluster").
     """
 
     def __init__(self, url: str, max_connections: int = 32) -> None:
         self.url = url
+        self.cluster = False  # a Redis Cluster (found out once, here)
+        self._unprobed: str | None = None  # why the probe could not tell (`check_mode`)
         if is_sentinel_url(url):  # redis+sentinel://: relay/backends/redis_sentinel.py
-            self.redis: Redis = sentinel_client(url, max_connections)
+            self.redis: Client = sentinel_client(url, max_connections)
+        elif self._is_cluster(url):
+            self.redis = redis_cluster.cluster_client(url, max_connections)
         else:
             pool = BlockingConnectionPool.from_url(
                 url,
@@ -51,7 +66,35 @@ class RedisShared:
             self.redis = Redis.from_pool(pool)
         self._users = 0
 
-    def acquire(self) -> Redis:
+    def _is_cluster(self, url: str) -> bool:
+        try:
+            self.cluster = redis_cluster.probe(url)
+        except redis_cluster.ProbeFailed as exc:
+            self._unprobed = str(exc)
+            log.warning(
+                "redis: could not ask %s whether it is a Redis Cluster node (%s); using it as "
+                "one Redis (a Cluster must be reachable when the relay starts)",
+                redis_cluster.redacted(url),
+                exc,
+            )
+        return self.cluster
+
+    async def check_mode(self) -> None:
+        """Once Redis answers, if the probe at start could not reach it: a Cluster node used
+        as one Redis cannot work (most keys are on other shards), so say it, loudly, once."""
+        if self._unprobed is None or self.cluster:
+            return
+        self._unprobed = None
+        with contextlib.suppress(Exception):
+            info = await self.redis.info("cluster")
+            if int(info.get("cluster_enabled", 0)):
+                log.error(
+                    "redis: %s is a Redis Cluster node, but it was unreachable when the relay "
+                    "started, so it is used as one Redis, which cannot work: restart the relay",
+                    redis_cluster.redacted(self.url),
+                )
+
+    def acquire(self) -> Client:
         self._users += 1
         return self.redis
 

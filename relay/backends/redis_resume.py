@@ -21,11 +21,10 @@ import json
 import logging
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.backends import redis_keys as k
-from relay.backends.redis_pool import UNREACHABLE
+from relay.backends.redis_pool import UNREACHABLE, Client
 
 log = logging.getLogger("relay.redis.resume")
 
@@ -36,7 +35,7 @@ def resume_key(token_hash: str) -> str:
 
 
 class ResumeRecords:
-    def __init__(self, redis: Redis, node_id: str) -> None:
+    def __init__(self, redis: Client, node_id: str) -> None:
         self.redis = redis
         self.node_id = node_id
         self._tasks: set[asyncio.Task[None]] = set()

@@ -23,12 +23,10 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from redis.asyncio import Redis
-
+from relay.backends import redis_cluster, redis_pool
 from relay.backends import redis_keys as k
-from relay.backends import redis_pool
 from relay.backends.base import FALLBACK_SID_BASE
-from relay.backends.redis_pool import UNREACHABLE, Reachability
+from relay.backends.redis_pool import UNREACHABLE, Client, Reachability
 from relay.backends.redis_writes import LiveSessions, Writer, now_ms, raise_unreachable
 from relay.core import protocol as p
 from relay.core.model import SessionLike
@@ -101,7 +99,7 @@ def signature(s: SessionLike) -> tuple[Any, ...]:
 class WriteBehind:
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         writer: Writer,
         reach: Reachability,
         heartbeat: Any,
@@ -126,7 +124,7 @@ class WriteBehind:
         self.wake = asyncio.Event()
         self.reconcile = True
         self.announce = False
-        self._bump = redis.register_script(BUMP_SID)
+        self._bump = redis_cluster.Script(redis, BUMP_SID)  # (EVAL in a cluster pipeline)
         self.flushes = 0
         self.overflows = 0
 

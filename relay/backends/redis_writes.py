@@ -13,11 +13,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis.asyncio import Redis
-
+from relay.backends import redis_cluster
 from relay.backends import redis_keys as k
 from relay.backends.redis_keys import MemberRecord
-from relay.backends.redis_pool import UNREACHABLE
+from relay.backends.redis_pool import UNREACHABLE, Client
 from relay.core import protocol as p
 from relay.core.model import SessionLike
 from relay.core.recent import RecentUser
@@ -92,7 +91,7 @@ class Writer:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         node_id: str,
         live: LiveSessions,
         stream: str,
@@ -158,7 +157,7 @@ class Writer:
             if not evs:
                 continue
             frame = p.encode_batch(doc_id, ts, evs)
-            pipe.publish(k.channel(doc_id), k.envelope(self._nid, frame))
+            redis_cluster.publish(pipe, k.channel(doc_id), k.envelope(self._nid, frame))
             if deliver and self.deliver_local is not None:
                 self.deliver_local(doc_id, frame)
 

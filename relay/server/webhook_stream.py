@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from relay.backends import redis_pool
+from relay.backends import redis_cluster, redis_pool
 from relay.backends.redis_keys import as_text
 from relay.backends.redis_pool import UNREACHABLE
 from relay.config import PresenceConfig
@@ -165,7 +165,7 @@ class StreamSource:
         self.claimed = 0
         self.skipped = 0  # entries without a sid (older nodes) or not joined/left
         self.leases = 0  # times this node became the reader
-        self._transition = self.redis.register_script(TRANSITION)
+        self._transition = redis_cluster.Script(self.redis, TRANSITION)  # (pipelined)
         self._refresh_lease = self.redis.register_script(LEASE_REFRESH)
         self._release_lease = self.redis.register_script(LEASE_RELEASE)
         self._wake_acks = asyncio.Event()
