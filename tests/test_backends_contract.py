@@ -147,8 +147,8 @@ async def test_broker_delivers_to_other_nodes_not_self(broker_pair: tuple[Broker
     a, b = broker_pair
     got_a: list[tuple[str, bytes]] = []
     got_b: list[tuple[str, bytes]] = []
-    a.set_callback(lambda d, f: got_a.append((d, f)))
-    b.set_callback(lambda d, f: got_b.append((d, f)))
+    a.set_callback(lambda d, f, _origin: got_a.append((d, f)))
+    b.set_callback(lambda d, f, _origin: got_b.append((d, f)))
     a.subscribe("doc")
     b.subscribe("doc")
     b.subscribe("doc")  # idempotent
@@ -167,7 +167,7 @@ async def test_broker_delivers_to_other_nodes_not_self(broker_pair: tuple[Broker
 async def test_broker_unsubscribe_stops_delivery(broker_pair: tuple[Broker, Broker]) -> None:
     a, b = broker_pair
     got: list[bytes] = []
-    b.set_callback(lambda d, f: got.append(f))
+    b.set_callback(lambda d, f, _origin: got.append(f))
     b.subscribe("doc")
     b.unsubscribe("doc")
     b.unsubscribe("doc")  # idempotent

@@ -158,10 +158,10 @@ async def test_fields_lost_in_a_pubsub_gap_reach_the_other_node(
         forward = r2.hub.broker._callback
         assert forward is not None
 
-        def spy(doc_id: str, frame: bytes) -> None:
+        def spy(doc_id: str, frame: bytes, origin: str) -> None:
             msg = msgpack.unpackb(frame, strict_map_key=False)
             via_pubsub.extend(ev for ev in msg[3] if about(ev, sid_a))
-            forward(doc_id, frame)
+            forward(doc_id, frame, origin)
 
         r2.hub.broker.set_callback(spy)
 

@@ -9,13 +9,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from relay.core.model import SessionLike, UserPresenceSummary
 from relay.core.recent import RecentUser
 
-# Frames received from another node for a document: (doc_id, frame bytes).
-BrokerCallback = Callable[[str, bytes], None]
+# Frames received from another node for a document: (doc_id, frame bytes, origin node id;
+# "" for frames a node hands itself, e.g. its reaper's).
+BrokerCallback = Callable[[str, bytes, str], None]
+
+
+class NodeSetListener(Protocol):
+    """What a broker tells about the other nodes of a document (the cluster listens)."""
+
+    def node_hello(self, doc_id: str, origin: str) -> None:
+        """`origin` opened the document: it may have missed what happened meanwhile."""
+
+    def node_roster(self, doc_id: str, origin: str, server_ms: int, members: list[Any]) -> None:
+        """Every member `origin` owns in the document (MEMBER arrays), as of `server_ms`."""
+
+    def node_gap(self, doc_id: str, cause: str) -> None:
+        """Messages of the document were lost (`gap`), repeated (`duplicate`), or may have
+        been (`reconnect`): re-read it."""
 
 
 # Sids a node allocates on its own (the shared store was unreachable at the join) live far
@@ -112,6 +127,20 @@ class Broker(ABC):
     @abstractmethod
     def set_callback(self, callback: BrokerCallback) -> None:
         """Where frames from other nodes go."""
+
+    listener: NodeSetListener | None = None  # told of other nodes' HELLOs, ROSTERs, gaps
+
+    async def join_nodes(self, doc_id: str) -> None:  # noqa: B027 - optional hook
+        """Enter the document's set of nodes (after `ensure_subscribed`)."""
+
+    def hello(self, doc_id: str) -> None:  # noqa: B027 - optional hook
+        """Tell the document's other nodes this one opened it (they answer with ROSTERs)."""
+
+    async def refresh_nodes(self, doc_ids: list[str]) -> None:  # noqa: B027 - optional hook
+        """Re-enter and re-read the node sets of these documents."""
+
+    def send_roster(self, doc_id: str, server_ms: int, members: list[Any]) -> None:  # noqa: B027
+        """Tell the document's other nodes every member this node owns there."""
 
     async def ready(self) -> bool:
         return True

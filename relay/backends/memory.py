@@ -82,7 +82,7 @@ class MemoryBroker(Broker):
         for broker in subs:
             # Delivered on a later loop iteration, like a network hop: never re-entrant.
             if broker is not self and broker._callback is not None:
-                loop.call_soon(broker._callback, doc_id, frame)
+                loop.call_soon(broker._callback, doc_id, frame, self.node_id)
 
     async def close(self) -> None:
         for doc_id in list(self.bus.subscribers):

@@ -5,7 +5,9 @@ Keys (`<doc>` is the document id itself, no braces, exactly as the seed builds t
 - `presence:<doc>:users`                 hash user_id -> UserPresence JSON (seed)
 - `presence:workspace:<ws>:documents`    set of document ids (seed)
 - `presence:user:<user>`                 hash doc_id -> last_active ms (seed)
-- `presence:channel:<doc>`               pub/sub channel: node id, `|`, one BATCH frame (seed)
+- `presence:channel:<doc>`               pub/sub channel: node id[`;`seq], `|`, one BATCH frame
+                                         (seed), or a node-set message (see `envelope`)
+- `presence:<doc>:nodes`                 set of the node ids that have the document open
 - `materi:events:presence`               stream of joined / left (seed; name configurable)
 - `presence:<doc>:members`               hash sid -> msgpack
 - `presence:<doc>:recent`                hash user_id -> msgpack, users who left (v1.1)
@@ -88,6 +90,12 @@ def channel(doc_id: str) -> str:
     return CHANNEL_PREFIX + doc_id
 
 
+def nodes_key(doc_id: str) -> str:
+    """Set: the nodes that have the document open (a node publishes a document's batches
+    only while another node is in it: docs/redis.md, "Who listens")."""
+    return f"presence:{doc_id}:nodes"
+
+
 def node_key(node_id: str) -> str:
     return f"presence:node:{node_id}"
 
@@ -133,19 +141,43 @@ def parse_owned(value: bytes | str) -> tuple[int, str] | None:
 
 
 # ---------------------------------------------------------------- envelope on the channel
+#
+# `<node id>;<seq>|<payload>`: the origin node, its sequence number for the document (1, 2,
+# ... for every message it sends on that channel since it opened the document; a receiver
+# that sees one missing or repeated re-reads the document), and the payload: a BATCH frame
+# (what the seed's readers expect after the `|`) or one of the node-set messages below, also
+# msgpack arrays, whose codes are no frame's (a reader that wants BATCH frames skips them).
+# `<node id>|<frame>` (no sequence) is what nodes before v1.2 send; it is still read.
 
 SEP = b"|"
+SEQ_SEP = b";"
+NODE_HELLO = 200  # [200]: the origin opened the document (is in its node set now)
+NODE_ROSTER = 201  # [201, server_ms, [MEMBER, ...]]: every member the origin owns there
+NODE_BYE = 202  # [202]: the origin closed the document
 
 
-def envelope(node_id: bytes, frame: bytes) -> bytes:
+def envelope(node_id: bytes, frame: bytes, seq: int = 0) -> bytes:
+    if seq:
+        return b"%s;%d|%s" % (node_id, seq, frame)
     return node_id + SEP + frame
 
 
-def open_envelope(data: bytes) -> tuple[bytes, bytes] | None:
+def open_envelope(data: bytes) -> tuple[bytes, int, bytes] | None:
+    """(origin node id, sequence or 0, payload), or None for a malformed message."""
     i = data.find(SEP)
     if i <= 0:
         return None
-    return data[:i], data[i + 1 :]
+    head = data[:i]
+    j = head.find(SEQ_SEP)
+    if j < 0:
+        return head, 0, data[i + 1 :]
+    try:
+        seq = int(head[j + 1 :])
+    except ValueError:
+        return None
+    if j == 0 or seq <= 0:
+        return None
+    return head[:j], seq, data[i + 1 :]
 
 
 # ---------------------------------------------------------------- records
@@ -227,6 +259,7 @@ class StoredSession(Session):
     """A session rebuilt from a member record: also says when its owner wrote the record."""
 
     written_at_ms: int = 0
+    node_id: str = ""  # the node that owns it
 
 
 def _tuple(v: Any) -> Any:
@@ -285,6 +318,7 @@ class MemberRecord:
             kind=m[13] if len(m) > 13 else 0,  # a v1 node's record has 13 elements
             status=m[14] if len(m) > 14 else None,
             written_at_ms=self.written_at,
+            node_id=self.node_id,
         )
 
 

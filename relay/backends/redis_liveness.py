@@ -197,10 +197,16 @@ class Liveness:
 
     async def reap_node(self, node_id: str, publish: bool, reason: int) -> None:
         """Remove every session Redis lists for `node_id` (this node's too, at shutdown)."""
-        for doc_id, sids in (await self._owned(node_id)).items():
+        owned = await self._owned(node_id)
+        for doc_id, sids in owned.items():
             await self.writer.remove_sessions(doc_id, sids, node_id, publish, reason)
         if node_id != self.node_id:
             pipe = self.redis.pipeline(transaction=False)
+            # Out of the node sets of its documents. (One it had open without a session of
+            # its own stays listed: the others publish to it for nothing until they refresh
+            # their view of the set, every presence_ttl_seconds, and see no heartbeat.)
+            for doc_id in owned:
+                pipe.srem(k.nodes_key(doc_id), node_id)
             pipe.delete(k.node_sessions_key(node_id))
             pipe.srem(k.NODE_REGISTRY, node_id)
             await pipe.execute()

@@ -9,6 +9,13 @@ parsed on the event loop and stalls it: docs/redis.md). A sweep re-queues live s
 presence changed since their last write (once a second at most), so the hub never tells the
 store about cursor moves.
 
+Membership before its announcement: a session's first record (and its removal) is in Redis
+before any frame that announces it reaches the channel. The broker asks `membership_mark()`
+when a frame is published and waits for `membership_written(mark)` before sending it. So a
+node that subscribes to a document and then reads its members misses nobody: a `joined` it
+did not hear was published after a write it reads, and a `left` likewise (the race a
+subscribe-then-read alone leaves open: the write-behind may trail the ticker by a round trip).
+
 The queue is bounded: past the bound only a "reconcile" flag is kept, and the reconcile
 rewrites every live session, removes what Redis still lists for this node but it lost,
 raises the sid counters, and (after an outage) re-announces the sessions to other nodes.
@@ -17,6 +24,7 @@ raises the sid counters, and (after an outage) re-announces the sessions to othe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -56,6 +64,7 @@ class Entry:
         "from_node",
         "handover",
         "left_at_ms",
+        "mark",
         "publish_left",
         "reason",
         "remove",
@@ -79,6 +88,7 @@ class Entry:
         self.attempted = False  # a failed flush may have written part of it
         self.publish_left = publish_left  # left while Redis was down: others never heard
         self.left_at_ms = 0  # when it left (its `recent` entry), set with `remove`
+        self.mark = 0  # its place among membership changes not yet written (0: none)
 
 
 def signature(s: SessionLike) -> tuple[Any, ...]:
@@ -122,6 +132,11 @@ class WriteBehind:
         self.inflight: set[tuple[str, int]] = set()
         self._written: dict[tuple[str, int], tuple[Any, ...]] = {}
         self.wake = asyncio.Event()
+        # Membership changes (announces, removals) queued and not yet written, by mark: the
+        # oldest one bounds what the broker may send (see the module's docstring).
+        self._marks = 0
+        self._unwritten: dict[str, dict[int, int]] = {}  # doc -> mark -> sid
+        self._progress = asyncio.Event()
         self.reconcile = True
         self.announce = False
         self._bump = redis_cluster.Script(redis, BUMP_SID)  # (EVAL in a cluster pipeline)
@@ -144,10 +159,13 @@ class WriteBehind:
             e.session = session
             if new:
                 e.announce = True
+                self._mark(e, key)
         elif len(self.queue) >= self.max_queue:
             self._overflowed()
         else:
-            self.queue[key] = Entry(session, announce=new)
+            e = self.queue[key] = Entry(session, announce=new)
+            if new:
+                self._mark(e, key)
         self.wake.set()
 
     def session_left(self, doc_id: str, session: SessionLike, reason: int = 0) -> None:
@@ -158,6 +176,7 @@ class WriteBehind:
         e = self.queue.get(key)
         if e is not None and e.announce and not e.attempted and key not in self.inflight:
             del self.queue[key]  # Redis never saw it: nothing to undo, nothing to announce
+            self._unmark(doc_id, e)
             return
         up = self.reach.up
         if e is not None:
@@ -170,6 +189,8 @@ class WriteBehind:
             e = self.queue[key] = Entry(session, remove=True, publish_left=not up, reason=reason)
         if e is not None:
             e.left_at_ms = int(time.time() * 1000)
+            if not e.mark:  # (an announce not written yet keeps its older mark)
+                self._mark(e, key)
         self.wake.set()
 
     def session_released(self, doc_id: str, session: SessionLike) -> None:
@@ -181,7 +202,7 @@ class WriteBehind:
         self._written.pop(key, None)
         e = Entry(session, remove=True)
         e.handover = True
-        self.queue[key] = e  # replaces a queued write of the old owner's view
+        self._replace(key, e)  # replaces a queued write of the old owner's view
         self.wake.set()
 
     def session_adopted(self, doc_id: str, session: SessionLike, from_node: str) -> None:
@@ -191,11 +212,57 @@ class WriteBehind:
         e = Entry(session)
         e.attempted = True  # a full write: the node's session list and the workspace
         e.from_node = from_node
-        self.queue[(doc_id, session.sid)] = e
+        self._replace((doc_id, session.sid), e)
         self.wake.set()
 
     def depth(self) -> int:
         return len(self.queue) + len(self.inflight)
+
+    # ------------------------------------------------------------ the broker's barrier
+
+    def _replace(self, key: tuple[str, int], e: Entry) -> None:
+        old = self.queue.get(key)
+        if old is not None:
+            self._unmark(key[0], old)  # what it was to announce never will be: nothing to wait for
+        self.queue[key] = e
+
+    def _mark(self, e: Entry, key: tuple[str, int]) -> None:
+        self._marks += 1
+        e.mark = self._marks
+        self._unwritten.setdefault(key[0], {})[e.mark] = key[1]
+
+    def _unmark(self, doc_id: str, e: Entry) -> None:
+        if e.mark:
+            marks = self._unwritten.get(doc_id)
+            if marks is not None and marks.pop(e.mark, None) is not None:
+                if not marks:
+                    del self._unwritten[doc_id]
+                self._progress.set()
+        e.mark = 0
+
+    def membership_mark(self) -> int:
+        """The latest membership change queued so far (a frame published now may announce
+        any of them)."""
+        return self._marks
+
+    def membership_pending(self, doc_id: str, mark: int) -> bool:
+        """Is a membership change in `doc_id` at or before `mark` still to be written?"""
+        marks = self._unwritten.get(doc_id)
+        # (Marks enter in increasing order; a dict keeps that order: the first is the oldest.)
+        return marks is not None and next(iter(marks)) <= mark and self.reach.up
+
+    async def membership_written(self, doc_id: str, mark: int, timeout: float) -> None:
+        """Wait until every membership change up to `mark` is in Redis (at most `timeout`:
+        an unreachable Redis must not hold the channel, where the resyncs repair)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.membership_pending(doc_id, mark):
+            self._progress.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), left)
 
     def _overflowed(self) -> None:
         # The queue is full: keep only a flag. The reconcile that follows rewrites every
@@ -290,6 +357,9 @@ class WriteBehind:
                     queue[key] = e
                 else:
                     cur.attempted = True
+                    if e.mark:  # the older change bounds the broker until this one lands
+                        self._unwritten.get(key[0], {}).pop(cur.mark, None)
+                        cur.mark = e.mark
                     cur.announce = cur.announce or (e.announce and not cur.remove)
                     cur.publish_left = cur.publish_left or e.publish_left
             raise
@@ -331,6 +401,8 @@ class WriteBehind:
             pipe.hvals(k.members_key(doc_id))
         results = await pipe.execute(raise_on_error=False)
         raise_unreachable(results)
+        for key, e in entries:
+            self._unmark(key[0], e)
         for key, sig in sigs:
             if key in self.live.by_doc.get(key[0], ()):
                 self._written[key] = sig

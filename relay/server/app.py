@@ -48,6 +48,7 @@ def make_backends(config: PresenceConfig) -> tuple[PresenceStore, Broker]:
         node_id = new_node_id()
         broker = RedisBroker(shared, node_id)
         store = RedisStore(shared, config, node_id, deliver_local=broker.deliver_local)
+        broker.gate = store.writebehind  # a frame waits for the membership writes before it
         return store, broker
     return MemoryStore(), MemoryBroker()
 

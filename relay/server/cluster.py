@@ -11,6 +11,13 @@ It asks the registry for documents and answers with values; it never acts on the
   also applied here to `remote=True` sessions in the local Document, by writing their
   fields directly, so nothing is re-queued as an event and re-broadcast. That makes a
   joiner's JOINED snapshot include members on other nodes.
+- Who listens (the broker's node set): a node opening a document says HELLO after its
+  subscription; every node there answers with a ROSTER, its own members in full, which
+  the opener applies as the truth about that node's members (new ones, changed ones, and
+  mirrored ones of that node it no longer has). Each mirrored session knows its owner.
+- Gaps: a message missing or repeated in another node's sequence for a document (the
+  broker checks), and a joined member this node did not know, make it re-read the
+  document soon (the record holds what a BATCH does not carry: the member's workspace).
 - Resync: after the pub/sub connection comes back (frames were lost meanwhile) and every
   `presence_ttl_seconds` as anti-entropy, each document's remote members are re-read from
   the store; differences (joins, leaves, and the fields of members both sides know) go to
@@ -52,6 +59,7 @@ SETTLE_RESYNCS = (0.15, 1.0)  # re-reads after a node opens a document (seconds 
 # write-behind sweep): the 2 s read sees it, 4 s is the margin for a slow owner; later than
 # that, the periodic anti-entropy (every presence_ttl_seconds) repairs.
 RECONNECT_RESYNCS = (0.5, 2.0, 4.0)
+GAP_RESYNC_DELAY_S = 0.02  # a gap's re-read waits this long: one read for a burst of them
 
 # A mirrored session's field groups: index into its stamps (Cluster.stamps), each the
 # owner's server_ms of the last BATCH (or record) that set the group.
@@ -89,11 +97,19 @@ class Cluster:
         self.tombstones: dict[str, dict[int, int]] = {}  # doc -> sid -> left at (ms)
         # doc -> remote sid -> per field group, when its owner set it (see F_CURSOR, ...)
         self.stamps: dict[str, dict[int, list[int]]] = {}
+        self.owners: dict[str, dict[int, str]] = {}  # doc -> remote sid -> its node's id
+        self._resync_soon: set[str] = set()  # documents with a gap's re-read scheduled
+        # Mirrored sessions first heard of in a BATCH or a ROSTER, whose record is to be
+        # read for what those do not carry (the workspace): doc -> sids.
+        self._unfilled: dict[str, set[int]] = {}
+        # Re-reads by cause: `gap`, `duplicate` (in another node's sequence), `reconnect`.
+        self.resyncs_by_cause: dict[str, int] = {}
         self.stripe = zlib.crc32(broker.node_id.encode()) & 0xFF
         self._fallback = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.resyncs = 0
         broker.set_reconnect_callback(self.on_reconnect)
+        broker.listener = self
         registry.on_drop.append(lambda doc: self.forget(doc.doc_id))
 
     # ------------------------------------------------------------ lifecycle
@@ -129,6 +145,7 @@ class Cluster:
         )
 
     def forget(self, doc_id: str) -> None:
+        self.owners.pop(doc_id, None)
         self.seen.pop(doc_id, None)
         self.tombstones.pop(doc_id, None)
         self.stamps.pop(doc_id, None)
@@ -157,7 +174,7 @@ class Cluster:
 
     def adopted(self, doc_id: str, sid: int) -> None:
         """A session this node mirrored is now its own (resumed here): no longer mirrored."""
-        for table in (self.seen, self.stamps, self.tombstones):
+        for table in (self.seen, self.stamps, self.tombstones, self.owners):
             table.get(doc_id, {}).pop(sid, None)
 
     def released(self, doc_id: str, sid: int, now_ms: int) -> None:
@@ -195,8 +212,12 @@ class Cluster:
         self.stamps[doc_id] = {}
         self.tombstones.setdefault(doc_id, {})
         # Subscribe first, then read: an event that races the read is either in the
-        # snapshot or arrives on the channel (and a `left` leaves a tombstone).
+        # snapshot or arrives on the channel (and a `left` leaves a tombstone), since its
+        # owner publishes it only after writing it (the write-behind's barrier). Then into
+        # the node set, so the others publish the document's batches (and answer HELLO).
         await self.broker.ensure_subscribed(doc_id)
+        self.owners[doc_id] = {}
+        await self.broker.join_nodes(doc_id)
         try:
             stored = await self.store.load_members(doc_id)
         except Exception as exc:
@@ -209,6 +230,7 @@ class Cluster:
                 log.info("no recent leaves for %s: %s", doc_id, exc)
         if self.registry.get(doc_id) is doc:
             self._merge(doc, stored, self.clock())
+            self.broker.hello(doc_id)
             # A join on another node published before our SUBSCRIBE took effect but written
             # to Redis after our read is in neither: look again once writes have landed.
             self._spawn(self._settle(doc_id))
@@ -244,7 +266,12 @@ class Cluster:
         events = []
         for s in sessions:
             sid = s.sid
-            if sid in doc.sessions or sid in local:
+            if sid in local:
+                continue
+            known = doc.sessions.get(sid)
+            if known is not None:
+                if known.remote and known.user != s.user:
+                    known.user = s.user  # (a BATCH's `joined` does not carry the workspace)
                 continue
             left_at = tomb.get(sid)
             if left_at is not None and now - left_at < TOMBSTONE_MS:
@@ -252,13 +279,17 @@ class Cluster:
             m = twin_session(s.member(), s.user.workspace_id, s.cursor_arrived_ms)
             doc.sessions[sid] = m
             seen[sid] = now
+            node_id = getattr(s, "node_id", "")
+            if node_id:
+                self.owners.setdefault(doc.doc_id, {})[sid] = node_id
             # Every field is as of the record (0 for an old-format record: any later one wins).
             stamps[sid] = [getattr(s, "written_at_ms", 0)] * N_FIELDS
             events.append((p.EV_JOINED, m.member()))
         return events
 
-    def apply(self, doc_id: str, frame: bytes) -> None:
-        """Apply another node's BATCH to the mirrored sessions (no events are queued)."""
+    def apply(self, doc_id: str, frame: bytes, origin: str = "") -> None:
+        """Apply another node's BATCH to the mirrored sessions (no events are queued);
+        `origin` is the node that sent it ("" for this node's reaper)."""
         doc = self.registry.get(doc_id)
         if doc is None:
             return
@@ -275,6 +306,7 @@ class Cluster:
         seen = self.seen.setdefault(doc_id, {})
         stamps = self.stamps.setdefault(doc_id, {})
         tomb = self.tombstones.setdefault(doc_id, {})
+        owners = self.owners.setdefault(doc_id, {})
         for ev in events:
             try:
                 code = ev[0]
@@ -284,11 +316,19 @@ class Cluster:
                     if sid in local:
                         continue  # never let a remote record shadow a local session
                     old = sessions.get(sid)
-                    ws = old.user.workspace_id if old is not None else self._workspace(doc)
+                    if old is not None:
+                        ws = old.user.workspace_id
+                    else:
+                        # The BATCH does not say; the record (written before this was
+                        # published) does: read it soon, until then the likeliest one.
+                        ws = self._workspace(doc)
+                        self.fill_soon(doc_id, sid)
                     sessions[sid] = twin_session(m, ws, ts)
                     seen[sid] = ts
                     stamps[sid] = [ts] * N_FIELDS
                     tomb.pop(sid, None)
+                    if origin:
+                        owners[sid] = origin
                     continue
                 sid = ev[1]
                 if code == p.EV_LEFT:
@@ -300,6 +340,7 @@ class Cluster:
                             self.recent.left(doc_id, s, reason, ts)
                     seen.pop(sid, None)
                     stamps.pop(sid, None)
+                    owners.pop(sid, None)
                     if sid not in local:
                         tomb[sid] = ts
                     continue
@@ -351,13 +392,125 @@ class Cluster:
                 return s.user.workspace_id
         return "default"
 
+    # ------------------------------------------------------------ the node set
+
+    def node_hello(self, doc_id: str, origin: str) -> None:
+        """Another node opened the document: tell it every member this node owns there
+        (what it may have missed before it was known to be listening)."""
+        doc = self.registry.get(doc_id)
+        if doc is None:
+            return
+        own = [s.member() for s in doc.sessions.values() if not s.remote]
+        self.broker.send_roster(doc_id, self.clock(), own)
+
+    def node_roster(self, doc_id: str, origin: str, server_ms: int, members: list[Any]) -> None:
+        """`origin`'s members in the document, in full: mirror them, drop the mirrored
+        ones of `origin` it no longer has, and tell local members the difference."""
+        doc = self.registry.get(doc_id)
+        if doc is None or not origin:
+            return
+        local = self.registry.local.get(doc_id, {})
+        sessions = doc.sessions
+        owners = self.owners.setdefault(doc_id, {})
+        seen = self.seen.setdefault(doc_id, {})
+        stamps = self.stamps.setdefault(doc_id, {})
+        tomb = self.tombstones.setdefault(doc_id, {})
+        events: list[tuple[Any, ...]] = []
+        listed = set()
+        for m in members:
+            sid = m[0]
+            listed.add(sid)
+            old = sessions.get(sid)
+            if sid in local or (old is not None and not old.remote):
+                continue
+            left_at = tomb.get(sid)
+            if left_at is not None and left_at >= server_ms:
+                continue  # its `left` came after this roster was made
+            if old is not None and list(old.member()) == list(m):
+                owners[sid] = origin
+                continue
+            ws = old.user.workspace_id if old is not None else self._workspace(doc)
+            if old is None:
+                self.fill_soon(doc_id, sid)
+            sessions[sid] = twin_session(m, ws, server_ms)
+            seen[sid] = self.clock()
+            stamps[sid] = [server_ms] * N_FIELDS
+            owners[sid] = origin
+            tomb.pop(sid, None)
+            events.append((p.EV_JOINED, sessions[sid].member()))
+        for sid in [sid for sid, node in owners.items() if node == origin and sid not in listed]:
+            s = sessions.get(sid)
+            del owners[sid]
+            if s is None or not s.remote:
+                continue
+            del sessions[sid]
+            seen.pop(sid, None)
+            stamps.pop(sid, None)
+            tomb[sid] = server_ms
+            events.append((p.EV_LEFT, sid, p.LOST))  # why is not known here
+            if self.recent is not None:
+                self.recent.left(doc_id, s, p.LOST, server_ms)
+        if events and local:
+            self.deliver(doc_id, events)
+
+    def node_gap(self, doc_id: str, cause: str) -> None:
+        self.resync_soon(doc_id, cause)
+
+    def resync_soon(self, doc_id: str, cause: str) -> None:
+        """Re-read the document shortly (one read for a burst of reasons)."""
+        self.resyncs_by_cause[cause] = self.resyncs_by_cause.get(cause, 0) + 1
+        if doc_id in self._resync_soon:
+            return
+        self._resync_soon.add(doc_id)
+        self._spawn(self._resync_after_gap(doc_id))
+
+    def fill_soon(self, doc_id: str, sid: int) -> None:
+        """Read the record of a member first heard of without one, shortly (one read for
+        a burst of joins): a BATCH's `joined` does not say its workspace."""
+        pending = self._unfilled.get(doc_id)
+        if pending is None:
+            pending = self._unfilled[doc_id] = set()
+            self._spawn(self._fill(doc_id))
+        pending.add(sid)
+
+    async def _fill(self, doc_id: str) -> None:
+        try:
+            await asyncio.sleep(GAP_RESYNC_DELAY_S)
+        finally:
+            sids = self._unfilled.pop(doc_id, set())
+        try:
+            records = await self.store.load_members(doc_id)
+        except Exception:
+            return  # the next resync reads it
+        doc = self.registry.get(doc_id)
+        if doc is None:
+            return
+        for record in records:
+            m = doc.sessions.get(record.sid)
+            if record.sid in sids and m is not None and m.remote:
+                m.user = record.user  # (no event: a workspace is not on the wire)
+
+    async def _resync_after_gap(self, doc_id: str) -> None:
+        try:
+            await asyncio.sleep(GAP_RESYNC_DELAY_S)
+        finally:
+            self._resync_soon.discard(doc_id)
+        with contextlib.suppress(Exception):
+            await self.resync(doc_id)
+
     # ------------------------------------------------------------ resync
 
     def on_reconnect(self) -> None:
         """The pub/sub connection is (re)established: frames may have been lost."""
         if self.registry.documents:
+            self.resyncs_by_cause["reconnect"] = self.resyncs_by_cause.get("reconnect", 0) + 1
+            self._spawn(self._refresh_nodes())
             for delay in RECONNECT_RESYNCS:
                 self._spawn(self._resync_later(delay))
+
+    async def _refresh_nodes(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.broker.refresh_nodes(list(self.registry.documents))
 
     async def _resync_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -367,6 +520,7 @@ class Cluster:
         interval = max(1.0, float(self.presence_ttl_seconds))
         while True:
             await asyncio.sleep(interval)
+            await self._refresh_nodes()
             await self.resync_all()
 
     async def resync_all(self) -> None:
@@ -406,8 +560,12 @@ class Cluster:
             record = stored.get(sid)
             if record is not None:
                 self._heal(s, record, stamps, events)
+                owner = getattr(record, "node_id", "")
+                if owner:
+                    self.owners.setdefault(doc_id, {})[sid] = owner
             elif now - seen.get(sid, 0) > RESYNC_GRACE_MS:
                 del doc.sessions[sid]
+                self.owners.get(doc_id, {}).pop(sid, None)
                 seen.pop(sid, None)
                 stamps.pop(sid, None)
                 tomb[sid] = now
@@ -429,6 +587,8 @@ class Cluster:
         was built stays: the owner's next write carries it and the next resync compares again.
         """
         sid = m.sid
+        if record.user.workspace_id != m.user.workspace_id:  # (not in a BATCH's `joined`)
+            m.user = record.user
         written = getattr(record, "written_at_ms", 0)
         st = stamps.get(sid)
         if st is None:

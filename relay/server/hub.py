@@ -417,14 +417,15 @@ class Hub:
             )
             self.close_client(client, p.CLOSE_TOO_SLOW, "send backlog exceeded")
 
-    def on_remote_frame(self, doc_id: str, frame: bytes) -> None:
-        """A BATCH from another node: forward the bytes unchanged to local members."""
+    def on_remote_frame(self, doc_id: str, frame: bytes, origin: str = "") -> None:
+        """A BATCH from another node (`origin`; "" from this node's reaper): forward the
+        bytes unchanged to local members."""
         if doc_id.startswith(CONTROL):  # not a document: this node's control channel
             if self.handover is not None:
                 self.handover.on_control(frame)
             return
         if self.cluster is not None:
-            self.cluster.apply(doc_id, frame)  # mirror other nodes' members
+            self.cluster.apply(doc_id, frame, origin)  # mirror other nodes' members
         members = self.registry.members(doc_id)
         if members:
             slow: list[Client] = []

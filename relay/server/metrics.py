@@ -146,6 +146,34 @@ class RelayCollector(Collector):
         )
         info.add_metric([self.implementation()], 1)
         yield info
+        yield from cluster_metrics(hub)
+
+
+def cluster_metrics(hub: Hub) -> Iterator[Metric]:
+    """Cross-node traffic and repairs (shared Redis only)."""
+    cluster, broker = hub.cluster, hub.broker
+    if cluster is None:
+        return
+    for name, doc, attr in (
+        ("presence_relay_broker_published", "Messages this node published", "published"),
+        ("presence_relay_broker_received", "Messages received from other nodes", "received"),
+        ("presence_relay_broker_skipped",
+         "Batches not published: no other node had the document open", "skipped"),
+        ("presence_relay_broker_dropped", "Messages dropped (publish failed, queue full)",
+         "dropped"),
+        ("presence_relay_broker_gaps",
+         "Messages found missing or repeated in another node's sequence", "gaps"),
+    ):  # fmt: skip
+        yield CounterMetricFamily(name, doc, value=getattr(broker, attr, 0))
+    resyncs = CounterMetricFamily(
+        "presence_relay_cluster_resyncs",
+        "Reasons to re-read a document from the store: gap, duplicate (in another node's "
+        "sequence), reconnect (of the pub/sub connection)",
+        labels=["cause"],
+    )
+    for cause, n in sorted(cluster.resyncs_by_cause.items()):
+        resyncs.add_metric([cause], n)
+    yield resyncs
 
 
 class WebhookCollector(Collector):
