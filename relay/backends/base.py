@@ -100,6 +100,10 @@ class PresenceStore(ABC):
     def session_adopted(self, doc_id: str, session: SessionLike, from_node: str) -> None:  # noqa: B027
         """This node took over a session `from_node` owned."""
 
+    def reconcile_soon(self) -> None:  # noqa: B027 - optional hook
+        """The shared store may have lost writes (it restarted, or failed over): rewrite
+        this node's sessions and raise its counters."""
+
 
 class Broker(ABC):
     """Cross-node fan-out of encoded BATCH frames, one channel per document."""

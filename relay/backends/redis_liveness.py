@@ -20,6 +20,7 @@ it reachable again when it answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 
@@ -57,6 +58,12 @@ class Liveness:
         self.reap_interval_s = min(1.0, presence_ttl_ms / 10_000)
         self.grace_ms = grace_ms
         self.held = 0  # dead nodes whose sessions this reaper held
+        # Set to heartbeat (or probe) now rather than at the next period: Redis went away,
+        # or may have come back as a new server (the broker's pub/sub reconnected).
+        self.wake = asyncio.Event()
+
+    def probe_now(self) -> None:
+        self.wake.set()
 
     @staticmethod
     def node_ttl_ms_for(presence_ttl_ms: int) -> int:
@@ -95,7 +102,9 @@ class Liveness:
                         self.reach.down(exc)
                         continue
                     log.warning("redis heartbeat failed: %s", exc)
-            await asyncio.sleep(self.heartbeat_s)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.heartbeat_s)
 
     async def reaper(self) -> None:
         while True:

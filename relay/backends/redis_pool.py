@@ -140,6 +140,7 @@ class Reachability:
         self.up = False
         self.failures = 0
         self._on_up = on_up
+        self.on_down: Callable[[], None] | None = None
 
     def down(self, exc: BaseException) -> None:
         if self.up:
@@ -150,6 +151,8 @@ class Reachability:
             )
         self.up = False
         self.failures += 1
+        if self.on_down is not None:
+            self.on_down()  # (the liveness probe starts at once, not at its next period)
 
     def back(self) -> None:
         if not self.up:

@@ -15,11 +15,12 @@ reconciles and re-announces its sessions (docs/redis.md, "Redis faults").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from relay.backends import redis_keys as k
 from relay.backends import redis_pool
@@ -86,8 +87,17 @@ class RedisStore(PresenceStore):
             self.redis, self.writer, self.writebehind, self.reach, ttl_ms,
             config.reconnect_grace_ms,
         )  # fmt: skip
+        self.reach.on_down = self.liveness.probe_now
         self._tasks: list[asyncio.Task[None]] = []
         self._alloc = self.redis.register_script(ALLOCATE_SID)
+        # A Redis that started (or restarted empty) less than this long ago hands out no
+        # sids yet: by then every live node has noticed (its pub/sub connection broke: it
+        # reconnects within the broker's 2 s backoff cap, then probes and reconciles at
+        # once) and re-raised its documents' counters above its sids (the reconcile's
+        # BUMP_SID), so a counter that came back from zero never re-issues a sid in use.
+        self.settle_s = config.redis_settle_ms / 1000
+        self._run_ids: dict[str, str] = {}  # server ("" unless Cluster) -> its run_id
+        self.sid_waits = 0  # sids discarded: handed out by a Redis started too recently
         self.resumes = ResumeRecords(self.redis, node_id)
         # Set by a shutdown that holds its sessions for other nodes to resume (a deploy):
         # for this long after it, the heartbeat key says `stopping` and nothing is reaped.
@@ -100,6 +110,10 @@ class RedisStore(PresenceStore):
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if not self.shared.cluster:  # which Redis this is (a restart changes its run_id)
+            with contextlib.suppress(*UNREACHABLE, RedisError):
+                async with asyncio.timeout(1.0):
+                    self._restart_wait("", await self.redis.info("server"))
         loop = asyncio.get_running_loop()
         wb, lv = self.writebehind, self.liveness
         for coro in (wb.flusher(), lv.heartbeat(self._heartbeat), lv.reaper(), wb.sweeper()):
@@ -156,6 +170,10 @@ class RedisStore(PresenceStore):
 
     def session_changed(self, doc_id: str, session: SessionLike) -> None:
         self.writebehind.session_changed(doc_id, session)
+
+    def reconcile_soon(self) -> None:
+        self.writebehind.request_reconcile(announce=False)
+        self.liveness.probe_now()  # (down: probe at once; up: the heartbeat finds out)
 
     def session_left(self, doc_id: str, session: SessionLike, reason: int = 0) -> None:
         self.writebehind.session_left(doc_id, session, reason)
@@ -278,13 +296,64 @@ class RedisStore(PresenceStore):
         return out
 
     async def allocate_sid(self, doc_id: str, floor: int) -> int | None:
+        """A sid from the document's counter (see SID_SETTLE_S: a join right after Redis
+        started waits for the counters to be raised); None if Redis does not answer."""
         if not self.reach.up:
             return None
+        key = k.sid_key(doc_id)
+        settle = self.settle_s
         try:
-            sid: Any = await asyncio.wait_for(
-                self._alloc(keys=[k.sid_key(doc_id)], args=[floor, SID_COUNTER_TTL_MS]), 1.0
-            )
-        except (*UNREACHABLE, RedisError) as exc:
+            async with asyncio.timeout(settle + 2.0):
+                while True:
+                    sid, wait = await self._allocate(key, floor)
+                    if wait <= 0:
+                        return sid
+                    # (The counter may be one past a sid in use: discard this one.)
+                    self.sid_waits += 1
+                    await asyncio.sleep(wait)
+        except (*UNREACHABLE, RedisError, TimeoutError) as exc:
             log.info("redis: no sid for %s (%s); using a fallback sid", doc_id, exc)
             return None
-        return int(sid)
+
+    async def _allocate(self, key: str, floor: int) -> tuple[int, float]:
+        """(The counter's next sid, how long to wait before a sid of this Redis is safe.)
+
+        The wait is above 0 only for a Redis this node saw restart (a new `run_id`) less than
+        `settle_s` ago: a first start has no sessions to forget (a node started within that
+        time of an empty restart is not covered: docs/redis.md, "Sids"). One round trip
+        where INFO is asked after the INCR, on the same connection (one per shard on Cluster).
+        """
+        args = [floor, SID_COUNTER_TTL_MS]
+        if self.settle_s <= 0:
+            return int(await self._alloc(keys=[key], args=args)), 0.0
+        server = ""
+        if self.shared.cluster:  # the shard that holds the key answers both
+            redis: Any = self.redis
+            sid = await self._alloc(keys=[key], args=args)
+            node = redis.get_node_from_key(key)
+            server = node.name
+            try:
+                info = await redis.info("server", target_nodes=node)
+            except ResponseError:
+                info = {}
+        else:
+            pipe: Any = self.redis.pipeline(transaction=False)
+            await self._alloc(keys=[key], args=args, client=pipe)
+            pipe.info("server")
+            sid, info = await pipe.execute(raise_on_error=False)
+            if isinstance(sid, Exception):
+                raise sid
+        return int(sid), self._restart_wait(server, info)
+
+    def _restart_wait(self, server: str, info: Any) -> float:
+        # (A Redis that will not say, INFO being disabled, is taken as settled.)
+        if not isinstance(info, dict) or "run_id" not in info:
+            return 0.0
+        run_id, uptime = info["run_id"], float(info.get("uptime_in_seconds", 0))
+        seen = self._run_ids.setdefault(server, run_id)
+        if seen == run_id:
+            return 0.0
+        if uptime >= self.settle_s:
+            self._run_ids[server] = run_id
+            return 0.0
+        return self.settle_s - uptime

@@ -502,6 +502,9 @@ class Cluster:
 
     def on_reconnect(self) -> None:
         """The pub/sub connection is (re)established: frames may have been lost."""
+        # Redis may have restarted empty: the sid counters go back above the sids in use
+        # first thing (see RedisStore.allocate_sid), and the records are rewritten.
+        self.store.reconcile_soon()
         if self.registry.documents:
             self.resyncs_by_cause["reconnect"] = self.resyncs_by_cause.get("reconnect", 0) + 1
             self._spawn(self._refresh_nodes())
