@@ -296,8 +296,8 @@ class RedisStore(PresenceStore):
         return out
 
     async def allocate_sid(self, doc_id: str, floor: int) -> int | None:
-        """A sid from the document's counter (see SID_SETTLE_S: a join right after Redis
-        started waits for the counters to be raised); None if Redis does not answer."""
+        """A sid from the document's counter (a join right after this node saw Redis restart
+        waits for the counters to be raised: `settle_s`); None if Redis does not answer."""
         if not self.reach.up:
             return None
         key = k.sid_key(doc_id)
