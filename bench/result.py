@@ -19,6 +19,41 @@ SATURATED_LATE_SHARE = 0.01
 SATURATED_OFFERED = 0.97
 
 
+def core_shares(a: dict[str, float], b: dict[str, float], window: float) -> dict[str, float]:
+    """Busy and softirq shares of the relay's and the generator's CPU between two snapshots.
+    The generator's core also runs the softirq work of its loopback sends, sometimes in
+    ksoftirqd (not charged to this process): the core's busy share is the better gauge."""
+    core = {}
+    for role in ("relay_core", "gen_core"):
+        if role + "_busy" in a and role + "_busy" in b:
+            core[role + "_busy"] = round((b[role + "_busy"] - a[role + "_busy"]) / window, 4)
+            core[role + "_softirq"] = round(
+                (b[role + "_softirq"] - a[role + "_softirq"]) / window, 4
+            )
+    return core
+
+
+def saturation_reasons(
+    gen_frac: float, gen_core: float | None, late_share: float, offered: float, requested: float
+) -> list[str]:
+    """Why the generator counts as saturated (none: it is not); the rule of bench/README.md."""
+    reasons = []
+    if gen_frac > SATURATED_CPU:
+        reasons.append(f"generator CPU {gen_frac:.0%} of one core > {SATURATED_CPU:.0%}")
+    if gen_core is not None and gen_core > SATURATED_CPU:
+        reasons.append(f"generator's core {gen_core:.0%} busy > {SATURATED_CPU:.0%}")
+    if late_share > SATURATED_LATE_SHARE:
+        reasons.append(
+            f"{late_share:.1%} of sends > 5 ms behind schedule (the generator "
+            "was CPU-starved: saturated, or another process on its core)"
+        )
+    if offered < SATURATED_OFFERED * requested:
+        reasons.append(
+            f"offered {offered:.0f}/s < {SATURATED_OFFERED:.0%} of requested {requested:.0f}/s"
+        )
+    return reasons
+
+
 def summarize(run: Any, metrics: dict[str, float]) -> dict[str, Any]:
     """Every number of a finished `bench.run.Run` (the JSON report's body; bench/README.md
     defines them). Typed `Any`: the run's counters live in the compiled generator."""
@@ -38,30 +73,10 @@ def summarize(run: Any, metrics: dict[str, float]) -> dict[str, Any]:
     late_share = se.late_window_5ms / se.sent_window if se.sent_window else 0.0
     offered = se.sent_window / window
     requested = run.n * cfg["rate"]
-    # The generator's core also runs the softirq work of its loopback sends, sometimes in
-    # ksoftirqd (not charged to this process): the core's busy share is the better gauge.
-    core = {}
-    for role in ("relay_core", "gen_core"):
-        if role + "_busy" in a and role + "_busy" in b:
-            core[role + "_busy"] = round((b[role + "_busy"] - a[role + "_busy"]) / window, 4)
-            core[role + "_softirq"] = round(
-                (b[role + "_softirq"] - a[role + "_softirq"]) / window, 4
-            )
-    gen_core = core.get("gen_core_busy")
-    reasons = []
-    if gen_frac > SATURATED_CPU:
-        reasons.append(f"generator CPU {gen_frac:.0%} of one core > {SATURATED_CPU:.0%}")
-    if gen_core is not None and gen_core > SATURATED_CPU:
-        reasons.append(f"generator's core {gen_core:.0%} busy > {SATURATED_CPU:.0%}")
-    if late_share > SATURATED_LATE_SHARE:
-        reasons.append(
-            f"{late_share:.1%} of sends > 5 ms behind schedule (the generator "
-            "was CPU-starved: saturated, or another process on its core)"
-        )
-    if offered < SATURATED_OFFERED * requested:
-        reasons.append(
-            f"offered {offered:.0f}/s < {SATURATED_OFFERED:.0%} of requested {requested:.0f}/s"
-        )
+    core = core_shares(a, b, window)
+    reasons = saturation_reasons(
+        gen_frac, core.get("gen_core_busy"), late_share, offered, requested
+    )
     timeline = []
     for s in range(sh.nsec):
         c = sh.second_histogram(s)

@@ -12,11 +12,12 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from bench.relay_proc import cpu_split, cpu_times, fetch_metrics, status_kib
 from bench.result import summarize
-from bench.wsclient import SetupError, open_joined, parse_url
+from bench.wsclient import SetupError, SetupProtocol, open_joined, parse_url
 
 HANDLE = 1
 DRAIN_S = 1.5  # senders keep going this long after the window (not counted)
@@ -49,7 +50,7 @@ class Run:
         self,
         wsgen: Any,
         cfg: dict[str, Any],
-        url: str,
+        url: str | Sequence[str],
         relay_pid: int | None,
         seed: int,
         quiet: bool,
@@ -59,7 +60,9 @@ class Run:
         self.w = wsgen
         self.cpus = cpus  # (relay CPU, generator CPU) when pinned
         self.cfg = cfg
-        self.host, self.port, self.path = parse_url(url)
+        # Several URLs (bench.cluster): connection i goes to urls[i % len(urls)].
+        self.addrs = [parse_url(u) for u in ([url] if isinstance(url, str) else url)]
+        self.host, self.port, self.path = self.addrs[0]
         self.relay_pid = relay_pid
         self.quiet = quiet
         self.setup_timeout = setup_timeout
@@ -73,6 +76,9 @@ class Run:
         self.sender = wsgen.Sender(
             self.sh, self.n, period_ns, int(period_ns * cfg["jitter"]), seed * 2654435761 + 12345
         )
+        # Every Shared and Sender of the run; `route` gives each connection one of each.
+        self.shareds: list[Any] = [self.sh]
+        self.senders: list[Any] = [self.sender]
         self.conns: list[Any] = [None] * self.n
         self.run_id = f"{os.getpid():x}{int(time.time()) % 100000:x}"
         self.stopping = False
@@ -94,12 +100,12 @@ class Run:
             self.slow_other += 1  # a masked server frame: RFC 6455 violation
         elif op == 0x9:
             self.pings += 1
-            self.sender.send_raw(conn.idx, self.w.client_frame(0xA, payload))
+            conn.sender.send_raw(conn.idx, self.w.client_frame(0xA, payload))
         elif op == 0x8:
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
             self.closes[code] = self.closes.get(code, 0) + 1
-            self.sender.send_raw(conn.idx, self.w.client_frame(0x8, payload[:2]))
-            self.sender.stop(conn.idx)
+            conn.sender.send_raw(conn.idx, self.w.client_frame(0x8, payload[:2]))
+            conn.sender.stop(conn.idx)
             if conn.transport is not None:
                 conn.transport.close()
         elif op == 0x2:
@@ -118,23 +124,29 @@ class Run:
             self.slow_other += 1
 
     def on_lost(self, conn: Any, exc: BaseException | None) -> None:
-        self.sender.stop(conn.idx)
+        conn.sender.stop(conn.idx)
         if not self.stopping:
             self.disconnected += 1
 
     # ------------------------------------------------------------ setup
 
+    def route(self, idx: int, proto: SetupProtocol) -> tuple[Any, Any]:
+        """(the Shared its Conn reads into, the Sender that writes its frames) for a joined
+        connection; `proto.welcome` is its WELCOME. One of each here (bench.cluster splits)."""
+        return self.sh, self.sender
+
     async def _open(self, idx: int, sem: asyncio.Semaphore) -> None:
         users = self.cfg["users"]
         doc = idx // users
         doc_id = f"bench-{self.run_id}-{doc}"
+        host, port, path = self.addrs[idx % len(self.addrs)]
         async with sem:
             try:
                 transport, proto, _sid = await asyncio.wait_for(
                     open_joined(
-                        self.host,
-                        self.port,
-                        self.path,
+                        host,
+                        port,
+                        path,
                         f"u{idx}",
                         doc_id,
                         HANDLE,
@@ -147,12 +159,13 @@ class Run:
                 key = f"{type(exc).__name__}: {str(exc)[:120]}"
                 self.setup_errors[key] = self.setup_errors.get(key, 0) + 1
                 return
-        conn = self.w.Conn(self.sh, idx, doc * users, self.on_slow, self.on_lost, transport)
-        conn.sender = self.sender
+        sh, sender = self.route(idx, proto)
+        conn = self.w.Conn(sh, idx, doc * users, self.on_slow, self.on_lost, transport)
+        conn.sender = sender
         transport.set_protocol(conn)
         self.conns[idx] = conn
         sock = transport.get_extra_info("socket")
-        self.sender.add(idx, sock.fileno(), HANDLE)
+        sender.add(idx, sock.fileno(), HANDLE)
         if proto.closed:
             conn.connection_lost(proto.lost)
             return
@@ -188,18 +201,18 @@ class Run:
     # ------------------------------------------------------------ measuring
 
     def _snapshot(self, name: str) -> None:
-        sh, se = self.sh, self.sender
+        shs, ses = self.shareds, self.senders
         snap = {
             "mono": time.monotonic(),
             "gen_cpu": gen_cpu(),
             "gen_sys": gen_sys_cpu(),
-            "frames_in": sh.frames_in,
-            "bytes_in": sh.bytes_in,
-            "batches": sh.batches,
-            "events": sh.events_total,
-            "frames_out": se.frames_out,
-            "bytes_out": se.bytes_out,
-            "sent": se.sent,
+            "frames_in": sum(sh.frames_in for sh in shs),
+            "bytes_in": sum(sh.bytes_in for sh in shs),
+            "batches": sum(sh.batches for sh in shs),
+            "events": sum(sh.events_total for sh in shs),
+            "frames_out": sum(se.frames_out for se in ses),
+            "bytes_out": sum(se.bytes_out for se in ses),
+            "sent": sum(se.sent for se in ses),
         }
         if self.relay_pid is not None:
             with contextlib.suppress(OSError):
@@ -227,26 +240,29 @@ class Run:
             self._sample_rss()
 
     async def drive(self) -> None:
-        cfg, sh, sender = self.cfg, self.sh, self.sender
+        cfg, shareds, senders = self.cfg, self.shareds, self.senders
         loop = asyncio.get_running_loop()
         now = self.w.monotonic_ns()
         t_start = now + 100_000_000
-        sh.t_start = t_start
         t0 = t_start + int(cfg["warmup"] * 1e9)
         t1 = t0 + int(cfg["seconds"] * 1e9)
         t_stop = t1 + int(DRAIN_S * 1e9)
-        # Coalescing allowance: an update the next one from the same sender followed within
-        # 1.25 batch intervals may legitimately be replaced by it (latest wins per batch).
-        sh.coalesce_ns = int(cfg["batch_ms"] * 1.25e6)
+        for sh in shareds:
+            sh.t_start = t_start
+            # Coalescing allowance: an update the next one from the same sender followed
+            # within 1.25 batch intervals may legitimately be replaced by it (latest wins).
+            sh.coalesce_ns = int(cfg["batch_ms"] * 1.25e6)
         order = list(range(self.n))
         self.rng.shuffle(order)
         for rank, idx in enumerate(order):
-            if self.conns[idx] is not None and not self.conns[idx].closed:
-                sender.start(idx, t_start + rank * self.period_ns // self.n)
+            conn = self.conns[idx]
+            if conn is not None and not conn.closed:
+                conn.sender.start(idx, t_start + rank * self.period_ns // self.n)
         running = True
 
         def tick() -> None:
-            sender.tick()
+            for sender in senders:
+                sender.tick()
             if running:
                 loop.call_later(0.001, tick)
 
@@ -256,13 +272,15 @@ class Run:
             f"load on: {self.n} connections x {cfg['rate']} Hz; warmup "
             f"{cfg['warmup']} s, window {cfg['seconds']} s",
         )
-        sh.t0, sh.t1 = t0, t1
+        for sh in shareds:
+            sh.t0, sh.t1 = t0, t1
         await self._sleep_until(t0)
         self._snapshot("t0")
         await self._sleep_until(t1)
         self._snapshot("t1")
         await self._sleep_until(t_stop)
-        sender.stop_all()
+        for sender in senders:
+            sender.stop_all()
         running = False
         await asyncio.sleep(SETTLE_S)
         self._snapshot("end")
@@ -271,7 +289,7 @@ class Run:
         self.stopping = True
         for i, conn in enumerate(self.conns):
             if conn is not None and not conn.closed:
-                self.sender.send_raw(i, self.w.client_frame(0x8, (1000).to_bytes(2, "big")))
+                conn.sender.send_raw(i, self.w.client_frame(0x8, (1000).to_bytes(2, "big")))
                 conn.transport.close()
         await asyncio.sleep(0.2)
 
@@ -289,6 +307,11 @@ async def run_async(
     cpus: tuple[int | None, int | None],
 ) -> dict[str, Any]:
     run = Run(wsgen, cfg, url, relay_pid, ns.seed, ns.quiet, ns.setup_timeout, cpus)
+    return await execute(run, port_for_metrics)
+
+
+async def execute(run: Run, port_for_metrics: int | None) -> dict[str, Any]:
+    """Set up, drive and summarize `run` (a Run or a subclass), then close its connections."""
     try:
         await run.setup()
         # The hot path makes no reference cycles; a gen-2 collection over thousands of

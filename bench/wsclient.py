@@ -67,6 +67,7 @@ class SetupProtocol(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self.lost: BaseException | None = None
         self.closed = False
+        self.welcome: list[Any] | None = None  # WELCOME, once open_joined has read it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -160,7 +161,7 @@ async def open_joined(
             raise SetupError("bad Sec-WebSocket-Accept")
         info = {"sdk": "bench/0", "user_id": user_id, "name": user_id}
         transport.write(frame(0x2, msgpack.packb([1, 1, None, info])))
-        await _read_message(proto, frame, WELCOME)
+        proto.welcome = await _read_message(proto, frame, WELCOME)
         transport.write(frame(0x2, msgpack.packb([2, handle, doc_id])))
         joined = await _read_message(proto, frame, JOINED)
         return transport, proto, int(joined[3])
