@@ -404,7 +404,7 @@ class WriteBehind:
         for key, e in entries:
             self._unmark(key[0], e)
         for key, sig in sigs:
-            if key in self.live.by_doc.get(key[0], ()):
+            if key[1] in self.live.by_doc.get(key[0], {}):  # (still live: a sid of the doc)
                 self._written[key] = sig
         if docs:
             remaining = results[len(results) - len(docs) :]
