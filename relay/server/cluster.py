@@ -257,12 +257,22 @@ class Cluster:
 
     # ------------------------------------------------------------ the mirror
 
+    def _tables(
+        self, doc_id: str
+    ) -> tuple[dict[int, int], dict[int, list[int]], dict[int, int], dict[int, str]]:
+        """The document's mirror bookkeeping: when each remote sid was mirrored, its field
+        stamps, the tombstones of sids that left, and each remote sid's owner."""
+        return (
+            self.seen.setdefault(doc_id, {}),
+            self.stamps.setdefault(doc_id, {}),
+            self.tombstones.setdefault(doc_id, {}),
+            self.owners.setdefault(doc_id, {}),
+        )
+
     def _merge(self, doc: Document, sessions: list[Any], now: int) -> list[tuple[Any, ...]]:
         """Add remote sessions (store records) not known yet; return their `joined` events."""
         local = self.registry.local.get(doc.doc_id, {})
-        seen = self.seen.setdefault(doc.doc_id, {})
-        stamps = self.stamps.setdefault(doc.doc_id, {})
-        tomb = self.tombstones.setdefault(doc.doc_id, {})
+        seen, stamps, tomb, owners = self._tables(doc.doc_id)
         events = []
         for s in sessions:
             sid = s.sid
@@ -281,7 +291,7 @@ class Cluster:
             seen[sid] = now
             node_id = getattr(s, "node_id", "")
             if node_id:
-                self.owners.setdefault(doc.doc_id, {})[sid] = node_id
+                owners[sid] = node_id
             # Every field is as of the record (0 for an old-format record: any later one wins).
             stamps[sid] = [getattr(s, "written_at_ms", 0)] * N_FIELDS
             events.append((p.EV_JOINED, m.member()))
@@ -303,10 +313,7 @@ class Cluster:
             return
         local = self.registry.local.get(doc_id, {})
         sessions = doc.sessions
-        seen = self.seen.setdefault(doc_id, {})
-        stamps = self.stamps.setdefault(doc_id, {})
-        tomb = self.tombstones.setdefault(doc_id, {})
-        owners = self.owners.setdefault(doc_id, {})
+        seen, stamps, tomb, owners = self._tables(doc_id)
         for ev in events:
             try:
                 code = ev[0]
@@ -411,10 +418,7 @@ class Cluster:
             return
         local = self.registry.local.get(doc_id, {})
         sessions = doc.sessions
-        owners = self.owners.setdefault(doc_id, {})
-        seen = self.seen.setdefault(doc_id, {})
-        stamps = self.stamps.setdefault(doc_id, {})
-        tomb = self.tombstones.setdefault(doc_id, {})
+        seen, stamps, tomb, owners = self._tables(doc_id)
         events: list[tuple[Any, ...]] = []
         listed = set()
         for m in members:
@@ -553,9 +557,7 @@ class Cluster:
         self.resyncs += 1
         now = self.clock()
         stored = {s.sid: s for s in records}
-        seen = self.seen.setdefault(doc_id, {})
-        stamps = self.stamps.setdefault(doc_id, {})
-        tomb = self.tombstones.setdefault(doc_id, {})
+        seen, stamps, tomb, owners = self._tables(doc_id)
         events: list[tuple[Any, ...]] = []
         for sid, s in list(doc.sessions.items()):
             if not s.remote:
@@ -565,7 +567,7 @@ class Cluster:
                 self._heal(s, record, stamps, events)
                 owner = getattr(record, "node_id", "")
                 if owner:
-                    self.owners.setdefault(doc_id, {})[sid] = owner
+                    owners[sid] = owner
             elif now - seen.get(sid, 0) > RESYNC_GRACE_MS:
                 del doc.sessions[sid]
                 self.owners.get(doc_id, {}).pop(sid, None)
