@@ -38,6 +38,10 @@ async def node(relay_factory: Callable[..., Any], url: str, **kw: Any) -> Relay:
     return r
 
 
+async def nodes(relay_factory: Callable[..., Any], url: str, n: int, **kw: Any) -> list[Relay]:
+    return [await node(relay_factory, url, **kw) for _ in range(n)]
+
+
 def slow_writes(r: Relay, delay_s: float) -> None:
     """Make the node's write-behind take `delay_s` longer per round trip (a busy Redis)."""
     wb = r.hub.store.writebehind  # type: ignore[attr-defined]
@@ -56,8 +60,7 @@ async def test_a_joined_is_published_only_once_its_record_is_readable(
     redis_url: str,
     rds: aioredis.Redis,
 ) -> None:
-    a = await node(relay_factory, redis_url)
-    b = await node(relay_factory, redis_url)
+    a, b = await nodes(relay_factory, redis_url, 2)
     bob = await client_factory(b, "bob")
     await joined(bob, 1, DOC)  # node b is in the document: node a publishes its batches
     slow_writes(a, 0.3)  # the ticker (20 ms) would publish long before the write lands
@@ -99,8 +102,7 @@ async def test_a_document_on_one_node_publishes_nothing_until_another_opens_it(
     redis_url: str,
     rds: aioredis.Redis,
 ) -> None:
-    a = await node(relay_factory, redis_url)
-    b = await node(relay_factory, redis_url)
+    a, b = await nodes(relay_factory, redis_url, 2)
     ann = await client_factory(a, "ann")
     sid_a, _ = await joined(ann, 1, DOC)
     broker = a.hub.broker
@@ -176,8 +178,7 @@ async def test_a_roster_is_the_truth_about_its_nodes_members(
     client_factory: Callable[..., Any],
     redis_url: str,
 ) -> None:
-    a = await node(relay_factory, redis_url)
-    b = await node(relay_factory, redis_url)
+    a, b = await nodes(relay_factory, redis_url, 2)
     ann = await client_factory(a, "ann")
     sid_a, _ = await joined(ann, 1, DOC)
     bob = await client_factory(b, "bob")
@@ -203,8 +204,7 @@ async def test_a_mirrored_member_keeps_its_own_workspace(
     client_factory: Callable[..., Any],
     redis_url: str,
 ) -> None:
-    a = await node(relay_factory, redis_url, jwt_secret=SECRET)
-    b = await node(relay_factory, redis_url, jwt_secret=SECRET)
+    a, b = await nodes(relay_factory, redis_url, 2, jwt_secret=SECRET)
     bob = await client_factory(b)
     await bob.hello("bob", token=mint_token(SECRET, "bob", "Bob", workspace="w-bob"))
     await joined(bob, 1, DOC)
