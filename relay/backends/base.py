@@ -23,7 +23,8 @@ class NodeSetListener(Protocol):
     """What a broker tells about the other nodes of a document (the cluster listens)."""
 
     def node_hello(self, doc_id: str, origin: str) -> None:
-        """`origin` opened the document: it may have missed what happened meanwhile."""
+        """`origin` opened the document or came back: it may have missed what happened
+        meanwhile (its members come first, as a ROSTER)."""
 
     def node_roster(self, doc_id: str, origin: str, server_ms: int, members: list[Any]) -> None:
         """Every member `origin` owns in the document (MEMBER arrays), as of `server_ms`."""
@@ -137,8 +138,9 @@ class Broker(ABC):
     async def join_nodes(self, doc_id: str) -> None:  # noqa: B027 - optional hook
         """Enter the document's set of nodes (after `ensure_subscribed`)."""
 
-    def hello(self, doc_id: str) -> None:  # noqa: B027 - optional hook
-        """Tell the document's other nodes this one opened it (they answer with ROSTERs)."""
+    def hello(self, doc_id: str, server_ms: int, members: list[Any]) -> None:  # noqa: B027
+        """Tell the document's other nodes this one is in it, and the members it owns there
+        (they answer with ROSTERs)."""
 
     async def refresh_nodes(self, doc_ids: list[str]) -> None:  # noqa: B027 - optional hook
         """Re-enter and re-read the node sets of these documents."""

@@ -44,7 +44,6 @@ from relay.backends.redis_pool import RedisShared
 log = logging.getLogger("relay.redis.broker")
 
 PREFIX = k.CHANNEL_PREFIX.encode()
-HELLO = msgpack.packb([k.NODE_HELLO])
 # A node message's 2nd and 3rd bytes (its code, a msgpack uint8): no frame starts so (a
 # BATCH is `94 22`, a control-channel message a map).
 NODE_CODES = {b"\xcc" + bytes([c]) for c in (k.NODE_HELLO, k.NODE_ROSTER, k.NODE_BYE)}
@@ -143,11 +142,11 @@ class RedisBroker(Broker):
         known = self.others.setdefault(doc_id, set())
         known.update(m for m in members if m != self._nid)
 
-    def hello(self, doc_id: str) -> None:
-        """Say HELLO on the document's channel (after reading the store: the ROSTERs that
-        answer are newer than what it read)."""
+    def hello(self, doc_id: str, server_ms: int, members: list[Any]) -> None:
+        """Say HELLO on the document's channel, with the members this node owns there
+        (after reading the store: the ROSTERs that answer are newer than what it read)."""
         if doc_id in self._wanted:
-            self._send_own(doc_id, HELLO)
+            self._send_own(doc_id, msgpack.packb([k.NODE_HELLO, server_ms, members]))
 
     async def refresh_nodes(self, doc_ids: list[str]) -> None:
         """Re-enter the node sets of the documents open here and re-read them (Redis may
@@ -396,6 +395,8 @@ class RedisBroker(Broker):
             return
         try:
             if code == k.NODE_HELLO:
+                if len(message) > 2:  # (its roster: the truth about its members)
+                    listener.node_roster(doc_id, origin.decode(), int(message[1]), message[2])
                 listener.node_hello(doc_id, origin.decode())
             elif code == k.NODE_ROSTER:
                 listener.node_roster(doc_id, origin.decode(), int(message[1]), message[2])

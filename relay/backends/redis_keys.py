@@ -151,7 +151,9 @@ def parse_owned(value: bytes | str) -> tuple[int, str] | None:
 
 SEP = b"|"
 SEQ_SEP = b";"
-NODE_HELLO = 200  # [200]: the origin opened the document (is in its node set now)
+# [200, server_ms, [MEMBER, ...]]: the origin opened the document (it is in its node set
+# now) or its pub/sub connection came back, and these are the members it owns there
+NODE_HELLO = 200
 NODE_ROSTER = 201  # [201, server_ms, [MEMBER, ...]]: every member the origin owns there
 NODE_BYE = 202  # [202]: the origin closed the document
 

@@ -230,7 +230,7 @@ class Cluster:
                 log.info("no recent leaves for %s: %s", doc_id, exc)
         if self.registry.get(doc_id) is doc:
             self._merge(doc, stored, self.clock())
-            self.broker.hello(doc_id)
+            self.broker.hello(doc_id, self.clock(), self._own_members(doc))
             # A join on another node published before our SUBSCRIBE took effect but written
             # to Redis after our read is in neither: look again once writes have landed.
             self._spawn(self._settle(doc_id))
@@ -407,8 +407,11 @@ class Cluster:
         doc = self.registry.get(doc_id)
         if doc is None:
             return
-        own = [s.member() for s in doc.sessions.values() if not s.remote]
-        self.broker.send_roster(doc_id, self.clock(), own)
+        self.broker.send_roster(doc_id, self.clock(), self._own_members(doc))
+
+    @staticmethod
+    def _own_members(doc: Document) -> list[Any]:
+        return [s.member() for s in doc.sessions.values() if not s.remote]
 
     def node_roster(self, doc_id: str, origin: str, server_ms: int, members: list[Any]) -> None:
         """`origin`'s members in the document, in full: mirror them, drop the mirrored
@@ -430,16 +433,14 @@ class Cluster:
             left_at = tomb.get(sid)
             if left_at is not None and left_at >= server_ms:
                 continue  # its `left` came after this roster was made
-            if old is not None and list(old.member()) == list(m):
-                owners[sid] = origin
+            owners[sid] = origin
+            if old is not None:  # known: the fields it changed, as the resync tells them
+                self._heal(old, twin_session(m, old.user.workspace_id), server_ms, stamps, events)
                 continue
-            ws = old.user.workspace_id if old is not None else self._workspace(doc)
-            if old is None:
-                self.fill_soon(doc_id, sid)
-            sessions[sid] = twin_session(m, ws, server_ms)
+            self.fill_soon(doc_id, sid)
+            sessions[sid] = twin_session(m, self._workspace(doc), server_ms)
             seen[sid] = self.clock()
             stamps[sid] = [server_ms] * N_FIELDS
-            owners[sid] = origin
             tomb.pop(sid, None)
             events.append((p.EV_JOINED, sessions[sid].member()))
         for sid in [sid for sid, node in owners.items() if node == origin and sid not in listed]:
@@ -511,13 +512,20 @@ class Cluster:
         self.store.reconcile_soon()
         if self.registry.documents:
             self.resyncs_by_cause["reconnect"] = self.resyncs_by_cause.get("reconnect", 0) + 1
-            self._spawn(self._refresh_nodes())
+            self._spawn(self._refresh_nodes(hello=True))
             for delay in RECONNECT_RESYNCS:
                 self._spawn(self._resync_later(delay))
 
-    async def _refresh_nodes(self) -> None:
+    async def _refresh_nodes(self, hello: bool = False) -> None:
+        """Back in every open document's node set; after a reconnect also a HELLO in each
+        (with this node's members: a node that dropped them while the channel was down,
+        e.g. because Redis came back empty, takes them back, and answers with its own)."""
         with contextlib.suppress(Exception):
             await self.broker.refresh_nodes(list(self.registry.documents))
+        if hello:
+            now = self.clock()
+            for doc_id, doc in list(self.registry.documents.items()):
+                self.broker.hello(doc_id, now, self._own_members(doc))
 
     async def _resync_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -564,7 +572,7 @@ class Cluster:
                 continue
             record = stored.get(sid)
             if record is not None:
-                self._heal(s, record, stamps, events)
+                self._heal(s, record, getattr(record, "written_at_ms", 0), stamps, events)
                 owner = getattr(record, "node_id", "")
                 if owner:
                     owners[sid] = owner
@@ -582,11 +590,17 @@ class Cluster:
 
     @staticmethod
     def _heal(
-        m: Any, record: Any, stamps: dict[int, list[int]], events: list[tuple[Any, ...]]
+        m: Any,
+        record: Any,
+        written: int,
+        stamps: dict[int, list[int]],
+        events: list[tuple[Any, ...]],
     ) -> None:
-        """Take from a store record the fields the mirror `m` has not seen a newer BATCH for.
+        """Take from a store record (or a ROSTER's member) the fields the mirror `m` has not
+        seen a newer BATCH for.
 
-        `record.written_at_ms` and the stamps are both the owner's clock: a record written at
+        `written` (the record's `written_at_ms`, a ROSTER's `server_ms`) and the stamps are
+        both the owner's clock: a record written at
         or after the last BATCH that set a field reflects that BATCH (or a later change, whose
         BATCH was lost or is still to come). A field the mirror heard about after the record
         was built stays: the owner's next write carries it and the next resync compares again.
@@ -594,7 +608,6 @@ class Cluster:
         sid = m.sid
         if record.user.workspace_id != m.user.workspace_id:  # (not in a BATCH's `joined`)
             m.user = record.user
-        written = getattr(record, "written_at_ms", 0)
         st = stamps.get(sid)
         if st is None:
             st = stamps[sid] = [0] * N_FIELDS
