@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bench import stats as st
-from bench.load import loadavg, raise_nofile, set_nice
+from bench.load import check_load, loadavg, raise_nofile, set_nice
 from bench.relay_proc import RelayProcess, cpu_split, free_port, http_get, status_kib
 from bench.result import core_shares, relay_version, saturation_reasons
 from bench.run import BenchError, Run, execute, log
@@ -784,14 +784,7 @@ def resolve(ns: argparse.Namespace) -> dict[str, Any]:
     cfg["placement"] = "kernel" if cfg["mode"] == "workers" else (ns.placement or "spread")
     if not 1 <= cfg["count"] <= 64:
         raise BenchError("--nodes / --workers must be in 1..64")
-    if cfg["docs"] < 1 or cfg["users"] < 2:
-        raise BenchError("need at least 1 document and 2 users per document")
-    if not 0 < cfg["rate"] <= 1000:
-        raise BenchError("--rate must be in (0, 1000]")
-    if cfg["seconds"] <= 0 or cfg["warmup"] < 0:
-        raise BenchError("--seconds must be > 0 and --warmup >= 0")
-    if not 0 <= ns.jitter < 0.5:
-        raise BenchError("--jitter must be in [0, 0.5)")
+    check_load(cfg, ns.jitter)
     return cfg
 
 

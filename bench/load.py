@@ -132,18 +132,23 @@ def resolve(ns: argparse.Namespace) -> tuple[dict[str, Any], dict[str, float], l
             cfg[k] = v
     cfg["relay_args"] = relay_args + list(ns.relay_arg)
     cfg["jitter"] = ns.jitter
+    check_load(cfg, ns.jitter)
+    return cfg, targets, overrides
+
+
+# ---------------------------------------------------------------- the command
+
+
+def check_load(cfg: dict[str, Any], jitter: float) -> None:
+    """The load's numbers are ones a run can use (bench.load and bench.cluster)."""
     if cfg["docs"] < 1 or cfg["users"] < 2:
         raise BenchError("need at least 1 document and 2 users per document")
     if not 0 < cfg["rate"] <= 1000:
         raise BenchError("--rate must be in (0, 1000]")
     if cfg["seconds"] <= 0 or cfg["warmup"] < 0:
         raise BenchError("--seconds must be > 0 and --warmup >= 0")
-    if not 0 <= ns.jitter < 0.5:
+    if not 0 <= jitter < 0.5:
         raise BenchError("--jitter must be in [0, 0.5)")
-    return cfg, targets, overrides
-
-
-# ---------------------------------------------------------------- the command
 
 
 def raise_nofile(need: int) -> None:
