@@ -115,3 +115,32 @@ async def test_three_nodes_keep_sids_unique_and_no_ghost_across_an_empty_redis_r
         return True
 
     assert await eventually(views_agree, 10_000 * MS), truth
+
+
+async def test_a_sid_that_left_during_the_outage_is_not_handed_out_again(
+    redis_factory: Callable[[], RedisServer],
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
+) -> None:
+    """The protocol: a sid is never reused while the document has members. bob (sid 2)
+    leaves while Redis is away and his node closes the document; ann stays. Once Redis
+    is back empty, only ann's node holds the document, and it has to raise the counter
+    past every sid it has seen there (bob's too), not only past its live ones."""
+    server = redis_factory()
+    n1, n2 = [await relay_factory(redis_url=server.url, redis_settle_ms=1000) for _ in range(2)]
+    for r in (n1, n2):
+        assert await eventually(r.hub.store.ready, 5000 * MS)
+    ann, bob = await client_factory(n1, "ann"), await client_factory(n2, "bob")
+    sid_a, sid_b = await join(ann, "d1"), await join(bob, "d1")
+    await seen_all(ann, [[EV_JOINED, sid_b]])
+    server.kill()
+    await bob.send([3, 1])  # bob leaves while Redis is away: node 2 closes d1
+    assert await eventually(lambda: n2.hub.registry.get("d1") is None, 2000 * MS)
+    await asyncio.sleep(300 * MS)
+    server.start()  # empty
+    await seen_all(ann, [[EV_LEFT, sid_b]])  # node 2 says it once Redis is back
+    # Past the settle time: a join is not held back any more, and counts on the counter.
+    await asyncio.sleep(1200 * MS)
+    fay = await client_factory(n2, "fay")
+    sid_f = await join(fay, "d1")
+    assert sid_f not in (sid_a, sid_b), f"fay got sid {sid_f}: ann {sid_a}, bob {sid_b}"

@@ -105,6 +105,10 @@ class PresenceStore(ABC):
         """The shared store may have lost writes (it restarted, or failed over): rewrite
         this node's sessions and raise its counters."""
 
+    def watch_sid_floors(self, floors: Callable[[], dict[str, int]]) -> None:  # noqa: B027
+        """Where the store learns, per open document, the sid its counter must not fall
+        below (every sid this node has seen there, its own and other nodes')."""
+
 
 class Broker(ABC):
     """Cross-node fan-out of encoded BATCH frames, one channel per document."""

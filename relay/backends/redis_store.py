@@ -184,6 +184,9 @@ class RedisStore(PresenceStore):
     def session_adopted(self, doc_id: str, session: SessionLike, from_node: str) -> None:
         self.writebehind.session_adopted(doc_id, session, from_node)
 
+    def watch_sid_floors(self, floors: Callable[[], dict[str, int]]) -> None:
+        self.writebehind.sid_floors = floors
+
     def queue_depth(self) -> int:
         return self.writebehind.depth()
 

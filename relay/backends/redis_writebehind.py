@@ -29,6 +29,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from relay.backends import redis_cluster, redis_pool
@@ -140,6 +141,9 @@ class WriteBehind:
         self.reconcile = True
         self.announce = False
         self._bump = redis_cluster.Script(redis, BUMP_SID)  # (EVAL in a cluster pipeline)
+        # Per open document, the sids seen there (the cluster's mirror knows other nodes'):
+        # set by RedisStore.watch_sid_floors.
+        self.sid_floors: Callable[[], dict[str, int]] = dict
         self.flushes = 0
         self.overflows = 0
 
@@ -444,12 +448,10 @@ class WriteBehind:
                 raise_unreachable(await pipe.execute(raise_on_error=False))
             # Sid counters at least as high as the sids in use (Redis may have come back empty).
             pipe = self.redis.pipeline(transaction=False)
-            for doc_id, sessions in by_doc.items():
-                small = [sid for sid in sessions if sid < FALLBACK_SID_BASE]
-                if small:
-                    await self._bump(
-                        keys=[k.sid_key(doc_id)], args=[max(small), SID_COUNTER_TTL_MS], client=pipe
-                    )
+            for doc_id, floor in self._sid_floors().items():
+                await self._bump(
+                    keys=[k.sid_key(doc_id)], args=[floor, SID_COUNTER_TTL_MS], client=pipe
+                )
             if announce:
                 self.writer.publish_batches(
                     pipe,
@@ -474,6 +476,18 @@ class WriteBehind:
             self.reconcile = True
             self.announce = self.announce or announce
             raise
+
+    def _sid_floors(self) -> dict[str, int]:
+        """What each document's sid counter must be raised to: past the sids of this
+        node's live sessions and past every sid the node has seen in a document open here,
+        left or not (`sid_floors`: a member here may still show a sid whose leave is on
+        its way). Fallback sids are not the counter's."""
+        floors = dict(self.sid_floors())
+        for doc_id, sessions in self.live.by_doc.items():
+            for sid in sessions:
+                if floors.get(doc_id, 0) < sid < FALLBACK_SID_BASE:
+                    floors[doc_id] = sid
+        return {doc_id: floor for doc_id, floor in floors.items() if floor > 0}
 
 
 def heartbeat_value(node_id: str, started_at_ms: int) -> str:

@@ -98,6 +98,11 @@ class Cluster:
         # doc -> remote sid -> per field group, when its owner set it (see F_CURSOR, ...)
         self.stamps: dict[str, dict[int, list[int]]] = {}
         self.owners: dict[str, dict[int, str]] = {}  # doc -> remote sid -> its node's id
+        # doc -> the highest store-issued sid this node has seen in it since it opened here
+        # (its own and mirrored, left or not): what the sid counter must stay above should
+        # Redis come back empty (the protocol: no sid is reused while the document has
+        # members; see sid_floors).
+        self.sid_high: dict[str, int] = {}
         self._resync_soon: set[str] = set()  # documents with a gap's re-read scheduled
         # Mirrored sessions first heard of in a BATCH or a ROSTER, whose record is to be
         # read for what those do not carry (the workspace): doc -> sids.
@@ -110,6 +115,7 @@ class Cluster:
         self.resyncs = 0
         broker.set_reconnect_callback(self.on_reconnect)
         broker.listener = self
+        store.watch_sid_floors(self.sid_floors)
         registry.on_drop.append(lambda doc: self.forget(doc.doc_id))
 
     # ------------------------------------------------------------ lifecycle
@@ -149,6 +155,7 @@ class Cluster:
         self.seen.pop(doc_id, None)
         self.tombstones.pop(doc_id, None)
         self.stamps.pop(doc_id, None)
+        self.sid_high.pop(doc_id, None)
 
     # ------------------------------------------------------------ joins
 
@@ -176,6 +183,7 @@ class Cluster:
         """A session this node mirrored is now its own (resumed here): no longer mirrored."""
         for table in (self.seen, self.stamps, self.tombstones, self.owners):
             table.get(doc_id, {}).pop(sid, None)
+        self._saw(doc_id, sid)
 
     def released(self, doc_id: str, sid: int, now_ms: int) -> None:
         """A session this node owned is now another node's (resumed there): mirrored."""
@@ -188,6 +196,7 @@ class Cluster:
         sid = await self.store.allocate_sid(doc_id, self._floor(doc))
         if sid is None or sid in doc.sessions:
             sid = self._fallback_sid(doc)
+        self._saw(doc_id, sid)
         return doc, sid
 
     async def _open(self, doc_id: str) -> Document:
@@ -244,9 +253,19 @@ class Cluster:
             with contextlib.suppress(Exception):
                 await self.resync(doc_id)
 
+    def _saw(self, doc_id: str, sid: int) -> None:
+        if self.sid_high.get(doc_id, 0) < sid < FALLBACK_SID_BASE:
+            self.sid_high[doc_id] = sid
+
     def _floor(self, doc: Document) -> int:
         sids = itertools.chain(doc.sessions, self.tombstones.get(doc.doc_id, ()))
-        return max((s for s in sids if s < FALLBACK_SID_BASE), default=0)
+        high = max((s for s in sids if s < FALLBACK_SID_BASE), default=0)
+        return max(high, self.sid_high.get(doc.doc_id, 0))
+
+    def sid_floors(self) -> dict[str, int]:
+        """Per open document, the sid its counter must stay at or above (the store's
+        reconcile raises the counters to these after Redis came back empty)."""
+        return {doc_id: self._floor(doc) for doc_id, doc in self.registry.documents.items()}
 
     def _fallback_sid(self, doc: Document) -> int:
         # Redis unreachable: a sid in this node's stripe, far above INCR's range.
@@ -289,6 +308,7 @@ class Cluster:
             m = twin_session(s.member(), s.user.workspace_id, s.cursor_arrived_ms)
             doc.sessions[sid] = m
             seen[sid] = now
+            self._saw(doc.doc_id, sid)
             node_id = getattr(s, "node_id", "")
             if node_id:
                 owners[sid] = node_id
@@ -332,6 +352,7 @@ class Cluster:
                         self.fill_soon(doc_id, sid)
                     sessions[sid] = twin_session(m, ws, ts)
                     seen[sid] = ts
+                    self._saw(doc_id, sid)
                     stamps[sid] = [ts] * N_FIELDS
                     tomb.pop(sid, None)
                     if origin:
@@ -440,6 +461,7 @@ class Cluster:
             self.fill_soon(doc_id, sid)
             sessions[sid] = twin_session(m, self._workspace(doc), server_ms)
             seen[sid] = self.clock()
+            self._saw(doc_id, sid)
             stamps[sid] = [server_ms] * N_FIELDS
             tomb.pop(sid, None)
             events.append((p.EV_JOINED, sessions[sid].member()))
