@@ -6,11 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import EV_JOINED, EV_LEFT, MS, RedisServer, eventually, joined, wait_event
+from helpers import (
+    EV_CURSOR,
+    EV_JOINED,
+    EV_LEFT,
+    MS,
+    RedisServer,
+    RelayProcess,
+    eventually,
+    joined,
+    wait_event,
+)
 
 from relay.server.app import Relay
 
@@ -144,3 +155,39 @@ async def test_a_sid_that_left_during_the_outage_is_not_handed_out_again(
     fay = await client_factory(n2, "fay")
     sid_f = await join(fay, "d1")
     assert sid_f not in (sid_a, sid_b), f"fay got sid {sid_f}: ann {sid_a}, bob {sid_b}"
+
+
+async def test_a_node_slow_to_come_back_keeps_its_members_on_the_others(
+    redis_factory: Callable[[], RedisServer],
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
+) -> None:
+    """After an empty restart the node that reconnects first re-reads its documents while
+    another node has not rewritten its members yet: bob's record is missing, but bob is
+    there. A resync removes nobody while Redis is younger than `redis_settle_ms`, so ann
+    never sees bob leave and come back. (Node 2 is a process held with SIGSTOP for part
+    of that time; it stays in the document throughout.)"""
+    server = redis_factory()
+    n1 = await relay_factory(redis_url=server.url, redis_settle_ms=3000)
+    n2 = RelayProcess("--redis-url", server.url, "--redis-settle-ms", "3000", "--batch-ms", "20")
+    try:
+        await n2.ready()
+        ann, bob = await client_factory(n1, "ann"), await client_factory(n2, "bob")
+        await join(ann, "d1")
+        sid_b = await join(bob, "d1")
+        await seen_all(ann, [[EV_JOINED, sid_b]])
+        await asyncio.sleep(3200 * MS)  # (a resync spares members mirrored under 3 s ago)
+        server.kill()
+        await asyncio.sleep(300 * MS)
+        n2.proc.send_signal(signal.SIGSTOP)
+        try:
+            server.start()  # empty: node 1 reconnects, re-announces, re-reads d1
+            await asyncio.sleep(2000 * MS)  # past node 1's 0.5 s and 2 s re-reads
+        finally:
+            n2.proc.send_signal(signal.SIGCONT)
+        with pytest.raises(TimeoutError):  # (wait_event's bound: 3.5 s, past the 4 s re-read)
+            await wait_event(ann, lambda e: e[0] == EV_LEFT and e[1] == sid_b, 3500 * MS)
+        await bob.send([4, 1, 7, 7, 77])  # and bob's moves reach ann again
+        await wait_event(ann, lambda e: e[0] == EV_CURSOR and e[1] == sid_b, 5000 * MS)
+    finally:
+        n2.kill()

@@ -85,6 +85,11 @@ class PresenceStore(ABC):
         """A sid unique in the document across nodes and above `floor`; None = unavailable."""
         return None
 
+    async def settled(self, doc_id: str) -> bool:
+        """Whether a session the store lacks in the document is gone (False: the store may
+        have restarted empty and not be rewritten by every node yet)."""
+        return True
+
     async def load_recent(self, doc_id: str) -> list[RecentUser]:
         """The users who left the document lately, as every node recorded them (a store
         that is not shared has none: the node's own book, relay/server/recent.py, is all)."""

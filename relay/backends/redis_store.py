@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -98,6 +99,9 @@ class RedisStore(PresenceStore):
         self.settle_s = config.redis_settle_ms / 1000
         self._run_ids: dict[str, str] = {}  # server ("" unless Cluster) -> its run_id
         self.sid_waits = 0  # sids discarded: handed out by a Redis started too recently
+        # Until then (settle_s after this node last reconnected) a resync asks whether the
+        # Redis it read may still be missing other nodes' records (see `settled`).
+        self._suspect_until = 0.0
         self.resumes = ResumeRecords(self.redis, node_id)
         # Set by a shutdown that holds its sessions for other nodes to resume (a deploy):
         # for this long after it, the heartbeat key says `stopping` and nothing is reaped.
@@ -105,7 +109,14 @@ class RedisStore(PresenceStore):
 
     def _reachable(self) -> None:
         # Redis answers again: rewrite every live session and re-announce them.
+        self._suspect()
         self.writebehind.request_reconcile(announce=True)
+
+    def _suspect(self) -> None:
+        # Any empty restart breaks this node's connections (pub/sub included, and the
+        # control channel is always subscribed), so it is followed by a reconnect: a Redis
+        # younger than settle_s was started less than settle_s before the latest one.
+        self._suspect_until = time.monotonic() + self.settle_s
 
     # ------------------------------------------------------------ lifecycle
 
@@ -172,6 +183,7 @@ class RedisStore(PresenceStore):
         self.writebehind.session_changed(doc_id, session)
 
     def reconcile_soon(self) -> None:
+        self._suspect()
         self.writebehind.request_reconcile(announce=False)
         self.liveness.probe_now()  # (down: probe at once; up: the heartbeat finds out)
 
@@ -298,6 +310,31 @@ class RedisStore(PresenceStore):
                 out.append(r.session())
         return out
 
+    async def settled(self, doc_id: str) -> bool:
+        """False while the Redis holding the document's records is younger than `settle_s`
+        (or does not answer): it may have restarted empty, and a record missing there may
+        be one its owner has not rewritten yet. Asks only within settle_s of a reconnect."""
+        if time.monotonic() >= self._suspect_until:
+            return True
+        try:
+            _, info = await asyncio.wait_for(self._server_info(k.members_key(doc_id)), 1.0)
+        except (*UNREACHABLE, RedisError, TimeoutError):
+            return False
+        if not isinstance(info, dict) or "uptime_in_seconds" not in info:
+            return True  # (INFO disabled: taken as settled, as for sids)
+        return float(info["uptime_in_seconds"]) >= self.settle_s
+
+    async def _server_info(self, key: str) -> tuple[str, Any]:
+        """(The server holding `key`: "" unless Cluster, its INFO `server` section.)"""
+        redis: Any = self.redis
+        if not self.shared.cluster:
+            return "", await redis.info("server")
+        node = redis.get_node_from_key(key)
+        try:
+            return node.name, await redis.info("server", target_nodes=node)
+        except ResponseError:
+            return node.name, {}
+
     async def allocate_sid(self, doc_id: str, floor: int) -> int | None:
         """A sid from the document's counter (a join right after this node saw Redis restart
         waits for the counters to be raised: `settle_s`); None if Redis does not answer."""
@@ -331,14 +368,8 @@ class RedisStore(PresenceStore):
             return int(await self._alloc(keys=[key], args=args)), 0.0
         server = ""
         if self.shared.cluster:  # the shard that holds the key answers both
-            redis: Any = self.redis
             sid = await self._alloc(keys=[key], args=args)
-            node = redis.get_node_from_key(key)
-            server = node.name
-            try:
-                info = await redis.info("server", target_nodes=node)
-            except ResponseError:
-                info = {}
+            server, info = await self._server_info(key)
         else:
             pipe: Any = self.redis.pipeline(transaction=False)
             await self._alloc(keys=[key], args=args, client=pipe)

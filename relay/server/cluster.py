@@ -581,6 +581,8 @@ class Cluster:
         if registry.get(doc_id) is None or self.busy(doc_id):
             return []
         records = await self.store.load_members(doc_id)
+        # (Asked after the read: a restart in between makes the answer "not settled".)
+        prune = await self.store.settled(doc_id)
         doc = registry.get(doc_id)
         if doc is None:
             return []
@@ -598,7 +600,7 @@ class Cluster:
                 owner = getattr(record, "node_id", "")
                 if owner:
                     owners[sid] = owner
-            elif now - seen.get(sid, 0) > RESYNC_GRACE_MS:
+            elif prune and now - seen.get(sid, 0) > RESYNC_GRACE_MS:
                 del doc.sessions[sid]
                 self.owners.get(doc_id, {}).pop(sid, None)
                 seen.pop(sid, None)
