@@ -100,7 +100,7 @@ class PresenceConfig:
     cursor_throttle_ms: int = _opt(50, "client-side cursor throttle announced to SDKs", 0, 10_000)
     typing_debounce_ms: int = _opt(500, "typing stops this long after the last keystroke", 1, 60_000)
     presence_ttl_seconds: int = _opt(30, "a crashed node's sessions leave within this", 1, 3600)
-    redis_settle_ms: int = _opt(3000, "after this node saw Redis restart, joins wait until it has been up this long: every node has re-raised its sid counters (docs/redis.md, Sids)", 0, 60_000)
+    redis_settle_ms: int = _opt(3000, "after this node saw Redis restart, joins wait until it has been up this long (every node has re-raised its sid counters) and resyncs remove nobody for a missing record (docs/redis.md, sid allocation)", 0, 60_000)
     activity_timeout_ms: int = _opt(30_000, "Idle after this long without an action", 1, 86_400_000)
     max_users_per_document: int = _opt(1000, "sessions per document (ERROR 5 past it)", 1, 100_000)
     max_sessions_per_user: int = _opt(10, "sessions of one user in one document (ERROR 5 past it)", 1, 100_000)
