@@ -7,7 +7,8 @@
   hand over a plain socket: any split, any frame, a client that stops reading), `ws_frame`.
 - Processes and servers: `RelayProcess` (`presence-relay serve` in a subprocess),
   `RedisServer` (a real redis-server on a free port), `free_port`, `http_get`.
-- Redis and BATCH helpers: `wait_event`, `joined`, `users_hash`, the event codes.
+- Redis and BATCH helpers: `wait_event`, `joined`, `users_hash`, the event codes,
+  `ids_sharing_a_stripe` (node ids whose fallback-sid stripes would collide).
 - The twins, driven as the hub drives them: `Twin`, `flush_view`, `random_frame`.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -465,6 +467,15 @@ async def wait_event(
             for ev in frame[3]:
                 if pred(ev):
                     return time.monotonic(), ev
+
+
+def ids_sharing_a_stripe(n: int) -> list[str]:
+    """`n` node ids whose hashes pick the same fallback-sid stripe (a 1 in 256 draw)."""
+    from relay.backends.redis_stripes import preferred_stripe
+
+    want = preferred_stripe("node-a")
+    same = (f"node-{i}" for i in itertools.count() if preferred_stripe(f"node-{i}") == want)
+    return ["node-a", *itertools.islice(same, n - 1)]
 
 
 async def users_hash(r: aioredis.Redis, doc: str) -> dict[str, dict[str, Any]]:

@@ -28,6 +28,7 @@ from helpers import (
     RelayProcess,
     eventually,
     free_port,
+    ids_sharing_a_stripe,
     joined,
     users_hash,
     wait_event,
@@ -35,9 +36,11 @@ from helpers import (
 from redis.asyncio.cluster import RedisCluster
 from websockets.asyncio.client import connect
 
+from relay.backends import redis_keys
 from relay.backends.redis_cluster import ProbeFailed, probe
 from relay.backends.redis_pool import RedisShared
 from relay.backends.redis_store import ALLOCATE_SID
+from relay.backends.redis_stripes import CLAIM_STRIPE
 from relay.backends.redis_writebehind import BUMP_SID
 from relay.config import PresenceConfig
 from relay.core import protocol as p
@@ -144,8 +147,23 @@ async def test_a_cluster_unreachable_at_start_is_reported_when_it_answers(
 def test_every_lua_script_touches_one_key() -> None:
     """A script's keys must share a slot; these touch KEYS[1] only (redis-py refuses, in a
     cluster, an EVAL whose keys do not share one)."""
-    for script in (ALLOCATE_SID, BUMP_SID, TRANSITION, LEASE_REFRESH, LEASE_RELEASE):
+    for script in (ALLOCATE_SID, BUMP_SID, CLAIM_STRIPE, TRANSITION, LEASE_REFRESH, LEASE_RELEASE):
         assert set(re.findall(r"KEYS\[(\d+)\]", script)) == {"1"}, script
+
+
+async def test_nodes_claim_distinct_fallback_sid_stripes_on_a_cluster(
+    relay_factory: Callable[..., Any],
+    redis_cluster_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stripe claim (one key, a script with TIME) works through the cluster client:
+    two nodes whose ids hash to one stripe hold different ones."""
+    ids = iter(ids_sharing_a_stripe(2))
+    monkeypatch.setattr(redis_keys, "new_node_id", lambda: next(ids))
+    r1, r2 = await two_nodes(relay_factory, redis_cluster_url)
+    s1, s2 = r1.hub.store.stripes, r2.hub.store.stripes  # type: ignore[attr-defined]
+    assert s1.held is not None and s2.held is not None and s1.held != s2.held
+    assert s1.preferred == s2.preferred
 
 
 # ---------------------------------------------------------------- sharded pub/sub

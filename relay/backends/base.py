@@ -35,8 +35,8 @@ class NodeSetListener(Protocol):
 
 
 # Sids a node allocates on its own (the shared store was unreachable at the join) live far
-# above the ones the store hands out, in a stripe chosen by the node id, so they never
-# collide with those and rarely with another node's. See docs/redis.md ("Redis down").
+# above the ones the store hands out, in a stripe the node holds alone (`fallback_stripe`),
+# so they collide with neither those nor another node's. See docs/redis.md ("sid allocation").
 FALLBACK_SID_BASE = 1 << 24
 
 
@@ -113,6 +113,11 @@ class PresenceStore(ABC):
     def watch_sid_floors(self, floors: Callable[[], dict[str, int]]) -> None:  # noqa: B027
         """Where the store learns, per open document, the sid its counter must not fall
         below (every sid this node has seen there, its own and other nodes')."""
+
+    def fallback_stripe(self) -> int:
+        """The stripe of fallback sids this node holds alone (relay/backends/redis_stripes.py;
+        a store that is not shared has only this node's sids: any stripe is its own)."""
+        return 0
 
 
 class Broker(ABC):

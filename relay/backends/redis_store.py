@@ -30,6 +30,7 @@ from relay.backends.redis_keys import MemberRecord
 from relay.backends.redis_liveness import Liveness
 from relay.backends.redis_pool import UNREACHABLE, Reachability, RedisShared
 from relay.backends.redis_resume import ResumeRecords
+from relay.backends.redis_stripes import Stripes
 from relay.backends.redis_writebehind import SID_COUNTER_TTL_MS, WriteBehind, heartbeat_value
 from relay.backends.redis_writes import LiveSessions, Writer, now_ms
 from relay.config import PresenceConfig
@@ -89,6 +90,8 @@ class RedisStore(PresenceStore):
             config.reconnect_grace_ms,
         )  # fmt: skip
         self.reach.on_down = self.liveness.probe_now
+        # The stripe of fallback sids this node holds alone while it lives.
+        self.stripes = Stripes(self.redis, self.reach, node_id, node_ttl_ms)
         self._tasks: list[asyncio.Task[None]] = []
         self._alloc = self.redis.register_script(ALLOCATE_SID)
         # A Redis that started (or restarted empty) less than this long ago hands out no
@@ -110,6 +113,7 @@ class RedisStore(PresenceStore):
     def _reachable(self) -> None:
         # Redis answers again: rewrite every live session and re-announce them.
         self._suspect()
+        self.stripes.renew_now()
         self.writebehind.request_reconcile(announce=True)
 
     def _suspect(self) -> None:
@@ -125,9 +129,14 @@ class RedisStore(PresenceStore):
             with contextlib.suppress(*UNREACHABLE, RedisError):
                 async with asyncio.timeout(1.0):
                     self._restart_wait("", await self.redis.info("server"))
+        with contextlib.suppress(*UNREACHABLE, RedisError, TimeoutError):
+            async with asyncio.timeout(1.0):  # (else `keep` claims once Redis answers)
+                await self.stripes.claim()
         loop = asyncio.get_running_loop()
         wb, lv = self.writebehind, self.liveness
-        for coro in (wb.flusher(), lv.heartbeat(self._heartbeat), lv.reaper(), wb.sweeper()):
+        tasks = (wb.flusher(), lv.heartbeat(self._heartbeat), lv.reaper(), wb.sweeper(),
+                 self.stripes.keep())  # fmt: skip
+        for coro in tasks:
             self._tasks.append(loop.create_task(coro))
 
     async def close(self) -> None:
@@ -184,6 +193,7 @@ class RedisStore(PresenceStore):
 
     def reconcile_soon(self) -> None:
         self._suspect()
+        self.stripes.renew_now()
         self.writebehind.request_reconcile(announce=False)
         self.liveness.probe_now()  # (down: probe at once; up: the heartbeat finds out)
 
@@ -198,6 +208,9 @@ class RedisStore(PresenceStore):
 
     def watch_sid_floors(self, floors: Callable[[], dict[str, int]]) -> None:
         self.writebehind.sid_floors = floors
+
+    def fallback_stripe(self) -> int:
+        return self.stripes.stripe
 
     def queue_depth(self) -> int:
         return self.writebehind.depth()

@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -109,7 +108,6 @@ class Cluster:
         self._unfilled: dict[str, set[int]] = {}
         # Re-reads by cause: `gap`, `duplicate` (in another node's sequence), `reconnect`.
         self.resyncs_by_cause: dict[str, int] = {}
-        self.stripe = zlib.crc32(broker.node_id.encode()) & 0xFF
         self._fallback = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.resyncs = 0
@@ -269,8 +267,9 @@ class Cluster:
 
     def _fallback_sid(self, doc: Document) -> int:
         # Redis unreachable: a sid in this node's stripe, far above INCR's range.
+        stripe = self.store.fallback_stripe()
         while True:
-            sid = FALLBACK_SID_BASE + (self.stripe << 16) + (next(self._fallback) & 0xFFFF)
+            sid = FALLBACK_SID_BASE + (stripe << 16) + (next(self._fallback) & 0xFFFF)
             if sid not in doc.sessions:
                 return sid
 
