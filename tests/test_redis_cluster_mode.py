@@ -591,3 +591,32 @@ async def test_a_heartbeat_lost_with_its_shard_is_not_a_dead_node(
     assert not gone, gone
     assert all(r.hub.store.liveness.held == 0 for r in relays)  # type: ignore[attr-defined]
     assert all(r.hub.store.reaped == 0 for r in relays)  # type: ignore[attr-defined]
+
+
+async def test_a_join_right_after_a_shard_restarted_empty_gets_no_sid_in_use(
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
+    redis_cluster: RedisClusterServer,
+    redis_cluster_url: str,
+) -> None:
+    """The shard holding a document's sid counter restarts empty. A node that has never
+    allocated a sid there still knows that shard's run_id (it asks every primary at
+    start), so its join waits until the nodes with members have raised the counter again,
+    instead of handing out sid 1 a second time."""
+    doc = "doc-sids"
+    r1, r2 = await two_nodes(relay_factory, redis_cluster_url, redis_settle_ms=3000)
+    r3 = await relay_factory(redis_url=redis_cluster_url, redis_settle_ms=3000)
+    assert await eventually(r3.hub.store.ready, 5000 * MS)
+    assert len(r3.hub.store._run_ids) == 3  # type: ignore[attr-defined]
+    a, b = await client_factory(r1, "ann"), await client_factory(r2, "bob")
+    sid_a, _ = await joined(a, 1, doc)
+    sid_b, _ = await joined(b, 1, doc)
+    owner = redis_cluster.owner_of(f"presence:{doc}:sid")
+    owner.kill()
+    await asyncio.sleep(500 * MS)
+    redis_cluster.ensure_running()  # same port, same slots, nothing in it
+    c = await client_factory(r3, "cy")
+    await c.send([p.JOIN, 1, doc])
+    reply = await c.recv_until(lambda f: f[0] in (33, 35), timeout=8000 * MS)
+    assert reply[0] == 33, reply
+    assert reply[3] not in (sid_a, sid_b), f"cy got sid {reply[3]}: ann {sid_a}, bob {sid_b}"

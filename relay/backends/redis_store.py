@@ -125,10 +125,12 @@ class RedisStore(PresenceStore):
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        if not self.shared.cluster:  # which Redis this is (a restart changes its run_id)
-            with contextlib.suppress(*UNREACHABLE, RedisError):
-                async with asyncio.timeout(1.0):
-                    self._restart_wait("", await self.redis.info("server"))
+        # Which servers these are (a restart changes a run_id): on a Cluster every primary,
+        # not only those this node has allocated a sid from before one restarts empty.
+        with contextlib.suppress(*UNREACHABLE, RedisError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                for server, info in await self._servers_info():
+                    self._restart_wait(server, info)
         with contextlib.suppress(*UNREACHABLE, RedisError, TimeoutError):
             async with asyncio.timeout(1.0):  # (else `keep` claims once Redis answers)
                 await self.stripes.claim()
@@ -336,6 +338,17 @@ class RedisStore(PresenceStore):
         if not isinstance(info, dict) or "uptime_in_seconds" not in info:
             return True  # (INFO disabled: taken as settled, as for sids)
         return float(info["uptime_in_seconds"]) >= self.settle_s
+
+    async def _servers_info(self) -> list[tuple[str, Any]]:
+        """(server, INFO `server`) of every server holding keys: "" unless Cluster."""
+        redis: Any = self.redis
+        if not self.shared.cluster:
+            return [("", await redis.info("server"))]
+        await redis.initialize()  # (the slot map: nothing to do once initialized)
+        return [
+            (node.name, await redis.info("server", target_nodes=node))
+            for node in redis.get_primaries()
+        ]
 
     async def _server_info(self, key: str) -> tuple[str, Any]:
         """(The server holding `key`: "" unless Cluster, its INFO `server` section.)"""
