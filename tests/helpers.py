@@ -470,7 +470,7 @@ async def wait_event(
 
 
 def ids_sharing_a_stripe(n: int) -> list[str]:
-    """`n` node ids whose hashes pick the same fallback-sid stripe (a 1 in 256 draw)."""
+    """`n` node ids whose hashes pick the same fallback-sid stripe (a 1 in 4096 draw)."""
     from relay.backends.redis_stripes import preferred_stripe
 
     want = preferred_stripe("node-a")

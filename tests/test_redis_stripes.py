@@ -15,7 +15,12 @@ import redis.asyncio as aioredis
 from helpers import MS, RedisServer, eventually, ids_sharing_a_stripe
 
 from relay.backends import redis_keys
-from relay.backends.base import FALLBACK_SID_BASE
+from relay.backends.base import (
+    FALLBACK_ROUNDS,
+    FALLBACK_SID_BASE,
+    FALLBACK_STRIPES,
+    fallback_sid,
+)
 from relay.backends.redis_stripes import STRIPES, STRIPES_KEY
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,6 +55,21 @@ async def test_nodes_whose_ids_share_a_stripe_hand_out_different_fallback_sids(
     sid_a, sid_b = await join(ann, "d1"), await join(bob, "d1")
     assert sid_a >= FALLBACK_SID_BASE and sid_b >= FALLBACK_SID_BASE
     assert sid_a != sid_b, f"both nodes handed out {sid_a}"
+    assert (sid_a % STRIPES, sid_b % STRIPES) == (stripe_of(n1), stripe_of(n2))
+
+
+@pytest.mark.timeout(10)
+def test_stripes_interleave_and_every_fallback_sid_fits_in_32_bits() -> None:
+    """Each stripe has room for every sid its node hands out (no wrap into another's), the
+    first 4096 of each stay below 2^25, and the largest is below 2^32 (SDKs read uint32)."""
+    assert STRIPES == FALLBACK_STRIPES == 4096
+    for stripe in (0, 1, 17, STRIPES - 1):
+        sids = [fallback_sid(stripe, n) for n in (0, 1, 4095, 4096, FALLBACK_ROUNDS - 1)]
+        assert all(s % STRIPES == stripe and s >= FALLBACK_SID_BASE for s in sids)
+        assert len(set(sids)) == len(sids)
+        assert fallback_sid(stripe, 4095) < 1 << 25
+        assert fallback_sid(stripe, FALLBACK_ROUNDS) == fallback_sid(stripe, 0)  # wraps
+    assert fallback_sid(STRIPES - 1, FALLBACK_ROUNDS - 1) < 1 << 32
 
 
 async def test_each_node_keeps_its_own_stripe_across_an_empty_redis_restart(
@@ -89,8 +109,8 @@ async def test_with_every_stripe_held_a_node_uses_its_own_until_one_is_free(
     relay_factory: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """256 stripes, all held by live nodes: the 257th uses its id's stripe (and says so);
-    a claim that expired is free again."""
+    """4096 stripes, all held by live nodes: the 4097th uses its id's stripe (and says
+    so); a claim that expired is free again."""
     server = redis_factory()
     r = aioredis.Redis(port=server.port, decode_responses=True)
     later = int(time.time() * 1000) + 600_000
@@ -100,7 +120,7 @@ async def test_with_every_stripe_held_a_node_uses_its_own_until_one_is_free(
     stripes = node.hub.store.stripes  # type: ignore[attr-defined]
     assert stripes.held is None and stripes.full >= 1
     assert stripe_of(node) == stripes.preferred
-    assert any("all 256 fallback-sid stripes" in m for m in caplog.messages)
+    assert any(f"all {STRIPES} fallback-sid stripes" in m for m in caplog.messages)
     # One claim runs out (its node died a while ago): the next renewal takes it.
     await r.hset(STRIPES_KEY, "17", f"{int(time.time() * 1000) - 1}:other-17")
     await stripes.claim()

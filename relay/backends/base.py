@@ -38,6 +38,15 @@ class NodeSetListener(Protocol):
 # above the ones the store hands out, in a stripe the node holds alone (`fallback_stripe`),
 # so they collide with neither those nor another node's. See docs/redis.md ("sid allocation").
 FALLBACK_SID_BASE = 1 << 24
+FALLBACK_STRIPES = 4096
+FALLBACK_ROUNDS = 1_000_000  # (a stripe's count wraps here: every fallback sid is < 2^32)
+
+
+def fallback_sid(stripe: int, n: int) -> int:
+    """A stripe's `n`-th fallback sid. The stripes interleave (sid mod 4096 is the stripe),
+    so each has room for every sid its node hands out, and the first 4096 of each stay
+    below 2^25."""
+    return FALLBACK_SID_BASE + (n % FALLBACK_ROUNDS) * FALLBACK_STRIPES + stripe
 
 
 class PresenceStore(ABC):

@@ -1,16 +1,16 @@
 """Fallback-sid stripes: which node may hand out which fallback sids, claimed in Redis.
 
 A join while Redis is unreachable takes a sid from the node's own stripe,
-`FALLBACK_SID_BASE + stripe * 65536 + n` (relay/server/cluster.py). Two nodes in one
+`FALLBACK_SID_BASE + n * 4096 + stripe` (relay.backends.base.fallback_sid). Two nodes in one
 stripe would hand out the same sids in a document (one user's cursor drawn as another's
 once Redis is back), so each node claims a stripe no live node holds while Redis answers,
 and keeps it for as long as it lives: `presence:node:stripes`, one hash (one key, so one
 slot on a Cluster) of stripe -> `<expires at ms>:<node id>`. A claim lasts the heartbeat
 key's TTL and is renewed with every heartbeat period; an expired claim is free.
 
-A node that never reached Redis since it started, or finds all 256 stripes held, uses the
-stripe its node id hashes to (crc32 mod 256), as before: one such node collides with a
-given other only if they share that stripe and a document during the same outage.
+A node that never reached Redis since it started, or finds all 4096 stripes held, uses the
+stripe its node id hashes to (crc32 mod 4096): one such node collides with a given other
+only if they share that stripe and a document during the same outage.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ import zlib
 from redis.exceptions import RedisError
 
 from relay.backends import redis_cluster, redis_pool
+from relay.backends.base import FALLBACK_STRIPES
 from relay.backends.redis_pool import UNREACHABLE, Client, Reachability
 
 log = logging.getLogger("relay.redis.stripes")
 
 STRIPES_KEY = "presence:node:stripes"
-STRIPES = 256  # FALLBACK_SID_BASE + 255 * 65536 + 65535 stays below 2^25
+STRIPES = FALLBACK_STRIPES  # (more nodes than docs/scaling.md's largest deployment)
 
 # Keep ARGV[4] (the stripe held, -1 for none) if it is still this node's or free; else the
 # first free stripe from ARGV[2] on. Returns the stripe claimed, or -1 when all are held.

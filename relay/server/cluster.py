@@ -40,7 +40,7 @@ from typing import Any
 
 import msgpack
 
-from relay.backends.base import FALLBACK_SID_BASE, Broker, PresenceStore
+from relay.backends.base import FALLBACK_SID_BASE, Broker, PresenceStore, fallback_sid
 from relay.core import protocol as p
 from relay.core.model import ActivityType, UserInfo
 from relay.server.recent import RecentBook
@@ -269,7 +269,7 @@ class Cluster:
         # Redis unreachable: a sid in this node's stripe, far above INCR's range.
         stripe = self.store.fallback_stripe()
         while True:
-            sid = FALLBACK_SID_BASE + (stripe << 16) + (next(self._fallback) & 0xFFFF)
+            sid = fallback_sid(stripe, next(self._fallback))
             if sid not in doc.sessions:
                 return sid
 
