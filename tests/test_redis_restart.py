@@ -191,3 +191,34 @@ async def test_a_node_slow_to_come_back_keeps_its_members_on_the_others(
         await wait_event(ann, lambda e: e[0] == EV_CURSOR and e[1] == sid_b, 5000 * MS)
     finally:
         n2.kill()
+
+
+async def test_a_node_that_died_in_the_outage_loses_its_members_once_redis_settles(
+    redis_factory: Callable[[], RedisServer],
+    relay_factory: Callable[..., Any],
+    client_factory: Callable[..., Any],
+) -> None:
+    """The other side of the rule above: node 2 is killed while Redis is away, and Redis
+    comes back empty, so nothing says bob is gone but his missing record. The resyncs
+    before `redis_settle_ms` (5 s here) spare him; one right after it removes him, not
+    the anti-entropy pass `presence_ttl_seconds` (60 s) later."""
+    server = redis_factory()
+    n1 = await relay_factory(redis_url=server.url, redis_settle_ms=5000, presence_ttl_seconds=60)
+    n2 = RelayProcess("--redis-url", server.url, "--batch-ms", "20")
+    try:
+        await n2.ready()
+        ann, bob = await client_factory(n1, "ann"), await client_factory(n2, "bob")
+        await join(ann, "d1")
+        sid_b = await join(bob, "d1")
+        await seen_all(ann, [[EV_JOINED, sid_b]])
+        await asyncio.sleep(3200 * MS)  # (a resync spares members mirrored under 3 s ago)
+        server.kill()
+        n2.kill()
+        await asyncio.sleep(300 * MS)
+        server.start()  # empty
+        t0 = asyncio.get_running_loop().time()
+        await wait_event(ann, lambda e: e[0] == EV_LEFT and e[1] == sid_b, 9000 * MS)
+        waited = asyncio.get_running_loop().time() - t0
+        assert waited > 4.0, f"bob removed {waited:.1f} s after the restart, before it settled"
+    finally:
+        n2.kill()

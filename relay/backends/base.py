@@ -94,6 +94,8 @@ class PresenceStore(ABC):
         """A sid unique in the document across nodes and above `floor`; None = unavailable."""
         return None
 
+    settle_s = 0.0  # how long after a restart `settled` may say False
+
     async def settled(self, doc_id: str) -> bool:
         """Whether a session the store lacks in the document is gone (False: the store may
         have restarted empty and not be rewritten by every node yet)."""

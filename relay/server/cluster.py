@@ -534,7 +534,10 @@ class Cluster:
         if self.registry.documents:
             self.resyncs_by_cause["reconnect"] = self.resyncs_by_cause.get("reconnect", 0) + 1
             self._spawn(self._refresh_nodes(hello=True))
-            for delay in RECONNECT_RESYNCS:
+            # (Those before the store settles remove nobody: one more right after it does.)
+            settled = self.store.settle_s + 0.5
+            later = (settled,) if settled > RECONNECT_RESYNCS[-1] else ()
+            for delay in (*RECONNECT_RESYNCS, *later):
                 self._spawn(self._resync_later(delay))
 
     async def _refresh_nodes(self, hello: bool = False) -> None:
