@@ -157,6 +157,20 @@ async def test_a_sid_that_left_during_the_outage_is_not_handed_out_again(
     assert sid_f not in (sid_a, sid_b), f"fay got sid {sid_f}: ann {sid_a}, bob {sid_b}"
 
 
+async def ann_and_bob(
+    n1: Relay, n2: RelayProcess, client_factory: Callable[..., Any]
+) -> tuple[Any, Any, int]:
+    """ann on node 1 and bob on node 2 (a process) in d1, bob mirrored on node 1 for
+    longer than a resync spares a member mirrored lately (3 s): (ann, bob, bob's sid)."""
+    await n2.ready()
+    ann, bob = await client_factory(n1, "ann"), await client_factory(n2, "bob")
+    await join(ann, "d1")
+    sid_b = await join(bob, "d1")
+    await seen_all(ann, [[EV_JOINED, sid_b]])
+    await asyncio.sleep(3200 * MS)
+    return ann, bob, sid_b
+
+
 async def test_a_node_slow_to_come_back_keeps_its_members_on_the_others(
     redis_factory: Callable[[], RedisServer],
     relay_factory: Callable[..., Any],
@@ -171,12 +185,7 @@ async def test_a_node_slow_to_come_back_keeps_its_members_on_the_others(
     n1 = await relay_factory(redis_url=server.url, redis_settle_ms=3000)
     n2 = RelayProcess("--redis-url", server.url, "--redis-settle-ms", "3000", "--batch-ms", "20")
     try:
-        await n2.ready()
-        ann, bob = await client_factory(n1, "ann"), await client_factory(n2, "bob")
-        await join(ann, "d1")
-        sid_b = await join(bob, "d1")
-        await seen_all(ann, [[EV_JOINED, sid_b]])
-        await asyncio.sleep(3200 * MS)  # (a resync spares members mirrored under 3 s ago)
+        ann, bob, sid_b = await ann_and_bob(n1, n2, client_factory)
         server.kill()
         await asyncio.sleep(300 * MS)
         n2.proc.send_signal(signal.SIGSTOP)
@@ -206,12 +215,7 @@ async def test_a_node_that_died_in_the_outage_loses_its_members_once_redis_settl
     n1 = await relay_factory(redis_url=server.url, redis_settle_ms=5000, presence_ttl_seconds=60)
     n2 = RelayProcess("--redis-url", server.url, "--batch-ms", "20")
     try:
-        await n2.ready()
-        ann, bob = await client_factory(n1, "ann"), await client_factory(n2, "bob")
-        await join(ann, "d1")
-        sid_b = await join(bob, "d1")
-        await seen_all(ann, [[EV_JOINED, sid_b]])
-        await asyncio.sleep(3200 * MS)  # (a resync spares members mirrored under 3 s ago)
+        ann, _, sid_b = await ann_and_bob(n1, n2, client_factory)
         server.kill()
         n2.kill()
         await asyncio.sleep(300 * MS)
