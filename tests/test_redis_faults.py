@@ -119,8 +119,14 @@ async def test_redis_killed_for_10s_then_back_empty(
             lambda e: e[0] == EV_JOINED and e[1][0] == sid_c,
             timeout=5 - (time.monotonic() - t_up),
         )
+        # (A node's store can be back before its pub/sub is: its reconcile re-announced cy
+        # to bob while its own SUBSCRIBE still waits out the broker's backoff, up to 2 s.)
         for r in (r1, r2):
-            assert (await http_get_json(r.port, "/readyz"))[0] == 200
+
+            async def ready(r: Any = r) -> bool:
+                return (await http_get_json(r.port, "/readyz"))[0] == 200
+
+            assert await eventually(ready, 5 - (time.monotonic() - t_up))
         # Pub/sub is back: ann's cursor reaches bob on the other node again.
         line = seen_lines[-1] + 1_000
         stop.set()
