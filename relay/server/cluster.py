@@ -604,7 +604,7 @@ class Cluster:
                     owners[sid] = owner
             elif prune and now - seen.get(sid, 0) > RESYNC_GRACE_MS:
                 del doc.sessions[sid]
-                self.owners.get(doc_id, {}).pop(sid, None)
+                owners.pop(sid, None)
                 seen.pop(sid, None)
                 stamps.pop(sid, None)
                 tomb[sid] = now
@@ -626,10 +626,10 @@ class Cluster:
         seen a newer BATCH for.
 
         `written` (the record's `written_at_ms`, a ROSTER's `server_ms`) and the stamps are
-        both the owner's clock: a record written at
-        or after the last BATCH that set a field reflects that BATCH (or a later change, whose
-        BATCH was lost or is still to come). A field the mirror heard about after the record
-        was built stays: the owner's next write carries it and the next resync compares again.
+        both the owner's clock: a record written at or after the last BATCH that set a field
+        reflects that BATCH (or a later change, whose BATCH was lost or is still to come). A
+        field the mirror heard about after the record was built stays: the owner's next
+        write carries it and the next resync compares again.
         """
         sid = m.sid
         if record.user.workspace_id != m.user.workspace_id:  # (not in a BATCH's `joined`)
