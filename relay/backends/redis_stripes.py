@@ -113,7 +113,12 @@ class Stripes:
             self.held = got
 
     async def keep(self) -> None:
+        """Renew the claim (RedisStore.start made the first; `renew_now` also wakes this when
+        Redis answers again, so a start without Redis claims as soon as it comes)."""
         while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.every_s)
+            self._wake.clear()  # (after the wait: a renew_now asked before it is not lost)
             redis_pool.check_cancelled()
             if self.reach.up:
                 try:
@@ -122,6 +127,3 @@ class Stripes:
                     if redis_pool.cancelling():
                         raise asyncio.CancelledError from None
                     log.info("redis: stripe claim failed (%s); retrying", exc)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.every_s)
