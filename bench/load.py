@@ -136,9 +136,6 @@ def resolve(ns: argparse.Namespace) -> tuple[dict[str, Any], dict[str, float], l
     return cfg, targets, overrides
 
 
-# ---------------------------------------------------------------- the command
-
-
 def check_load(cfg: dict[str, Any], jitter: float) -> None:
     """The load's numbers are ones a run can use (bench.load and bench.cluster)."""
     if cfg["docs"] < 1 or cfg["users"] < 2:
@@ -149,6 +146,9 @@ def check_load(cfg: dict[str, Any], jitter: float) -> None:
         raise BenchError("--seconds must be > 0 and --warmup >= 0")
     if not 0 <= jitter < 0.5:
         raise BenchError("--jitter must be in [0, 0.5)")
+
+
+# ---------------------------------------------------------------- the command
 
 
 def raise_nofile(need: int) -> None:
